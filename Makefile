@@ -1,0 +1,44 @@
+# gaugeflow: `make demo`, `make test`, `make bench` each create .venv if missing and install
+# the project into it (extras: test, mpi). Nothing is installed by hand.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+NP      ?= 2
+export OMP_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test test-fast test-mpi test-slow bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test,mpi]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gaugeflow demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not mpi" tests
+	$(MAKE) --no-print-directory test-mpi
+
+test-mpi: $(STAMP)
+	@if ls tests/mpi/test_*.py >/dev/null 2>&1; then \
+	  for n in 2 4; do \
+	    echo "== MPI tests on $$n ranks"; \
+	    $(BIN)/mpiexec -n $$n $(BIN)/python -m pytest -q -p no:cacheprovider -m mpi tests/mpi || exit 1; \
+	  done; \
+	fi
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

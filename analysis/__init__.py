@@ -1,0 +1,1 @@
+"""gaugeflow.analysis (under construction)."""

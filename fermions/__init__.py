@@ -1,0 +1,1 @@
+"""gaugeflow.fermions (under construction)."""

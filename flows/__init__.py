@@ -1,0 +1,1 @@
+"""gaugeflow.flows (under construction)."""

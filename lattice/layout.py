@@ -1,0 +1,378 @@
+"""Geometry and layout: the one object that knows the lattice and how it is distributed.
+
+Every lattice field has its ``Nd`` site axes followed by ``inner`` trailing axes
+(``inner = 2`` for matrices per site and for spinors ``(4, N)``, ``inner = 0`` for
+scalar densities), preceded by any leading (batch, direction) axes::
+
+    gauge field  U   : (*batch, Nd, L_0, ..., L_{Nd-1}, N, N)   (time = last axis)
+    spinor       psi : (*batch, L_0, ..., L_{Nd-1}, 4, N)
+    density      q   : (*batch, L_0, ..., L_{Nd-1})
+
+:class:`Layout` owns :meth:`Layout.shift` (periodic neighbour access, halo exchange under
+MPI), the global reductions (:meth:`Layout.sum`, :meth:`Layout.slice_sum`), site
+coordinates and parities. Code elsewhere is written once against it.
+
+Reductions are *reproducible*: sums run first inside fixed global blocks (``tile``), then
+over the blocks in global order, so the result is bit-for-bit the same for every
+decomposition of the lattice over MPI ranks (DESIGN.md section 8).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .backend import namespace, to_host, from_host
+
+__all__ = ["Layout", "infer_gauge_layout", "layout_for", "scatter", "gather", "default_tile",
+           "LayoutError"]
+
+
+class LayoutError(ValueError):
+    """Inconsistent lattice geometry or decomposition."""
+
+
+def default_tile(L: int) -> int:
+    """Reduction block extent along an axis of length L: L // b for the largest b in
+    (8, 4, 2, 1) with b | L and L // b >= 2. Decompositions must split each axis into a
+    divisor of b ranks (override with ``Layout(..., tile=...)``)."""
+    for b in (8, 4, 2, 1):
+        if L % b == 0 and L // b >= 2:
+            return L // b
+    return L
+
+
+def _factorize(n: int):
+    f, p = [], 2
+    while n > 1:
+        while n % p == 0:
+            f.append(p)
+            n //= p
+        p += 1
+    return f
+
+
+class Layout:
+    """Global lattice ``global_shape`` (time last), optionally decomposed over MPI ranks.
+
+    Parameters
+    ----------
+    global_shape : sequence of Nd ints, Nd in {2, 3, 4}.
+    comm : an ``mpi4py`` communicator or ``None`` (single process, plain periodic rolls).
+    grid : ranks per axis (product = comm size); chosen automatically when ``None``.
+    tile : reduction block extents (see :func:`default_tile`).
+    """
+
+    def __init__(self, global_shape: Sequence[int], comm=None, grid: Sequence[int] | None = None,
+                 tile: Sequence[int] | None = None):
+        gs = tuple(int(n) for n in global_shape)
+        if not 2 <= len(gs) <= 4:
+            raise LayoutError(f"lattice must have 2, 3 or 4 dimensions, got shape {gs}")
+        if any(n < 2 for n in gs):
+            raise LayoutError(f"every lattice extent must be at least 2, got {gs}")
+        self.global_shape = gs
+        self.Nd = len(gs)
+        self.tile = tuple(int(t) for t in tile) if tile is not None else tuple(default_tile(n) for n in gs)
+        if len(self.tile) != self.Nd or any(L % t for L, t in zip(gs, self.tile)):
+            raise LayoutError(f"reduction tile {self.tile} does not divide the lattice {gs}")
+        size = 1 if comm is None else comm.Get_size()
+        if comm is not None and size == 1 and grid is None:
+            comm = None
+        self.comm = comm
+        self.size = size
+        if grid is None:
+            grid = self._choose_grid(size)
+        grid = tuple(int(g) for g in grid)
+        if len(grid) != self.Nd or math.prod(grid) != size:
+            raise LayoutError(f"process grid {grid} does not match {size} ranks on an {self.Nd}d lattice")
+        for ax, (L, g, t) in enumerate(zip(gs, grid, self.tile)):
+            if L % g or (L // g) % t:
+                raise LayoutError(
+                    f"lattice {gs} does not divide over the process grid {grid}: axis {ax} has extent "
+                    f"{L}, which must split into {g} equal blocks that are multiples of the reduction "
+                    f"tile {t}. Choose a rank count/grid that divides it (or pass tile=...).")
+        self.grid = grid
+        if comm is None:
+            self.rank = 0
+            self.coords_rank = (0,) * self.Nd
+            self._cart = None
+        else:
+            self._cart = comm.Create_cart(list(grid), periods=[True] * self.Nd, reorder=False)
+            self.rank = self._cart.Get_rank()
+            self.coords_rank = tuple(self._cart.Get_coords(self.rank))
+        self.local_shape = tuple(L // g for L, g in zip(gs, grid))
+        self.offset = tuple(c * l for c, l in zip(self.coords_rank, self.local_shape))
+        self.volume = math.prod(gs)
+        self.local_volume = math.prod(self.local_shape)
+        self.halo_bytes = 0  # bytes received by shift() so far (for the scaling notes)
+
+    # ------------------------------------------------------------------ construction
+    def _choose_grid(self, size: int):
+        grid = [1] * self.Nd
+        for p in sorted(_factorize(size), reverse=True):
+            best = None
+            for ax in range(self.Nd - 1, -1, -1):  # prefer time, then z, y, x
+                loc = self.global_shape[ax] // grid[ax]
+                if loc % (p * self.tile[ax]) == 0 or (loc % p == 0 and (loc // p) % self.tile[ax] == 0):
+                    if best is None or loc > self.global_shape[best] // grid[best]:
+                        best = ax
+            if best is None:
+                raise LayoutError(
+                    f"cannot decompose lattice {self.global_shape} over {size} ranks with reduction "
+                    f"tile {self.tile}; choose another rank count or pass grid=...")
+            grid[best] *= p
+        return tuple(grid)
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.comm is not None and self.size > 1
+
+    def __repr__(self):
+        return (f"Layout(global_shape={self.global_shape}, grid={self.grid}, rank={self.rank}, "
+                f"local_shape={self.local_shape})")
+
+    def __eq__(self, other):
+        return (isinstance(other, Layout) and self.global_shape == other.global_shape
+                and self.grid == other.grid and self.rank == other.rank)
+
+    def __hash__(self):
+        return hash((self.global_shape, self.grid, self.rank))
+
+    # ------------------------------------------------------------------ axes
+    def site_axis(self, F, mu: int, inner: int) -> int:
+        ax = F.ndim - inner - self.Nd + mu
+        if ax < 0:
+            raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner})")
+        return ax
+
+    def check_sites(self, F, inner: int, what: str = "field"):
+        """Raise unless F's site axes match this layout's local shape."""
+        sites = tuple(F.shape[F.ndim - inner - self.Nd: F.ndim - inner]) if F.ndim >= inner + self.Nd else None
+        if sites != self.local_shape:
+            raise LayoutError(f"{what} of shape {tuple(F.shape)} does not fit the lattice: expected site "
+                              f"axes {self.local_shape} followed by {inner} inner axes")
+
+    # ------------------------------------------------------------------ neighbours
+    def shift(self, F, mu: int, sign: int = +1, inner: int = 2):
+        """``shift(F, mu, +n)[x] = F[x + n mu^]`` (periodic); ``sign`` may be any integer.
+
+        Under MPI the faces that cross rank boundaries are exchanged (contiguous buffers,
+        combined send/receive).
+        """
+        n = int(sign)
+        if n == 0:
+            return F
+        xp = namespace(F)
+        ax = self.site_axis(F, mu, inner)
+        if self.grid[mu] == 1:
+            return xp.roll(F, -n, axis=ax)
+        return self._shift_distributed(F, mu, n, ax, xp)
+
+    def _shift_distributed(self, F, mu, n, ax, xp):
+        loc = self.local_shape[mu]
+        while abs(n) > loc:  # multi-hop for long shifts
+            step = loc if n > 0 else -loc
+            F = self._shift_distributed(F, mu, step, ax, xp)
+            n -= step
+        m = abs(n)
+
+        def take(a, start, stop):
+            idx = [slice(None)] * F.ndim
+            idx[ax] = slice(start, stop)
+            return a[tuple(idx)]
+
+        src_lo, dst_lo = self._cart.Shift(mu, 1)  # (rank at -1, rank at +1)
+        if n > 0:   # need F[x+m]: my first m slices go to the -1 neighbour
+            send, keep, dest, source = take(F, 0, m), take(F, m, loc), src_lo, dst_lo
+        else:       # need F[x-m]: my last m slices go to the +1 neighbour
+            send, keep, dest, source = take(F, loc - m, loc), take(F, 0, loc - m), dst_lo, src_lo
+        import numpy as _np
+        sbuf = _np.ascontiguousarray(to_host(send))
+        rbuf = _np.empty_like(sbuf)
+        self._cart.Sendrecv(sbuf, dest=dest, sendtag=mu, recvbuf=rbuf, source=source, recvtag=mu)
+        self.halo_bytes += rbuf.nbytes
+        halo = from_host(rbuf, xp) if not isinstance(F, _np.ndarray) else rbuf
+        parts = [keep, halo] if n > 0 else [halo, keep]
+        return xp.concat(parts, axis=ax)
+
+    # ------------------------------------------------------------------ coordinates
+    def coords(self, xp=None):
+        """Global coordinates of the local sites: Nd int64 arrays broadcastable to local_shape."""
+        from .backend import default_xp
+        xp = default_xp() if xp is None else xp
+        out = []
+        for mu in range(self.Nd):
+            c = xp.arange(self.local_shape[mu], dtype=xp.int64) + self.offset[mu]
+            out.append(xp.reshape(c, (self.local_shape[mu],) + (1,) * (self.Nd - 1 - mu)))
+        return out
+
+    def parity(self, xp=None):
+        """Site parity (sum_mu x_mu) mod 2 on the local sites, int64 of shape local_shape."""
+        from .backend import default_xp
+        xp = default_xp() if xp is None else xp
+        s = xp.zeros(self.local_shape, dtype=xp.int64)
+        for c in self.coords(xp):
+            s = s + c
+        return s % 2
+
+    # ------------------------------------------------------------------ reductions
+    def _block_sums(self, x, inner: int, tile):
+        """Local per-block partial sums: (*lead, nb_0, ..., nb_{Nd-1}), blocks of shape ``tile``."""
+        xp = namespace(x)
+        if inner:
+            x = xp.sum(x, axis=tuple(range(x.ndim - inner, x.ndim)))
+        self.check_sites(x, 0, "reduced field")
+        lead = tuple(x.shape[: x.ndim - self.Nd])
+        nl = len(lead)
+        split = []
+        for L, t in zip(self.local_shape, tile):
+            split += [L // t, t]
+        y = xp.reshape(x, lead + tuple(split))
+        perm = tuple(range(nl)) + tuple(nl + 2 * i for i in range(self.Nd)) + tuple(nl + 2 * i + 1 for i in range(self.Nd))
+        y = xp.permute_dims(y, perm)
+        nb = tuple(L // t for L, t in zip(self.local_shape, tile))
+        y = xp.reshape(y, lead + (math.prod(nb), math.prod(tile)))
+        return xp.reshape(xp.sum(y, axis=-1), lead + nb)
+
+    def _gather_blocks(self, b):
+        """Assemble the global array of block sums on every rank (block order is global)."""
+        if not self.is_distributed:
+            return b
+        xp = namespace(b)
+        import numpy as _np
+        hb = _np.ascontiguousarray(to_host(b))
+        allb = self.comm.allgather(hb)
+        lead = hb.shape[: hb.ndim - self.Nd]
+        nb_loc = hb.shape[hb.ndim - self.Nd:]
+        nb_glob = tuple(n * g for n, g in zip(nb_loc, self.grid))
+        out = _np.empty(lead + nb_glob, dtype=hb.dtype)
+        for r, blk in enumerate(allb):
+            c = self._cart.Get_coords(r)
+            idx = (Ellipsis,) + tuple(slice(ci * n, (ci + 1) * n) for ci, n in zip(c, nb_loc))
+            out[idx] = blk
+        return from_host(out, xp)
+
+    def sum(self, x, inner: int = 0):
+        """Global sum over the sites (and the ``inner`` trailing axes); shape ``(*lead,)``.
+
+        Reproducible: identical bits for every decomposition.
+        """
+        xp = namespace(x)
+        b = self._gather_blocks(self._block_sums(x, inner, self.tile))
+        lead = tuple(b.shape[: b.ndim - self.Nd])
+        return xp.sum(xp.reshape(b, lead + (-1,)), axis=-1)
+
+    def mean(self, x, inner: int = 0):
+        return self.sum(x, inner) / self.volume
+
+    def slice_sum(self, x, mu: int, inner: int = 0):
+        """Sums over all sites with fixed global coordinate x_mu, shape ``(*lead, L_mu)``
+        (e.g. timeslice sums with ``mu = Nd - 1``); the full axis on every rank."""
+        xp = namespace(x)
+        tile = list(self.tile)
+        tile[mu] = 1
+        b = self._gather_blocks(self._block_sums(x, inner, tuple(tile)))
+        nl = b.ndim - self.Nd
+        rest = tuple(nl + i for i in range(self.Nd) if i != mu)
+        b = xp.permute_dims(b, tuple(range(nl)) + (nl + mu,) + rest)
+        lead = tuple(b.shape[:nl])
+        return xp.sum(xp.reshape(b, lead + (self.global_shape[mu], -1)), axis=-1)
+
+    def allreduce_max(self, value: float) -> float:
+        """Maximum of a host scalar over the ranks."""
+        if not self.is_distributed:
+            return float(value)
+        from mpi4py import MPI
+        return float(self.comm.allreduce(float(value), op=MPI.MAX))
+
+    def bcast(self, obj, root: int = 0):
+        """Broadcast a host object from rank ``root`` (identity without MPI)."""
+        return obj if not self.is_distributed else self.comm.bcast(obj, root=root)
+
+    # ------------------------------------------------------------------ global <-> local
+    def local_part(self, F_global, inner: int):
+        """The block of a global field that this rank holds (a view/copy of the slice)."""
+        ax0 = F_global.ndim - inner - self.Nd
+        idx = [slice(None)] * F_global.ndim
+        for mu in range(self.Nd):
+            idx[ax0 + mu] = slice(self.offset[mu], self.offset[mu] + self.local_shape[mu])
+        return F_global[tuple(idx)]
+
+    def gather_field(self, F_local, inner: int, root: int | None = 0):
+        """The global field on rank ``root`` (on every rank if ``root`` is None; None elsewhere)."""
+        if not self.is_distributed:
+            return F_local
+        xp = namespace(F_local)
+        import numpy as _np
+        h = _np.ascontiguousarray(to_host(F_local))
+        parts = self.comm.allgather(h) if root is None else self.comm.gather(h, root=root)
+        if parts is None:
+            return None
+        ax0 = h.ndim - inner - self.Nd
+        shape = list(h.shape)
+        for mu in range(self.Nd):
+            shape[ax0 + mu] = self.global_shape[mu]
+        out = _np.empty(shape, dtype=h.dtype)
+        for r, blk in enumerate(parts):
+            c = self._cart.Get_coords(r)
+            idx = [slice(None)] * h.ndim
+            for mu in range(self.Nd):
+                idx[ax0 + mu] = slice(c[mu] * self.local_shape[mu], (c[mu] + 1) * self.local_shape[mu])
+            out[tuple(idx)] = blk
+        return from_host(out, xp)
+
+
+# ---------------------------------------------------------------------- inference helpers
+def infer_gauge_layout(U, layout: Layout | None = None) -> Layout:
+    """Layout of a gauge field ``(*batch, Nd, L_0..L_{Nd-1}, N, N)``.
+
+    With ``layout`` given, check that U fits it. Otherwise infer a single-process layout;
+    shapes that fit several Nd (e.g. a batch of 3 two-dimensional fields) raise and ask for
+    an explicit layout.
+    """
+    if U.ndim < 5 or U.shape[-1] != U.shape[-2]:
+        raise LayoutError(f"gauge field must have shape (*batch, Nd, L_0, ..., L_(Nd-1), N, N); got {tuple(U.shape)}")
+    if layout is not None:
+        Nd = layout.Nd
+        if U.ndim < Nd + 3 or U.shape[U.ndim - Nd - 3] != Nd or tuple(U.shape[U.ndim - Nd - 2: -2]) != layout.local_shape:
+            raise LayoutError(f"gauge field of shape {tuple(U.shape)} does not fit {layout}: expected "
+                              f"(*batch, {Nd}, {', '.join(map(str, layout.local_shape))}, N, N)")
+        return layout
+    cands = [Nd for Nd in (2, 3, 4) if U.ndim >= Nd + 3 and U.shape[U.ndim - Nd - 3] == Nd]
+    if not cands:
+        raise LayoutError(f"cannot read a gauge field from shape {tuple(U.shape)}: expected "
+                          f"(*batch, Nd, L_0, ..., L_(Nd-1), N, N) with Nd in 2, 3, 4")
+    if len(cands) > 1:
+        raise LayoutError(f"gauge field shape {tuple(U.shape)} is ambiguous (Nd could be any of {cands}); "
+                          f"pass layout=lattice.Layout(lattice_shape)")
+    Nd = cands[0]
+    return _cached_layout(tuple(U.shape[U.ndim - Nd - 2: -2]))
+
+
+_LAYOUTS: dict = {}
+
+
+def _cached_layout(shape):
+    lay = _LAYOUTS.get(shape)
+    if lay is None:
+        lay = _LAYOUTS[shape] = Layout(shape)
+    return lay
+
+
+def layout_for(F, Nd: int, inner: int, layout: Layout | None = None) -> Layout:
+    """Layout of a site field with ``inner`` trailing axes (spinors, densities)."""
+    if layout is not None:
+        layout.check_sites(F, inner)
+        return layout
+    if F.ndim < Nd + inner:
+        raise LayoutError(f"field of shape {tuple(F.shape)} has fewer than {Nd} site axes")
+    return _cached_layout(tuple(F.shape[F.ndim - inner - Nd: F.ndim - inner]))
+
+
+def scatter(layout: Layout, F_global, inner: int = 2):
+    """This rank's block of a global field (the field is known on every rank)."""
+    return layout.local_part(F_global, inner)
+
+
+def gather(layout: Layout, F_local, inner: int = 2, root: int | None = None):
+    """The global field assembled from every rank's block (on all ranks by default)."""
+    return layout.gather_field(F_local, inner, root=root)

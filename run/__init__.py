@@ -1,0 +1,1 @@
+"""gaugeflow.run (under construction)."""

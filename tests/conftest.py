@@ -1,0 +1,10 @@
+"""Shared pytest configuration: hypothesis profiles sized for 2-core CI."""
+import os
+
+from hypothesis import settings, HealthCheck
+
+settings.register_profile("ci", max_examples=15, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
