@@ -325,9 +325,10 @@ class Layout:
 def infer_gauge_layout(U, layout: Layout | None = None) -> Layout:
     """Layout of a gauge field ``(*batch, Nd, L_0..L_{Nd-1}, N, N)``.
 
-    With ``layout`` given, check that U fits it. Otherwise infer a single-process layout;
-    shapes that fit several Nd (e.g. a batch of 3 two-dimensional fields) raise and ask for
-    an explicit layout.
+    With ``layout`` given, check that U fits it. Otherwise infer a single-process layout.
+    A shape that fits several Nd (an unbatched 2^4 lattice also reads as a batch of 2d
+    fields) is read with the largest Nd, i.e. the fewest batch axes; pass ``layout`` to be
+    explicit (always needed for batched 2d/3d fields whose batch shape ends in Nd + 1).
     """
     if U.ndim < 5 or U.shape[-1] != U.shape[-2]:
         raise LayoutError(f"gauge field must have shape (*batch, Nd, L_0, ..., L_(Nd-1), N, N); got {tuple(U.shape)}")
@@ -341,10 +342,7 @@ def infer_gauge_layout(U, layout: Layout | None = None) -> Layout:
     if not cands:
         raise LayoutError(f"cannot read a gauge field from shape {tuple(U.shape)}: expected "
                           f"(*batch, Nd, L_0, ..., L_(Nd-1), N, N) with Nd in 2, 3, 4")
-    if len(cands) > 1:
-        raise LayoutError(f"gauge field shape {tuple(U.shape)} is ambiguous (Nd could be any of {cands}); "
-                          f"pass layout=lattice.Layout(lattice_shape)")
-    Nd = cands[0]
+    Nd = max(cands)  # several fits (e.g. a 2^4 lattice): fewest batch axes wins
     return _cached_layout(tuple(U.shape[U.ndim - Nd - 2: -2]))
 
 
