@@ -1,0 +1,55 @@
+"""MPI launch support for `mpirun -n R gaugeflow ...`.
+
+* :func:`world` returns the MPI world communicator when the job runs on several ranks
+  (mpi4py with the `mpich` wheel), else ``None`` (plain single-process run).
+* :func:`install_abort_on_error` makes an uncaught exception on any rank print its
+  traceback (prefixed with the rank) and abort *all* ranks, instead of leaving the others
+  waiting forever in a collective call.
+* Only rank 0 prints progress and writes logs and files (see ``is_root``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+__all__ = ["world", "rank", "is_root", "install_abort_on_error"]
+
+_LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK",
+                "HYDI_CONTROL_FD", "SLURM_STEP_NUM_TASKS")
+
+
+def world():
+    """MPI.COMM_WORLD if launched with more than one rank, else None."""
+    if not any(v in os.environ for v in _LAUNCH_VARS):
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:  # pragma: no cover
+        raise RuntimeError("this job was launched by an MPI launcher but mpi4py is not installed; "
+                           "install the 'mpi' extra (pip install 'gaugeflow[mpi]')")
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def rank(comm=None) -> int:
+    return 0 if comm is None else comm.Get_rank()
+
+
+def is_root(comm=None) -> bool:
+    return rank(comm) == 0
+
+
+def install_abort_on_error(comm):
+    """Abort every rank when one raises (no hang in collectives)."""
+    if comm is None:
+        return
+
+    def hook(etype, value, tb):
+        r = comm.Get_rank()
+        msg = "".join(traceback.format_exception(etype, value, tb))
+        sys.stderr.write("".join(f"[rank {r}] {line}\n" for line in msg.rstrip().splitlines()))
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = hook
