@@ -40,11 +40,12 @@ def backward_links(Ul, layout: Layout):
     return [layout.shift(su_n.dagger(Um), mu, -1) for mu, Um in enumerate(Ul)]
 
 
-def path_product(U, path, layout: Layout | None = None, *, _links=None):
+def path_product(U, path, layout: Layout | None = None, *, _links=None, _memo=None):
     """W(x) = ordered product of links along ``path`` starting at x; shape (*batch, *sites, N, N).
 
-    Computed from the end: W_k(y) = F_k(y) W_{k+1}(y + s_k mu_k^), one shift and one
-    product per step.
+    The path is split in halves, W(x) = W_a(x) W_b(x + d_a) with d_a the displacement of the
+    first half; with a shared ``_memo`` dict, sub-paths common to several paths (e.g. all
+    the staples of an action) are computed once.
     """
     if _links is None:
         layout = infer_gauge_layout(U, layout)
@@ -58,11 +59,54 @@ def path_product(U, path, layout: Layout | None = None, *, _links=None):
     for m, s in path:
         if not 0 <= m < layout.Nd or s not in (1, -1):
             raise ValueError(f"bad step {(m, s)} in path {path}: need (mu, +1 or -1) with 0 <= mu < {layout.Nd}")
-    factor = lambda m, s: Ul[m] if s > 0 else Bl[m]
-    W = factor(*path[-1])
-    for m, s in reversed(path[:-1]):
-        W = factor(m, s) @ layout.shift(W, m, s)
-    return W
+    memo = {} if _memo is None else _memo
+    uses = memo.get("__uses__")  # planned remaining uses of each sub-path (see path_staples)
+
+    def prod(p):
+        if len(p) == 1:
+            m, s = p[0]
+            return Ul[m] if s > 0 else Bl[m]
+        W = memo.get(p)
+        if W is None:
+            h = len(p) // 2
+            B = prod(p[h:])
+            disp = [0] * layout.Nd
+            for m, s in p[:h]:
+                disp[m] += s
+            for m, d in enumerate(disp):
+                if d:
+                    B = layout.shift(B, m, d)
+            W = prod(p[:h]) @ B
+            if uses is None or uses.get(p, 0) > 1:
+                memo[p] = W
+        if uses is not None and p in uses:
+            uses[p] -= 1
+            if uses[p] <= 0:
+                memo.pop(p, None)  # free sub-products nobody needs any more
+        return W
+
+    return prod(path)
+
+
+def _plan_uses(paths):
+    """How often each sub-path of length >= 2 is requested when evaluating ``paths`` with the
+    halving recursion of :func:`path_product` (first request computes, later ones reuse)."""
+    uses, seen = {}, set()
+
+    def visit(p):
+        if len(p) < 2:
+            return
+        uses[p] = uses.get(p, 0) + 1
+        if p in seen:
+            return
+        seen.add(p)
+        h = len(p) // 2
+        visit(p[:h])
+        visit(p[h:])
+
+    for p in paths:
+        visit(tuple(p))
+    return uses
 
 
 def _rotations_forward(path, mu):
@@ -92,13 +136,14 @@ def path_staples(U, terms, layout: Layout | None = None, _links=None):
         _links = (Ul, backward_links(Ul, layout))
     xp = namespace(U)
     out = []
+    rests = {mu: [(w, rest) for w, path in terms for rest in _rotations_forward(path, mu)] for mu in range(layout.Nd)}
+    memo = {"__uses__": _plan_uses([r for mu in rests for _, r in rests[mu]])}
     for mu in range(layout.Nd):
         A = None
-        for w, path in terms:
-            for rest in _rotations_forward(path, mu):
-                S = layout.shift(path_product(U, rest, layout, _links=_links), mu, +1)
-                S = _weigh(S, w, xp)
-                A = S if A is None else A + S
+        for w, rest in rests[mu]:
+            S = layout.shift(path_product(U, rest, layout, _links=_links, _memo=memo), mu, +1)
+            S = _weigh(S, w, xp)
+            A = S if A is None else A + S
         out.append(A if A is not None else xp.zeros_like(_links[0][mu]))
     return out
 
