@@ -179,3 +179,30 @@ def test_resume_after_killed_append(tmp_path):
         assert np.array_equal(ens.read(3), _cfg(3))
         assert [s["first_record"] for s in ens.sessions] == [0, 2, 3]
         assert ens.provenance["mpi_ranks"] == 1
+
+
+def test_scatter_field_single_process():
+    lay = lattice.Layout(SHAPE)
+    U = _cfg(0)
+    assert lay.scatter_field(U, inner=2) is U
+    with pytest.raises(lattice.LayoutError, match="does not fit the lattice"):
+        lay.scatter_field(lattice.random_gauge((4, 4, 4, 4), seed=1), inner=2)
+
+
+def test_open_or_create_resumes_only_the_same_ensemble(tmp_path):
+    p = tmp_path / "e.h5"
+    kw = dict(lattice_shape=SHAPE, N=3, action=Wilson(6.0), meta={"seed": 7})
+    with EnsembleStore.open_or_create(p, **kw) as ens:
+        assert ens.n == 0 and ens.mode == "a"
+        ens.append(_cfg(0))
+    with EnsembleStore.open_or_create(p, **kw) as ens:
+        assert ens.n == 1
+        ens.append(_cfg(1))
+    with pytest.raises(MismatchError, match="'meta.seed' differs"):
+        EnsembleStore.open_or_create(p, **{**kw, "meta": {"seed": 8}})
+    with pytest.raises(MismatchError, match="'action.beta' differs"):
+        EnsembleStore.open_or_create(p, **{**kw, "action": Wilson(6.1)})
+    with pytest.raises(MismatchError, match="'storage' differs"):
+        EnsembleStore.open_or_create(p, **kw, storage="complex64")
+    with EnsembleStore.open(p) as ens:
+        assert ens.n == 2

@@ -9,6 +9,8 @@ atomic small files.
   the SciDAC checksum (:mod:`lattice.io.ildg`, :mod:`lattice.io.lime`, :mod:`lattice.io.checksum`).
 * :func:`provenance` / :func:`write_provenance` -- what every output records.
 * :func:`atomic_write` -- write-temporary-fsync-rename for small files.
+* :func:`on_root` / :func:`collective` -- run a host-side step on MPI rank 0 (or on all
+  ranks) so that an exception on one rank is raised on every rank instead of hanging.
 
 Errors: :class:`CorruptFileError` (with :class:`TruncatedFileError`, :class:`ChecksumError`)
 and :class:`MismatchError` (:mod:`lattice.io.errors`).
@@ -21,11 +23,12 @@ from .provenance import provenance, write_provenance, read_provenance, CONVENTIO
 from .store import RecordStore, Column, JSON
 from .ensemble import EnsembleStore, Record
 from .ildg import write_ildg, read_ildg, read_ildg_info, IldgInfo, UnverifiedDataWarning
+from ._parallel import on_root, collective
 from . import lime, checksum
 
 __all__ = [
     "CorruptFileError", "TruncatedFileError", "ChecksumError", "MismatchError", "atomic_write",
     "provenance", "write_provenance", "read_provenance", "CONVENTIONS", "CONVENTIONS_VERSION",
     "RecordStore", "Column", "JSON", "EnsembleStore", "Record", "write_ildg", "read_ildg",
-    "read_ildg_info", "IldgInfo", "UnverifiedDataWarning", "lime", "checksum",
+    "read_ildg_info", "IldgInfo", "UnverifiedDataWarning", "lime", "checksum", "on_root", "collective",
 ]

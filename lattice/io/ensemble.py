@@ -32,6 +32,7 @@ Example::
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import numpy as np
@@ -171,6 +172,24 @@ class EnsembleStore:
             layout = Layout(tuple(header["lattice_shape"]))
         return cls(store, layout, header, n, path, mode)
 
+    @classmethod
+    def open_or_create(cls, path, *, lattice_shape, N: int, action, meta: dict | None = None,
+                       layout: Layout | None = None, storage: str = "complex128",
+                       durable: bool = True) -> "EnsembleStore":
+        """Resume an existing ensemble or start a new one, for jobs that may be restarted.
+
+        If ``path`` exists it is opened for appending and must match ``lattice_shape``, ``N``,
+        ``action``, ``storage`` and every entry of ``meta`` (else MismatchError: a restarted
+        job never silently appends to a different ensemble); otherwise it is created.
+        """
+        exists = on_root(layout, lambda: os.path.exists(path), bcast_result=True)
+        if not exists:
+            return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
+                              storage=storage, durable=durable)
+        expect = {"lattice_shape": tuple(int(n) for n in lattice_shape), "N": int(N), "storage": storage,
+                  "action": _action_dict(action), "meta": dict(meta or {})}
+        return cls.open(path, "a", layout=layout, expect=expect, durable=durable)
+
     # ----------------------------------------------------------------- header
     @property
     def lattice_shape(self) -> tuple:
@@ -215,25 +234,27 @@ class EnsembleStore:
         return self._store
 
     # ----------------------------------------------------------------- append
-    def append(self, U, *, state=None, **scalars) -> int:
+    def append(self, U, *, state=None, check: bool = True, **scalars) -> int:
         """Append one configuration (this rank's block under MPI); returns its index.
 
         ``scalars``: per-configuration numbers/booleans (trajectory=..., plaquette=...,
         accepted=..., dH=...); the first append fixes their names and types. ``state``: a
-        JSON-serialisable object needed to resume (e.g. ``Rng.state()``).
+        JSON-serialisable object needed to resume (e.g. ``Rng.state()``). ``check``: verify
+        that U is in SU(N) first (``lattice.su_n.check_su_n``; about as costly as the write).
         """
         if self.mode != "a":
             raise PermissionError(f"{self.path} is open read-only; open it with mode='a' to append")
         lay = self.layout
         want = (self.Nd,) + tuple(lay.local_shape) + (self.N, self.N)
 
-        def check():
+        def validate():
             if tuple(U.shape) != want:
                 raise ValueError(f"{self.path}: configuration of shape {tuple(U.shape)} does not fit the "
                                  f"ensemble: expected {want} (Nd, local lattice, N, N)")
-            su_n.check_su_n(U, what=f"configuration appended to {self.path}")
+            if check:
+                su_n.check_su_n(U, what=f"configuration appended to {self.path}")
 
-        collective(lay, check)
+        collective(lay, validate)
         Ug = lay.gather_field(U, inner=2, root=0)
 
         def op():

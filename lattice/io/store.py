@@ -117,8 +117,11 @@ def open_h5(path, mode: str):
         if "signature not found" in msg:
             raise CorruptFileError(f"{path} is not an HDF5 file (no HDF5 signature): h5py: {msg}", path) from None
         if "lock" in msg:
-            raise OSError(f"{path} is open for writing by another process (HDF5 file lock); wait for it "
-                          f"to finish: h5py: {msg}") from None
+            if "errno = 38" in msg or "not implemented" in msg.lower():
+                raise OSError(f"{path}: the file system does not support HDF5 file locks; set the "
+                              f"environment variable HDF5_USE_FILE_LOCKING=FALSE: h5py: {msg}") from None
+            raise OSError(f"{path} is open by another process (HDF5 file lock; e.g. a running job "
+                          f"appending to it): h5py: {msg}") from None
         raise CorruptFileError(f"{path} cannot be opened as HDF5 (corrupted?): h5py: {msg}", path) from None
 
 
