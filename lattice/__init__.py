@@ -15,6 +15,7 @@ from .loops import (plaquette, plaquette_planes, plaquette_spatial_temporal, pla
                     clover_field_strength, topological_charge, topological_charge_density)
 from .su_n import InvalidGaugeField
 from . import su_n, actions, loops, fields, backend
+from . import io
 
 __all__ = [
     "Rng", "namespace", "get_namespace", "to_host", "from_host", "Layout", "LayoutError", "scatter",
@@ -23,4 +24,5 @@ __all__ = [
     "plaquette_planes", "plaquette_spatial_temporal", "plaquette_field", "rectangle_field",
     "wilson_loop", "path_product", "polyakov_loop", "clover_field_strength", "topological_charge",
     "topological_charge_density", "InvalidGaugeField", "su_n", "actions", "loops", "fields", "backend",
+    "io",
 ]

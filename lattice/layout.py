@@ -320,6 +320,56 @@ class Layout:
             out[tuple(idx)] = blk
         return from_host(out, xp)
 
+    def scatter_field(self, F_global, inner: int, root: int = 0, xp=None):
+        """This rank's block of a global field that only rank ``root`` holds.
+
+        ``F_global`` has shape ``(*lead, *global_shape, *inner_shape)`` on rank ``root``
+        (it is ignored, and may be None, elsewhere). The root sends every other rank its
+        block point-to-point (contiguous buffers, one message per rank); only the shape and
+        dtype are broadcast. Returns ``(*lead, *local_shape, *inner_shape)`` in the namespace
+        ``xp`` (default: the root's array namespace on the root, NumPy elsewhere).
+        Without MPI, checks the shape and returns ``F_global``.
+        """
+        if not self.is_distributed:
+            self.check_sites(F_global, inner, "global field")
+            return F_global if xp is None else from_host(to_host(F_global), xp)
+        import numpy as _np
+        me = self.comm.Get_rank()
+        header = None
+        if me == root:
+            if xp is None:
+                xp = namespace(F_global)
+            h = _np.asarray(to_host(F_global))
+            sites = tuple(h.shape[h.ndim - inner - self.Nd: h.ndim - inner]) if h.ndim >= inner + self.Nd else None
+            header = (tuple(h.shape), h.dtype.str) if sites == self.global_shape else ("error", tuple(h.shape))
+        header = self.comm.bcast(header, root=root)
+        if header[0] == "error":
+            raise LayoutError(f"scatter_field: global field of shape {header[1]} does not fit the lattice "
+                              f"{self.global_shape} (with {inner} inner axes)")
+        shape, dtype = header
+        ax0 = len(shape) - inner - self.Nd
+
+        def block_index(r):
+            c = self._cart.Get_coords(r)
+            idx = [slice(None)] * len(shape)
+            for mu in range(self.Nd):
+                idx[ax0 + mu] = slice(c[mu] * self.local_shape[mu], (c[mu] + 1) * self.local_shape[mu])
+            return tuple(idx)
+
+        tag = 7301
+        if me == root:
+            for r in range(self.size):
+                if r != root:
+                    self.comm.Send(_np.ascontiguousarray(h[block_index(r)]), dest=r, tag=tag)
+            mine = _np.ascontiguousarray(h[block_index(root)])
+        else:
+            local = list(shape)
+            for mu in range(self.Nd):
+                local[ax0 + mu] = self.local_shape[mu]
+            mine = _np.empty(local, dtype=_np.dtype(dtype))
+            self.comm.Recv(mine, source=root, tag=tag)
+        return from_host(mine, xp)
+
 
 # ---------------------------------------------------------------------- inference helpers
 def infer_gauge_layout(U, layout: Layout | None = None) -> Layout:
