@@ -37,7 +37,7 @@ from .fields import links
 from .loops import plaquette
 from . import su_n
 
-__all__ = ["integrate", "kinetic_energy", "hamiltonian", "hmc_trajectory", "run_hmc",
+__all__ = ["resume_point", "integrate", "kinetic_energy", "hamiltonian", "hmc_trajectory", "run_hmc",
            "reversibility_check", "TrajectoryRecord", "OMELYAN_LAMBDA", "draw_momenta"]
 
 OMELYAN_LAMBDA = 0.1931833275037836
@@ -198,6 +198,19 @@ def reversibility_check(U, action, tau: float = 1.0, n_steps: int = 10, integrat
     return {"max_dU": dU, "max_dP": dP, "dH": [float(v) for v in to_host(xp.reshape(H2 - H0, (-1,)))]}
 
 
+def resume_point(store):
+    """(U, next trajectory number) of the last configuration in an ensemble store, or None.
+
+    Trajectory i always uses the random stream ``Rng(seed).child(i)``, so continuing from
+    here reproduces the uninterrupted chain exactly (trajectories after the last saved one
+    are recomputed).
+    """
+    if store is None or len(store) == 0:
+        return None
+    rec = store.last()
+    return rec.U, int(rec.scalars["trajectory"]) + 1
+
+
 def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integrator: str = "omelyan",
             seed: int = 0, levels=None, layout: Layout | None = None, start_traj: int = 0,
             store=None, save_every: int = 1, n_therm: int = 0, progress: bool = True,
@@ -211,8 +224,10 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
     tau, n_steps, integrator : trajectory length, steps (outermost level), scheme.
     levels : nested time scales, see module docstring.
     start_traj : number of the first trajectory (for resuming; selects the random streams).
-    store : optional object with ``append(U, **scalars)`` (an ensemble store, unbatched
-        fields) used every ``save_every`` trajectories after ``n_therm`` thermalisation ones.
+    store : optional :class:`lattice.io.EnsembleStore` (unbatched fields): trajectory i is
+        appended when i >= n_therm and (i + 1 - n_therm) % save_every == 0 (trajectory
+        numbers count from the start of the chain, so thermalisation is trajectories
+        0 .. n_therm-1). Use :func:`resume_point` to continue a chain from its store.
     callback : called as ``callback(traj, U, record)`` after every trajectory.
 
     Returns ``(U, history)`` with history a list of :class:`TrajectoryRecord`.
@@ -220,6 +235,9 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
     layout = infer_gauge_layout(U0, layout)
     if check_input:
         su_n.check_su_n(U0, what="HMC start field")
+    if store is not None and U0.ndim != layout.Nd + 3:
+        raise ValueError("an ensemble store holds single configurations: run one chain (no batch axis) "
+                         "per store")
     xp = namespace(U0)
     lv = _normalise_levels(action, n_steps, levels)
     base = Rng(seed, xp=xp)
@@ -248,9 +266,10 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
             history.append(rec)
             n_acc += sum(rec.accepted)
             n_tot += len(rec.accepted)
-            if store is not None and i - start_traj >= n_therm and (i + 1) % save_every == 0:
-                store.append(U, traj=i, plaquette=rec.plaquette[0], dH=rec.dH[0],
-                             accepted=int(rec.accepted[0]))
+            if store is not None and i >= n_therm and (i + 1 - n_therm) % save_every == 0:
+                store.append(U, trajectory=i, plaquette=rec.plaquette[0], dH=rec.dH[0],
+                             accepted=int(rec.accepted[0]), seconds=rec.seconds,
+                             state={"seed": seed, "next_traj": i + 1})
             if callback is not None:
                 callback(i, U, rec)
             if bar is not None:
