@@ -1,0 +1,79 @@
+"""`gaugeflow hmc`: generate an ensemble (pure gauge, or Nf=2 twisted mass when
+[fermions] enabled = true) into `<output>/ensemble.h5`; resumes from the store when rerun.
+
+Trajectory i always uses the random stream child(i) of the job seed, so a killed job rerun
+with the same config continues the identical chain."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import lattice as L
+from lattice import hmc
+from lattice.io import EnsembleStore
+
+from ..context import JobContext, make_action
+
+__all__ = ["run", "ensemble_path", "summarise_plaquette"]
+
+
+def ensemble_path(ctx: JobContext, lam: float | None = None):
+    lam = ctx.cfg["hmc"]["lam"] if lam is None else lam
+    return ctx.path("ensemble.h5" if lam == 0 else f"ensemble_lam{lam:g}.h5")
+
+
+def _monomials(ctx: JobContext, action):
+    """Integration levels: gauge only, or fermions outside / gauge inside."""
+    cfg = ctx.cfg
+    if not cfg["fermions"]["enabled"]:
+        return None, [action]
+    from fermions.hmc_nf2 import pseudofermion_levels
+    return pseudofermion_levels(action, cfg, ctx.layout), None
+
+
+def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, path=None):
+    cfg = ctx.cfg
+    h = cfg["hmc"]
+    lam = h["lam"] if lam is None else lam
+    action = make_action(cfg, lam)
+    path = path or ensemble_path(ctx, lam)
+    n_traj = h["n_traj"] if n_traj is None else n_traj
+    seed = cfg["job"]["seed"] + (0 if lam == 0 else 1 + int(round(abs(lam) * 1e6)))
+    shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
+    meta = {"seed": seed, "tau": h["tau"], "n_steps": h["n_steps"], "integrator": h["integrator"],
+            "n_therm": h["n_therm"], "save_every": h["save_every"], "start": h["start"],
+            "fermions": {k: v for k, v in cfg["fermions"].items()} if cfg["fermions"]["enabled"] else "none"}
+    levels, monos = _monomials(ctx, action)
+    total = h["n_therm"] + n_traj * h["save_every"]
+    with EnsembleStore.open_or_create(path, lattice_shape=shape, N=N, action=action.params(), meta=meta,
+                                      layout=ctx.layout) as ens:
+        rp = hmc.resume_point(ens)
+        if rp is None:
+            U0 = (L.random_gauge(shape, N=N, seed=seed, layout=ctx.layout) if h["start"] == "hot"
+                  else L.unit_gauge(shape, N=N, layout=ctx.layout))
+            start = 0
+        else:
+            U0, start = rp
+            ctx.say(f"resuming {path.name}: {len(ens)} configurations stored, next trajectory {start}")
+        if start < total:
+            hmc.run_hmc(monos, U0, total - start, tau=h["tau"], n_steps=h["n_steps"],
+                        integrator=h["integrator"], seed=seed, levels=levels, layout=ctx.layout,
+                        start_traj=start, store=ens, save_every=h["save_every"], n_therm=h["n_therm"],
+                        progress=ctx.progress)
+        sc = ens.scalars()
+    mean, err, tau = summarise_plaquette(sc["plaquette"])
+    acc = float(np.mean(sc["accepted"])) if len(sc["accepted"]) else float("nan")
+    ctx.say(f"{path.name}: {len(sc['plaquette'])} configurations, plaquette {mean:.6f} +- {err:.6f} "
+            f"(tau_int {tau:.2f}), acceptance {acc:.2f}, <exp(-dH)> {np.mean(np.exp(-sc['dH'])):.4f}")
+    return path
+
+
+def summarise_plaquette(series):
+    """Mean, error and tau_int of a Markov-chain series (Gamma method)."""
+    from analysis import gamma_method
+    series = np.asarray(series, float)
+    if series.size < 4:
+        return float(series.mean()) if series.size else float("nan"), float("nan"), float("nan")
+    g = gamma_method(series)
+    return float(g.mean), float(g.err), float(g.tau_int)
