@@ -180,41 +180,50 @@ def _scipy_fit(obj: _Objective, theta0, y):
 
 
 def _gauss_newton(obj: _Objective, theta0, Y, max_iter=50, tol=1e-11):
-    """Minimise χ² for every row of Y (n_rep, nt) at once, starting from theta0 (p,)."""
+    """Minimise χ² for every row of Y (n_rep, nt) at once, starting from theta0 (p,).
+
+    Gauss–Newton steps δ = -(JᵀJ)⁻¹ Jᵀ R, solved for all replicas in one batched call. A
+    step is accepted if χ² does not rise by more than its rounding level (1e-9 (1 + χ²));
+    otherwise it is halved. A replica has converged when its relative step is below ``tol``
+    or the predicted decrease |J δ|² is negligible. Returns (theta (n_rep, p), failed mask).
+    """
     n_rep = Y.shape[0]
     theta = np.broadcast_to(theta0, (n_rep, theta0.size)).copy()
     chi2 = obj.chi2(theta, Y)
     done = np.zeros(n_rep, dtype=bool)
+    converged = np.zeros(n_rep, dtype=bool)
     for _ in range(max_iter):
-        act = ~done
-        if not act.any():
+        act = np.nonzero(~done)[0]
+        if act.size == 0:
             break
-        th = theta[act]
-        r, J = obj.residuals(th, Y[act])
+        th, Ya, c_old = theta[act], Y[act], chi2[act]
+        r, J = obj.residuals(th, Ya)
         JtJ = np.swapaxes(J, -1, -2) @ J
         Jtr = (np.swapaxes(J, -1, -2) @ r[..., None])[..., 0]
         try:
             step = -np.linalg.solve(JtJ, Jtr[..., None])[..., 0]
         except np.linalg.LinAlgError:
             break
-        c_old = chi2[act]
-        scale = np.ones(th.shape[0])
+        pred = np.sum((J @ step[..., None])[..., 0] ** 2, axis=-1)      # GN-predicted χ² decrease
+        slack = 1e-9 * (1.0 + c_old)
+        scale = np.ones(act.size)
         new = th + step
-        c_new = obj.chi2(new, Y[act])
-        for _halve in range(20):                      # step halving where χ² went up
-            bad = ~(c_new <= c_old * (1 + 1e-13) + 1e-300)
+        c_new = obj.chi2(new, Ya)
+        for _halve in range(30):
+            bad = ~(c_new <= c_old + slack)
             if not bad.any():
                 break
             scale[bad] *= 0.5
             new[bad] = th[bad] + scale[bad, None] * step[bad]
-            c_new[bad] = obj.chi2(new[bad], Y[act][bad])
-        small = np.max(np.abs(scale[:, None] * step) / (np.abs(th) + 1e-8), axis=-1) < tol
-        idx = np.nonzero(act)[0]
-        ok = c_new <= c_old * (1 + 1e-13) + 1e-300
-        theta[idx[ok]] = new[ok]
-        chi2[idx[ok]] = c_new[ok]
-        done[idx[small | ~ok]] = True
-    fail = ~done | ~np.all(np.isfinite(theta), axis=-1)
+            c_new[bad] = obj.chi2(new[bad], Ya[bad])
+        ok = c_new <= c_old + slack
+        theta[act[ok]] = new[ok]
+        chi2[act[ok]] = c_new[ok]
+        rel = np.max(np.abs(scale[:, None] * step) / (np.abs(th) + 1e-8), axis=-1)
+        conv = ok & ((rel < tol) | (pred <= 1e-24 * (1.0 + c_old)))
+        converged[act[conv]] = True
+        done[act[conv | ~ok]] = True
+    fail = ~converged | ~np.all(np.isfinite(theta), axis=-1)
     return theta, fail
 
 
