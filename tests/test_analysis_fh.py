@@ -41,6 +41,9 @@ def test_epsilon_derivative_of_correlator_matches_two_ensemble_finite_difference
     assert np.all(np.abs(z) < 4), z
     z_truth = (eps.mean - TOY.dC_dlambda()) / eps.err
     assert np.all(np.abs(z_truth) < 4), z_truth
+    # its error is the standard error of the per-configuration (C - C̄)(O - Ō)
+    prod = (a.C - a.C.mean(axis=0)) * (a.O - a.O.mean())[:, None]
+    np.testing.assert_allclose(eps.err, prod.std(axis=0, ddof=1) / np.sqrt(len(a.O)), rtol=1e-3)
     # finite-ε reweighting by exp(-ε O) approaches the exact derivative as ε → 0
     small = an.reweighting_derivative(a.C, a.O, eps=1e-5)
     np.testing.assert_allclose(small.mean, eps.mean, rtol=2e-3, atol=1e-3 * np.max(np.abs(eps.mean)))
