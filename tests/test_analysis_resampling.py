@@ -124,13 +124,6 @@ def test_reweighted_average_agrees_with_direct_sampling():
     assert ratio == pytest.approx(np.sqrt(np.exp(a * a) * (1 + a * a)), rel=0.1)
 
 
-def test_uncorrelated_fit_hessian_errors_use_the_sandwich():
-    C = an.synthetic_correlators(3000, 24, noise=0.05, correlation=0.5, seed=8)
-    jk = an.fit_correlator(C, 4, 12, 24, correlated=False)
-    h = an.fit_correlator(C, 4, 12, 24, correlated=False, errors="hessian")
-    assert h.energies_err[0] == pytest.approx(jk.energies_err[0], rel=0.03)      # naive (JᵀD⁻¹J)⁻¹: 25% low
-
-
 def test_reweighted_jackknife_matches_delta_method():
     rng = np.random.default_rng(8)
     x = rng.normal(size=50_000)
