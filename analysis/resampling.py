@@ -42,6 +42,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from .estimate import Estimate
 
@@ -299,7 +300,8 @@ class GammaResult:
     """Result of :func:`gamma_method`; unpacks as ``mean, err, tau_int``.
 
     mean, err, tau_int, tau_int_err, err_err, window : float (or arrays, one per component).
-    rho : normalised autocorrelation function ρ(t), t = 0..2W (per component, list if several).
+    rho : bias-corrected normalised autocorrelation ρ(t), t = 0..W (per component, list if several);
+        :func:`autocorrelation` gives Γ(t) at any lag.
     n : length of the series.
     """
 
@@ -342,9 +344,9 @@ def autocorrelation(a: np.ndarray, t_max: int | None = None) -> np.ndarray:
     """
     n = a.shape[0]
     t_max = n - 1 if t_max is None else min(int(t_max), n - 1)
-    size = 1 << int(math.ceil(math.log2(2 * n)))
-    f = np.fft.rfft(a, n=size, axis=0)
-    g = np.fft.irfft(f * np.conj(f), n=size, axis=0)[: t_max + 1]
+    size = sp_fft.next_fast_len(2 * n - 1, real=True)       # zero padding: no wrap-around
+    f = sp_fft.rfft(a, n=size, axis=0)
+    g = sp_fft.irfft(f.real ** 2 + f.imag ** 2, n=size, axis=0)[: t_max + 1]
     return g / (n - np.arange(t_max + 1))[:, None]
 
 
@@ -358,6 +360,37 @@ def _wolff_window(gamma, n, S):
         g = np.exp(-W / tau_w) - tau_w / np.sqrt(W * n)
     neg = np.nonzero(g < 0)[0]
     return None if neg.size == 0 else int(W[neg[0]])
+
+
+def _gamma_and_window(a, S, W_max, window):
+    """Γ(t) of one mean-zero series and its window W (fixed, or Wolff's automatic one).
+
+    Short windows are the common case, so lags are first summed directly (O(N) each) while
+    the window criterion is checked lag by lag; only if it has not closed after 8·log2(N)
+    lags — where the direct sums start to cost more than an FFT — is Γ computed by FFT,
+    O(N log N).
+    """
+    n = a.shape[0]
+    t_direct = min(W_max + 1, 8 * max(1, math.ceil(math.log2(n))))
+    g0 = float(a @ a) / n
+    gam = [g0]
+    W = None if window is None else int(window)
+    s = 0.0
+    for t in range(1, t_direct + 1):
+        gt = float(a[:-t] @ a[t:]) / (n - t)
+        gam.append(gt)
+        if W is None:
+            s += gt / g0
+            tau = 0.5 + s
+            tau_w = S / math.log((2 * tau + 1) / (2 * tau - 1)) if tau > 0.5 else 1e-300
+            if math.exp(-t / tau_w) - tau_w / math.sqrt(t * n) < 0:
+                W = t
+        if W is not None and t >= W:
+            return np.array(gam), W
+    g = autocorrelation(a[:, None], t_max=W_max + 1)[:, 0]
+    if W is None:
+        W = _wolff_window(g[: W_max + 1], n, S)
+    return g, W
 
 
 def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int | None = None,
@@ -441,7 +474,6 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
         if int(window) != window or not 0 <= window < n - 1:
             raise ValueError(f"window must be an integer in [0, N-1), got {window!r}")
         W_max = max(W_max, int(window))
-    gam = autocorrelation(a, t_max=W_max + 1)
     err = np.empty(m)
     tau = np.empty(m)
     dtau = np.empty(m)
@@ -449,12 +481,12 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
     win = np.empty(m, dtype=int)
     rhos = []
     for c in range(m):
-        g = gam[:, c]
-        if g[0] <= 0:
+        ac = np.ascontiguousarray(a[:, c])
+        if not np.any(ac):
             err[c], tau[c], dtau[c], derr[c], win[c] = 0.0, 0.5, 0.0, 0.0, 0
             rhos.append(np.ones(1))
             continue
-        W = int(window) if window is not None else _wolff_window(g[: W_max + 1], n, S)
+        g, W = _gamma_and_window(ac, S, W_max, window)
         if W is None:
             warnings.warn(f"gamma_method: automatic window did not terminate before W_max={W_max}; "
                           "the series is too short for its autocorrelation time", RuntimeWarning, stacklevel=2)
@@ -468,7 +500,7 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
         dtau[c] = 2.0 * tau[c] * math.sqrt(max(W + 0.5 - tau[c], 0.0) / n)
         derr[c] = err[c] * math.sqrt((W + 0.5) / n)
         win[c] = W
-        rhos.append(g[: 2 * W + 1] / g[0])
+        rhos.append(g[: W + 1] / g[0])
     shape = np.shape(value)
 
     def out(v):

@@ -222,6 +222,31 @@ def test_gamma_method_ar1_recovers_tau_int(rho, seed):
     assert jk.err == pytest.approx(err, rel=0.25)
 
 
+def test_autocorrelation_fft_equals_direct_sums():
+    from analysis.resampling import autocorrelation
+    a = np.random.default_rng(2).normal(size=(37, 2))
+    g = autocorrelation(a)
+    direct = np.array([[a[: 37 - t, c] @ a[t:, c] / (37 - t) for c in range(2)] for t in range(37)])
+    np.testing.assert_allclose(g, direct, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("rho", [0.3, 0.9, 0.995])
+def test_gamma_method_direct_and_fft_paths_agree(rho):
+    # short windows use direct lag sums, long ones the FFT; both must equal the FFT reference
+    from analysis.resampling import autocorrelation, _wolff_window
+    x = _ar1(rho, 20_000, 7)
+    res = an.gamma_method(x)
+    a = x - x.mean()
+    g = autocorrelation(a[:, None], t_max=10_001)[:, 0]
+    W = _wolff_window(g[:10_001], len(x), 1.5)
+    cf = g[0] + 2 * g[1:W + 1].sum()
+    g = g + cf / len(x)
+    cf = g[0] + 2 * g[1:W + 1].sum()
+    assert res.window == W
+    assert res.tau_int == pytest.approx(cf / (2 * g[0]), rel=1e-10)
+    assert res.err == pytest.approx(np.sqrt(cf / len(x)), rel=1e-10)
+
+
 def test_gamma_method_bias_correction_on_short_chains():
     """Mean of err² over many short AR(1) chains vs the exact Var(x̄) at finite N.
 
