@@ -155,3 +155,22 @@ def test_fit_input_errors():
         an.fit_correlator(C, 10, 12, T, n_states=2)
     with pytest.raises(ValueError, match="errors"):
         an.fit_correlator(C, 3, 12, T, errors="magic")
+
+
+def test_folded_input_bands_and_derived_quantities():
+    C = _data(300, seed=7)
+    Cf = an.fold(C)                                         # (N, T//2 + 1)
+    a = an.fit_correlator(Cf, 5, 12, T)
+    b = an.fit_correlator(C, 5, 12, T, fold=True)
+    assert a.energies[0] == pytest.approx(b.energies[0], rel=1e-12)
+    band = a.model_estimate(np.arange(5, 13))
+    assert band.shape == (8,) and np.all(band.err > 0)
+    np.testing.assert_allclose(band.mean, a.model(), rtol=1e-12)
+    # Z-factor-like derived quantity from the same jackknife: A·E keeps correlations
+    az = an.derive(lambda A, E: A * E, a.amplitude(0), a.energy(0))
+    assert az.n_replicas == 300 and az.err > 0
+    boot = an.fit_correlator(C, 5, 12, T, errors="bootstrap", n_boot=200, seed=3)
+    ratio = an.derive(lambda A, E: A / E, boot.amplitude(0), boot.energy(0))
+    assert ratio.method == "bootstrap"
+    with pytest.raises(ValueError, match="different resamplings"):
+        an.derive(lambda x, y: x + y, a.energy(0), boot.energy(0))
