@@ -1,1 +1,51 @@
-"""gaugeflow.analysis (under construction)."""
+"""gaugeflow.analysis — statistics for lattice ensembles: NumPy arrays in, arrays and records out.
+
+Only NumPy, SciPy and matplotlib are used; nothing else of gaugeflow is imported, so this
+package can be used on its own in a notebook.
+
+Resampling (configuration axis first; optional per-configuration log-weights everywhere):
+    jackknife, bootstrap, gamma_method, ess, reweighted_mean, resample_means
+Records and propagation:
+    Estimate (unpacks as mean, err), derive, align_ensembles, format_value
+Correlators and fits:
+    symmetrize, fold, effective_mass, cosh_model, fit_correlator, scan_t_min, FitResult
+Feynman–Hellmann (paper eqs. 12–17):
+    gluon_momentum_fraction, flow_derivative, reweighting_derivative, x_g_from_slope
+Cost model (paper eq. 19):
+    break_even, per_config_costs, total_costs, paper_example
+Plots (imported lazily, see analysis.plots):
+    plot_effective_mass, plot_fh_scan, plot_training
+Synthetic data with known answers:
+    synthetic_correlators, ToyFeynmanHellmann
+"""
+from .estimate import Estimate, derive, align_ensembles, format_value
+from .resampling import (ess, reweighted_mean, resample_means, jackknife, bootstrap, gamma_method,
+                         GammaResult)
+from .correlators import symmetrize, fold, effective_mass, cosh_model
+from .fits import fit_correlator, scan_t_min, FitResult, FitScan, regularize_covariance
+from .feynman_hellmann import (gluon_momentum_fraction, flow_derivative, reweighting_derivative,
+                               x_g_from_slope, FHResult, FHScan)
+from .cost import break_even, per_config_costs, total_costs, paper_example, PAPER_COSTS
+from .synthetic import synthetic_correlators, ToyFeynmanHellmann
+
+__all__ = [
+    "Estimate", "derive", "align_ensembles", "format_value",
+    "ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap", "gamma_method", "GammaResult",
+    "symmetrize", "fold", "effective_mass", "cosh_model",
+    "fit_correlator", "scan_t_min", "FitResult", "FitScan", "regularize_covariance",
+    "gluon_momentum_fraction", "flow_derivative", "reweighting_derivative", "x_g_from_slope",
+    "FHResult", "FHScan",
+    "break_even", "per_config_costs", "total_costs", "paper_example", "PAPER_COSTS",
+    "synthetic_correlators", "ToyFeynmanHellmann",
+    "plot_effective_mass", "plot_fh_scan", "plot_training",
+]
+
+_PLOTS = ("plot_effective_mass", "plot_fh_scan", "plot_training")
+
+
+def __getattr__(name):
+    # matplotlib is imported only when a plot function is first used
+    if name in _PLOTS:
+        from . import plots
+        return getattr(plots, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
