@@ -85,6 +85,30 @@ def check_rank(s, dtype, rank_rtol: float | None = None, what: str = "matrix"):
         f"the staple network (eq. 4 zeroes the active links).")
 
 
+def _first_index(bad):
+    """Multi-index (host tuple) of the first True entry of a boolean array."""
+    xp = namespace(bad)
+    flat = xp.reshape(xp.astype(bad, xp.int8), (-1,))
+    k = int(xp.argmax(flat))
+    idx = []
+    for n in reversed(tuple(int(n) for n in bad.shape)):
+        idx.append(k % n)
+        k //= n
+    return tuple(reversed(idx))
+
+
+def _svd_checked(M, rank_rtol):
+    """SVD factors of M after checking finiteness and rank (raises :class:`ProjectionError`)."""
+    xp = namespace(M)
+    fin = xp.all(xp.isfinite(M), axis=(-2, -1))
+    if not bool(xp.all(fin)):
+        raise ProjectionError(f"cannot project a matrix with NaN or inf entries onto U(N)/SU(N): first at "
+                              f"index {_first_index(xp.logical_not(fin))} of batch shape {tuple(fin.shape)}")
+    W, s, Vh = su_n.polar_svd(M)
+    check_rank(s, M.dtype, rank_rtol)
+    return W, s, Vh
+
+
 def _sylvester_kernel(s, dtype):
     """K_ij = 1 / (s_i + s_j), shape (*batch, N, N), cast to ``dtype``."""
     xp = namespace(s)
@@ -101,8 +125,7 @@ def _polar_adjoint(W, s, Vh, Bt):
 # --------------------------------------------------------------------------- U(N)
 def project_u_fwd(M, *, rank_rtol: float | None = None):
     """P_U(N)(M) and the context for :func:`project_u_vjp`. Raises at rank deficiency."""
-    W, s, Vh = su_n.polar_svd(M)
-    check_rank(s, M.dtype, rank_rtol)
+    W, s, Vh = _svd_checked(M, rank_rtol)
     Q = W @ Vh
     return Q, (W, s, Vh)
 
@@ -127,8 +150,7 @@ def project_u(M, *, rank_rtol: float | None = None):
 # --------------------------------------------------------------------------- SU(N)
 def project_su_fwd(M, *, rank_rtol: float | None = None):
     """P_SU(N)(M) and the context for :func:`project_su_vjp`. Raises at rank deficiency."""
-    W, s, Vh = su_n.polar_svd(M)
-    check_rank(s, M.dtype, rank_rtol)
+    W, s, Vh = _svd_checked(M, rank_rtol)
     P = su_n.remove_det_phase(W @ Vh)
     return P, (W, s, Vh, P)
 

@@ -81,7 +81,7 @@ def staple_mask_factor(mask, layout, like):
     if not xp.isdtype(mask.dtype, "bool") and not bool(xp.all((m == 0) | (m == 1))):
         raise ValueError("active mask must contain only 0 (frozen) and 1 (active)")
     keep = xp.astype(1.0 - m, like.dtype)
-    return [xp.reshape(keep[mu], tuple(layout.local_shape) + (1, 1)) for mu in range(layout.Nd)]
+    return [xp.reshape(keep[mu, ...], tuple(layout.local_shape) + (1, 1)) for mu in range(layout.Nd)]
 
 
 class StapleNet(Module):

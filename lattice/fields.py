@@ -60,7 +60,7 @@ def mu_axis(U, layout: Layout) -> int:
 def link(U, mu: int, layout: Layout):
     """U_mu as a site field of shape ``(*batch, *sites, N, N)`` (a view)."""
     ax = mu_axis(U, layout)
-    return U[(slice(None),) * ax + (mu,)]
+    return U[(slice(None),) * ax + (mu, Ellipsis)]
 
 
 def links(U, layout: Layout | None = None):
