@@ -226,15 +226,18 @@ class StapleNet(Module):
             Snu = S[nu]
             T = layout.shift(Snu, mu, +1)
             P = layout.shift(Smu, nu, +1)
-            # R = S_nu P T^dag
-            Snu_b = Rb @ T @ su_n.dagger(P)
-            P_b = su_n.dagger(Snu) @ Rb @ T
-            T_b = su_n.dagger(Rb) @ Snu @ P
-            # L = shift(D, nu, -1), D = S_nu^dag S_mu T
+            # R = S_nu P T^dag:  S_nu_b = R_b T P^dag, P_b = S_nu^dag R_b T, T_b = R_b^dag S_nu P
+            RbT = Rb @ T
+            Snu_b = RbT @ su_n.dagger(P)
+            P_b = su_n.dagger(Snu) @ RbT
+            T_b = su_n.dagger(Rb) @ (Snu @ P)
+            # L = shift(D, nu, -1), D = S_nu^dag S_mu T:
+            # S_nu_b += S_mu T D_b^dag, S_mu_b = S_nu D_b T^dag, T_b += S_mu^dag S_nu D_b
             Db = layout.shift(Lb, nu, +1)
-            Snu_b = Snu_b + Smu @ T @ su_n.dagger(Db)
-            Smu_b = Snu @ Db @ su_n.dagger(T)
-            T_b = T_b + su_n.dagger(Smu) @ Snu @ Db
+            Snu_b = Snu_b + (Smu @ T) @ su_n.dagger(Db)
+            SnuDb = Snu @ Db
+            Smu_b = SnuDb @ su_n.dagger(T)
+            T_b = T_b + su_n.dagger(Smu) @ SnuDb
             add(nu, Snu_b + layout.shift(T_b, mu, -1))
             add(mu, Smu_b + layout.shift(P_b, nu, -1))
 
