@@ -93,13 +93,17 @@ class StapleNet(Module):
     mu : the direction whose active staple is produced (the layer's active direction).
     width : N_h, channels of the hidden staple fields.
     n_layers : N_l, number of mixing layers (eq. 3); N_l - 1 hidden staple fields. (The paper's
-        "2 hidden layers with N_h = 8" is N_l = 3 in this counting.)
+        "2 hidden layers with N_h = 8" reads as N_l = 3 in this counting, or N_l = 2 if it counts
+        mixing layers.)
+    save_memory : keep only the layer inputs in ``ctx`` and recompute the transported staples in
+        the VJP (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
+        staple fields per layer, about 3x less for N_h = 8; the VJP costs one more forward).
 
     ``forward(params, U, mask, layout=None) -> ((S_act,), ctx)`` with S_act of shape
     ``(*batch, *sites, N, N)``; ``vjp(params, ctx, S_act_bar) -> ((U_bar, None), grads)``.
     """
 
-    def __init__(self, Nd: int, mu: int, width: int = 8, n_layers: int = 2):
+    def __init__(self, Nd: int, mu: int, width: int = 8, n_layers: int = 2, save_memory: bool = False):
         if not 2 <= int(Nd) <= 4:
             raise ValueError(f"Nd must be 2, 3 or 4, got {Nd}")
         if not 0 <= int(mu) < int(Nd):
@@ -111,10 +115,12 @@ class StapleNet(Module):
         self.widths = [1] + [self.width] * (L - 1) + [1]
         self.dirs = [tuple(range(self.Nd))] * (L - 1) + [(self.mu,)]
         self.n_blocks = 2 * self.Nd - 1
+        self.save_memory = bool(save_memory)
 
     # ------------------------------------------------------------------ parameters
     def config(self) -> dict:
-        return {"Nd": self.Nd, "mu": self.mu, "width": self.width, "n_layers": self.n_layers}
+        return {"Nd": self.Nd, "mu": self.mu, "width": self.width, "n_layers": self.n_layers,
+                "save_memory": self.save_memory}
 
     def param_shapes(self) -> dict:
         return {f"c{i}": (len(self.dirs[i]), self.widths[i + 1], self.widths[i] * self.n_blocks)
@@ -202,7 +208,7 @@ class StapleNet(Module):
             augs, outs = [], [None] * self.Nd
             for j, mu in enumerate(self.dirs[i]):
                 aug = self._augment(S, mu, layout)
-                augs.append(aug)
+                augs.append(None if self.save_memory else aug)
                 outs[mu] = self._mix(c[j, ...], aug)
             saved.append((S, augs))
             S = outs
@@ -259,6 +265,8 @@ class StapleNet(Module):
             gc = []
             for j, mu in enumerate(self.dirs[i]):
                 aug, ob = augs[j], out_bar[mu]
+                if aug is None and ob is not None:
+                    aug = self._augment(S, mu, layout)      # recomputed (save_memory=True)
                 if ob is None:
                     gc.append(xp.zeros(tuple(c.shape[1:]), dtype=xp.float64))
                     continue

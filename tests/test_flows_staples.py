@@ -48,11 +48,11 @@ def test_gauge_equivariance(Nd, N, n_layers, shape_idx, seed):
 
 
 @given(Nd=st.sampled_from([2, 3, 4]), N=st.sampled_from([2, 3]), n_layers=st.sampled_from([1, 2, 3]),
-       seed=st.integers(0, 2**31), group=st.booleans())
-def test_vjp_matches_finite_differences(Nd, N, n_layers, seed, group):
+       seed=st.integers(0, 2**31), group=st.booleans(), save_memory=st.booleans())
+def test_vjp_matches_finite_differences(Nd, N, n_layers, seed, group, save_memory):
     """Adjoint w.r.t. the coefficients and the links (free complex or su(N) directions)."""
     lay, U = _setup(Nd, N, seed, seed)
-    net = flows.StapleNet(Nd, seed % Nd, width=2, n_layers=n_layers)
+    net = flows.StapleNet(Nd, seed % Nd, width=2, n_layers=n_layers, save_memory=save_memory)
     params = net.init(Rng(seed + 1))
     mask = _random_mask(seed + 2, lay)
     fwd = lambda p, U, m: net.forward(p, U, m, layout=lay)
@@ -129,6 +129,7 @@ def test_init_noise_is_xavier_normal():
 def test_parameter_shapes_and_errors():
     net = flows.StapleNet(4, 2, width=8, n_layers=2)
     assert net.param_shapes() == {"c0": (4, 8, 7), "c1": (1, 1, 56)}
+    assert flows.StapleNet(**net.config()).param_shapes() == net.param_shapes()
     lay, U = _setup(4, 3, 0, 0)
     p = net.init(Rng(0))
     mask = _checker_mask(lay, 2)
@@ -179,3 +180,19 @@ def test_array_api_strict_forward_and_vjp():
     np.testing.assert_allclose(np.asarray(Ub), Ubh, atol=1e-12)
     for k in gh:
         np.testing.assert_allclose(np.asarray(g[k]), gh[k], rtol=1e-12, atol=1e-12)
+
+
+def test_save_memory_gives_identical_results():
+    lay, U = _setup(4, 3, 0, 6)
+    mask = _checker_mask(lay, 2)
+    outs = []
+    for sm in (False, True):
+        net = flows.StapleNet(4, 2, width=4, n_layers=3, save_memory=sm)
+        p = net.init(Rng(1))
+        (S,), ctx = net.forward(p, U, mask, layout=lay)
+        outs.append((S, net.vjp(p, ctx, Rng(2).complex_normal(S.shape))))
+    (S0, ((Ub0, _), g0)), (S1, ((Ub1, _), g1)) = outs
+    np.testing.assert_array_equal(S0, S1)
+    np.testing.assert_array_equal(Ub0, Ub1)
+    for k in g0:
+        np.testing.assert_array_equal(g0[k], g1[k])
