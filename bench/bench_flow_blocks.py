@@ -110,7 +110,7 @@ def run(quick: bool = False):
             (o,), c = cn.forward(pc, U, mask, layout=lay)
             cn.vjp(pc, c, o + 1.0)
         t_fb = _best(ctx_fb, reps)
-        rec("context features (24 loops)", t_feat)
+        rec("context features (18 loops, 36 features)", t_feat)
         rec("context net (16,16) k=3 forward", t_f)
         rec("context net (16,16) k=3 forward+vjp", t_fb)
     return recs
