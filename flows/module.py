@@ -4,7 +4,8 @@ Every differentiable piece of a flow is a :class:`Module`:
 
 * parameters are a *flat* ``dict[str, array]``; composite modules prefix their children's
   names with ``"<child>."`` (e.g. ``"layer3.staples.c1"``), so a whole model's parameters are
-  one flat dict that :func:`save_params` / :func:`load_params` write and read;
+  one flat dict that :func:`flows.save_params` / :func:`flows.load_params` write and read
+  together with the model configuration (``config()``);
 * ``forward(params, *inputs) -> (outputs, ctx)``: ``outputs`` is a tuple, ``ctx`` holds what
   the backward pass needs (opaque to callers);
 * ``vjp(params, ctx, *out_cotangents) -> (in_cotangents, param_cotangents)``: the
@@ -12,6 +13,18 @@ Every differentiable piece of a flow is a :class:`Module`:
   (``None`` for inputs that need no gradient), ``param_cotangents`` a dict with the same keys
   as the parameters (missing keys mean zero);
 * ``inverse(params, *outputs) -> (inputs, ctx)`` where the map is invertible.
+
+Further conventions used by the lattice modules (``StapleNet``, ``ContextNet``):
+
+* lattice geometry is passed as a keyword, ``forward(params, U, mask, *, layout=None)``
+  (inferred for single-process runs), so that one model applies to any volume and MPI only
+  swaps the layout; it is not a parameter and not part of ``config()``;
+* non-differentiable inputs (masks, integer data) get ``None`` in ``in_cotangents``;
+* parameters are stored in float64; modules compute in the precision of their array inputs
+  (complex64 or complex128) and return parameter cotangents in float64, summed in float64;
+* ``param_shapes()`` gives ``{key: shape}``, usable as a template for
+  :func:`flows.serialize.load_params` (which validates keys and shapes);
+* ``init(rng, ...)`` draws from a :class:`lattice.Rng`; the arrays live in ``rng.xp``.
 
 Cotangent convention (DESIGN.md section 7): for a real loss L and a complex array z the
 cotangent is  z_bar = dL/dRe z + i dL/dIm z, so that dL = sum Re(conj(z_bar) dz). Real

@@ -21,7 +21,7 @@ from .backend import namespace, from_host
 
 __all__ = [
     "dagger", "trace", "eye_like", "traceless", "project_algebra", "generators",
-    "to_coords", "from_coords", "expm", "det", "remove_det_phase", "project_su", "project_u",
+    "to_coords", "from_coords", "expm", "det", "remove_det_phase", "project_su", "project_u", "polar_svd",
     "reunitarize", "gram_schmidt", "check_su_n", "unitarity_violation", "force_from_cotangent",
     "cotangent_from_force", "inner", "random_algebra", "InvalidGaugeField",
 ]
@@ -180,14 +180,24 @@ def gram_schmidt(Z):
     return xp.stack(cols, axis=-1)
 
 
+def polar_svd(M):
+    """SVD factors ``(W, s, Vh)`` of M = W diag(s) Vh (s descending), batched.
+
+    They give the polar decomposition M = Q H with Q = W Vh = P_U(N)(M) and
+    H = Vh^dag diag(s) Vh = (M^dag M)^(1/2); ``flows.project_u`` keeps them for its adjoint.
+    """
+    xp = namespace(M)
+    W, s, Vh = xp.linalg.svd(M, full_matrices=False)
+    return W, s, Vh
+
+
 def project_u(M):
     """Polar projection onto U(N): P_U(N)(M) = W V^dag for the SVD M = W Sigma V^dag (eq. 9).
 
     Equals M (M^dag M)^(-1/2) = (M M^dag)^(-1/2) M (the paper prints the factors of eq. 9
     in the wrong order). Forward only; ``flows.project_u`` adds the adjoint.
     """
-    xp = namespace(M)
-    W, _, Vh = xp.linalg.svd(M, full_matrices=False)
+    W, _, Vh = polar_svd(M)
     return W @ Vh
 
 
