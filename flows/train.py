@@ -40,7 +40,7 @@ from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
 __all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory", "flow_log_weights",
-           "independence_metropolis"]
+           "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint"]
 
 
 def _score_cotangent(term, U, layout):
@@ -144,34 +144,58 @@ def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_siz
     return float(ess(lw)), float(-lw.mean()), lw
 
 
+def _sum_over_ranks(grads, layout):
+    """Parameter cotangents are sums over each rank's sites: add them up across ranks."""
+    if layout is None or not layout.is_distributed:
+        return grads
+    return {k: (None if g is None else layout.allreduce_sum(g)) for k, g in grads.items()}
+
+
+def save_checkpoint(path, model, params, step: int, opt, opt_state, history: "TrainHistory", extra=None):
+    """Atomic checkpoint: parameters, model config, optimizer state, step and history."""
+    from .serialize import save_params
+    cfg = {"model": model.config(), "optimizer": opt.config(), "step": int(step),
+           "history": history.as_dict(), **(extra or {})}
+    save_params(path, params, cfg, groups={"adam": opt.state_to_arrays(opt_state)})
+
+
+def load_checkpoint(path, params_template):
+    """(params, config, optimizer state) from :func:`save_checkpoint`."""
+    from .serialize import load_params, load_group
+    from .optim import Adam
+    params, cfg = load_params(path, template=params_template)
+    state = Adam.state_from_arrays(load_group(path, "adam"))
+    return params, cfg, state
+
+
 def train(model, params, target, base, steps: int, batch_size: int, estimator: str = "path",
-          seed: int = 0, optimizer=None, lr: float = 1e-3, schedule: str = "cosine", clip: float | None = None,
-          holdout_every: int = 0, holdout_size: int = 64, checkpoint: str | Path | None = None,
-          checkpoint_every: int = 10, resume: bool = True, progress: bool = True, layout: Layout | None = None,
-          log=None):
+          seed: int = 0, optimizer=None, lr: float = 1e-3, schedule: str = "cosine", warmup: int = 0,
+          clip: float | None = None, holdout_every: int = 0, holdout_size: int = 64,
+          checkpoint: str | Path | None = None, checkpoint_every: int = 10, resume: bool = True,
+          progress: bool = True, layout: Layout | None = None, log=None, callback=None):
     """Train ``params`` of ``model`` by reverse KL; returns ``(params, history)``.
 
     Step i draws its batch from ``Rng(seed).child(i)``, so a run resumed from a checkpoint
     continues exactly like an uninterrupted one. Checkpoints (parameters, optimizer state,
-    history) are written atomically every ``checkpoint_every`` steps and at the end.
+    history) are written atomically every ``checkpoint_every`` steps and at the end; with
+    ``resume`` an existing checkpoint is continued.
     """
-    from .optim import Adam
-    from . import serialize
+    from .optim import Adam, LRSchedule
     layout = layout or getattr(base, "layout", None)
-    opt = optimizer or Adam(lr=lr, schedule=schedule, total_steps=steps, clip=clip)
+    opt = optimizer or Adam(LRSchedule(lr, schedule, total_steps=steps, warmup_steps=warmup), clip_norm=clip)
+    state = opt.init(params)
     hist = TrainHistory()
     start = 0
     ck = Path(checkpoint) if checkpoint else None
     if ck is not None and resume and ck.exists():
-        state = serialize.load_checkpoint(ck, model)
-        params, start = state["params"], int(state["step"])
-        opt.load_state_dict(state["optimizer"])
-        hist = TrainHistory.from_dict(state["history"])
+        params, cfg, state = load_checkpoint(ck, params)
+        start = int(cfg["step"])
+        hist = TrainHistory.from_dict(cfg["history"])
         if log:
             log.info(f"resumed training from {ck} at step {start}")
     root = layout is None or layout.rank == 0
     bar = None
-    if progress and root:
+    if progress and root and start < steps:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"train ({estimator})", unit="step")
     base_rng = Rng(seed)
@@ -182,21 +206,23 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
             loss, grads, log_w, _ = sample_loss_and_grad(model, params, base, target, z, estimator, layout)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss is not finite at step {step}; lower the learning rate")
-            gn = _grad_norm(grads)
-            params = opt.step(params, grads)
+            grads = _sum_over_ranks(grads, layout)
+            params, state, info = opt.update(params, grads, state)
             hist.step.append(step)
             hist.loss.append(loss)
             hist.ess.append(_ess(log_w))
-            hist.grad_norm.append(gn)
-            hist.lr.append(float(opt.current_lr()))
+            hist.grad_norm.append(float(info["grad_norm"]))
+            hist.lr.append(float(info["lr"]))
             hist.seconds.append(time.perf_counter() - t0)
             if holdout_every and ((step + 1) % holdout_every == 0 or step + 1 == steps):
                 e, l, _ = evaluate_holdout(model, params, base, target, layout, holdout_size, batch_size, seed)
                 hist.holdout_step.append(step + 1)
                 hist.holdout_ess.append(e)
                 hist.holdout_loss.append(l)
-            if ck is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps) and root:
-                serialize.save_checkpoint(ck, model, params, step + 1, opt.state_dict(), hist.as_dict())
+            if ck is not None and root and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+                save_checkpoint(ck, model, params, step + 1, opt, state, hist)
+            if callback is not None:
+                callback(step, params, hist)
             if bar is not None:
                 post = {"loss": f"{loss:.3f}", "ess": f"{hist.ess[-1]:.3f}"}
                 if hist.holdout_ess:

@@ -277,6 +277,18 @@ class Layout:
         lead = tuple(b.shape[:nl])
         return xp.sum(xp.reshape(b, lead + (self.global_shape[mu], -1)), axis=-1)
 
+    def allreduce_sum(self, x):
+        """Sum of an array (e.g. parameter cotangents) over the ranks, in rank order, on every
+        rank (identity without MPI)."""
+        if not self.is_distributed:
+            return x
+        import numpy as _np
+        parts = self.comm.allgather(_np.ascontiguousarray(to_host(x)))
+        tot = parts[0].copy()
+        for p in parts[1:]:
+            tot = tot + p
+        return from_host(tot, namespace(x))
+
     def allreduce_max(self, value: float) -> float:
         """Maximum of a host scalar over the ranks."""
         if not self.is_distributed:
