@@ -180,7 +180,7 @@ class RQSpline(IntervalMap):
         nc = d0 * xic - d1 * xi
         corr = h * q * nc / den
         dev = (yk - xk) + (x - xk) * e + corr
-        y = x + dev
+        y = xp.where(x == 1.0, 1.0, xp.where(x == 0.0, 0.0, x + dev))  # end points exactly
         B = (d1 * xi * xi + d0 * xic * xic) / s
         D = dsum * q / s
         logdy = xp.log(s) + xp.log1p(B) - 2.0 * xp.log1p(D)
@@ -329,7 +329,8 @@ class RQSpline(IntervalMap):
         disc = xp.maximum(b * b - 4.0 * a * cc, 0.0)
         xi = (2.0 * cc) / (-b - xp.sqrt(disc))
         xi = xp.clip(xi, 0.0, 1.0)
-        return xp.clip(xk + xi * w, 0.0, 1.0)
+        x = xp.clip(xk + xi * w, 0.0, 1.0)
+        return xp.where(y >= 1.0, 1.0, xp.where(y <= 0.0, 0.0, x))    # end points exactly
 
 
 def _rev_cumsum(xp, a):
@@ -375,7 +376,7 @@ class SineMap(IntervalMap):
         sx = xp.sin(tp * x)
         cx = xp.cos(tp * x)
         dev = -kap * sx / tp
-        y = x + dev
+        y = xp.where(x == 1.0, 1.0, xp.where(x == 0.0, 0.0, x + dev))
         logdy = xp.log1p(-kap * cx)
         f0, g0 = _sinc(xp, tp * x)
         f1, g1 = _sinc(xp, tp * (1.0 - x))
@@ -421,7 +422,7 @@ class SineMap(IntervalMap):
             x = xn
             if bool(done):
                 break
-        return x
+        return xp.where(y >= 1.0, 1.0, xp.where(y <= 0.0, 0.0, x))
 
 
 def interval_map(kind: str = "spline", **kw) -> IntervalMap:
