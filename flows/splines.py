@@ -165,9 +165,11 @@ class RQSpline(IntervalMap):
             k = xp.zeros(x.shape, dtype=xp.int64)
         g = lambda a: self._gather(xp, a, k)  # noqa: E731
         xk, w, yk, h, dl, du = g(kx[..., :K]), g(wx), g(ky[..., :K]), g(hy), g(dv[..., :K]), g(dv[..., 1:])
+        yk1 = g(ky[..., 1:])
         first = k == 0
         last = k == K - 1
 
+        # deviation form (exactly the identity at u = 0, accurate for small deviations)
         s = h / w
         e = (h - w) / w
         xi = (x - xk) / w
@@ -180,22 +182,35 @@ class RQSpline(IntervalMap):
         nc = d0 * xic - d1 * xi
         corr = h * q * nc / den
         dev = (yk - xk) + (x - xk) * e + corr
-        y = xp.where(x == 1.0, 1.0, xp.where(x == 0.0, 0.0, x + dev))  # end points exactly
         B = (d1 * xi * xi + d0 * xic * xic) / s
         D = dsum * q / s
-        logdy = xp.log(s) + xp.log1p(B) - 2.0 * xp.log1p(D)
         # stable ratios; the "else" branches divide by x >= x_1 > 0 resp. 1 - x >= 1 - x_{K-1} > 0
         xs = xp.where(first, 1.0, x)
         oms = xp.where(last, 1.0, 1.0 - x)
         r0m1 = xp.where(first, e + s * xic * nc / den, dev / xs)
         num1 = s * e + s * d1 * xi - dsum * q
         r1m1 = xp.where(last, num1 / den, -dev / oms)
-        lr0 = xp.log1p(r0m1)
-        lr1 = xp.log1p(r1m1)
+        # all-positive form (Durkan et al.), relatively accurate however far from the identity
+        denp = s * (xi * xi + xic * xic) + (dl + du) * q                 # = den
+        brk = du * xi * xi + 2.0 * s * q + dl * xic * xic                # = s (1 + B)
+        yd = yk + h * (s * xi * xi + dl * q) / denp
+        omy = (1.0 - yk1) + h * xic * (s * xic + du * xi) / denp         # 1 - y
+        rho0 = xp.where(first, s * (s * xi + dl * xic) / denp, yd / xs)  # y / x
+        rho1 = xp.where(last, s * (s * xic + du * xi) / denp, omy / oms)  # (1 - y)/(1 - x)
+        # use the deviation form where the deviation is small (there it is exact at u = 0)
+        sm0 = xp.abs(r0m1) <= 0.5
+        sm1 = xp.abs(r1m1) <= 0.5
+        lr0 = xp.where(sm0, xp.log1p(r0m1), xp.log(rho0))
+        lr1 = xp.where(sm1, xp.log1p(r1m1), xp.log(rho1))
+        logdy = (xp.log(s) + xp.where(xp.abs(B) <= 0.5, xp.log1p(B), xp.log(brk / s))
+                 - 2.0 * xp.where(xp.abs(D) <= 0.5, xp.log1p(D), xp.log(denp / s)))
+        y = xp.where(sm0 & sm1, x + dev, yd)
+        y = xp.where(x == 1.0, 1.0, xp.where(x == 0.0, 0.0, y))          # end points exactly
         dy = xp.exp(logdy)
         ctx = dict(k=k, x=x, xk=xk, w=w, yk=yk, h=h, first=first, last=last, s=s, e=e, xi=xi, xic=xic,
                    d0=d0, d1=d1, q=q, dsum=dsum, den=den, nc=nc, corr=corr, dev=dev, B=B, D=D,
-                   xs=xs, oms=oms, r0m1=r0m1, r1m1=r1m1, num1=num1, dy=dy,
+                   xs=xs, oms=oms, r0m1=r0m1, r1m1=r1m1, num1=num1, dy=dy, rho0=xp.exp(lr0),
+                   rho1=xp.exp(lr1), brk=brk, denp=denp,
                    smx=smx, smy=smy, ud=ud, shape_u=u.shape)
         return (y, logdy, lr0, lr1), ctx
 
@@ -213,8 +228,8 @@ class RQSpline(IntervalMap):
         w, h, xk, dev, first, last = c["w"], c["h"], c["xk"], c["dev"], c["first"], c["last"]
         zero = xp.zeros_like(x)
 
-        r0b = l0b / (1.0 + c["r0m1"])
-        r1b = l1b / (1.0 + c["r1m1"])
+        r0b = l0b / c["rho0"]                       # d log(1 + r) = dr / (1 + r)
+        r1b = l1b / c["rho1"]
         # r1m1
         r1b_last = xp.where(last, r1b, zero)
         r1b_other = xp.where(last, zero, r1b)
@@ -241,8 +256,8 @@ class RQSpline(IntervalMap):
         xb = xb - r0b_other * c["r0m1"] / c["xs"]
         # logdy = log s + log1p(B) - 2 log1p(D)
         sb = sb + ldb / s
-        Bb = ldb / (1.0 + c["B"])
-        Db = -2.0 * ldb / (1.0 + c["D"])
+        Bb = ldb * s / c["brk"]                     # 1 + B = brk / s, 1 + D = den / s
+        Db = -2.0 * ldb * s / c["denp"]
         d1b = d1b + Bb * xi * xi / s
         xib = xib + Bb * 2.0 * d1 * xi / s
         d0b = Bb * xic * xic / s
@@ -310,7 +325,8 @@ class RQSpline(IntervalMap):
 
     # -- inverse ---------------------------------------------------------------------
     def inverse(self, y, u):
-        """x with s(x) = y (stable root of the bin's quadratic, Durkan et al. eq. 29)."""
+        """x with s(x) = y: the root in [0, 1] of the bin's quadratic (Durkan et al. eq. 29),
+        evaluated in whichever of its two algebraic forms avoids cancellation."""
         xp, kx, wx, smx, ky, hy, smy, ud, dv = self._setup(u)
         K = self.K
         if K > 1:
@@ -327,7 +343,10 @@ class RQSpline(IntervalMap):
         b = h * dl - Dy * dsum
         cc = -s * Dy
         disc = xp.maximum(b * b - 4.0 * a * cc, 0.0)
-        xi = (2.0 * cc) / (-b - xp.sqrt(disc))
+        sq = xp.sqrt(disc)
+        # the root in [0, 1] is (-b + sq)/(2a) = 2c/(-b - sq); pick the form without cancellation
+        neg = (b < 0) & (a != 0)
+        xi = xp.where(neg, (sq - b) / (2.0 * xp.where(neg, a, 1.0)), (2.0 * cc) / xp.where(neg, -1.0, -b - sq))
         xi = xp.clip(xi, 0.0, 1.0)
         x = xp.clip(xk + xi * w, 0.0, 1.0)
         return xp.where(y >= 1.0, 1.0, xp.where(y <= 0.0, 0.0, x))    # end points exactly

@@ -67,10 +67,11 @@ def log_sinc(xp, u):
     small = u < 0.1
     us = xp.where(small, 1.0, u)
     u2 = u * u
+    sn = xp.sin(us)
     val = xp.where(small, -u2 * (1.0 / 6.0 + u2 * (1.0 / 180.0 + u2 * (1.0 / 2835.0 + u2 / 37800.0))),
-                   xp.log(xp.sin(us) / us))
+                   xp.log(sn / us))
     der = xp.where(small, -u * (1.0 / 3.0 + u2 * (1.0 / 45.0 + u2 * (2.0 / 945.0 + u2 * (1.0 / 4725.0 + u2 * 2.0 / 93555.0)))),
-                   xp.cos(us) / xp.sin(us) - 1.0 / us)
+                   xp.cos(us) / sn - 1.0 / us)
     return val, der
 
 
@@ -228,30 +229,29 @@ class CellAngleMap:
         return G, G + G * mm1, xp.log1p(mm1)
 
     def _pair_terms(self, xp, g, L, eL):
-        logR, use_in = [], []
+        """log R_ij for every pair on its shorter arc; also the arc choice and the log-sinc
+        derivatives (reused by the VJP)."""
+        logR, use_in, dsinc = [], [], []
         for (inner, outer) in self.arcs:
-            vals = []
-            for arc in (inner, outer):
-                G, Gp, lratio = self._arc(xp, g, L, eL, arc)
-                if lratio is None:
-                    lratio = L[arc[0]]
-                a, _ = log_sinc(xp, 0.5 * Gp)
-                b, _ = log_sinc(xp, 0.5 * G)
-                vals.append((G, a - b + lratio))
-            m = vals[0][0] <= vals[1][0]
+            arcs = [self._arc(xp, g, L, eL, arc) for arc in (inner, outer)]
+            m = arcs[0][0] <= arcs[1][0]
+            G = xp.where(m, arcs[0][0], arcs[1][0])
+            Gp = xp.where(m, arcs[0][1], arcs[1][1])
+            lr = [L[arc[0]] if a[2] is None else a[2] for arc, a in zip((inner, outer), arcs)]
+            a, dA = log_sinc(xp, 0.5 * Gp)
+            b, dB = log_sinc(xp, 0.5 * G)
             use_in.append(m)
-            logR.append(xp.where(m, vals[0][1], vals[1][1]))
-        return logR, use_in
+            dsinc.append((dA, dB))
+            logR.append(a - b + xp.where(m, lr[0], lr[1]))
+        return logR, use_in, dsinc
 
-    def _arc_vjp(self, xp, g, eL, arc, lRb, gb, Lb):
-        """Accumulate cotangents of g and L from that of log R on one arc."""
+    def _arc_vjp(self, xp, g, eL, arc, lRb, dA, dB, gb, Lb):
+        """Accumulate cotangents of g and L from that of log R on one arc (dA, dB: log-sinc
+        derivatives at G'/2 and G/2)."""
         if len(arc) == 1:
             k = arc[0]
-            Gp = g[k] * eL[k]
-            _, dA = log_sinc(xp, 0.5 * Gp)
-            _, dB = log_sinc(xp, 0.5 * g[k])
             gb[k] = gb[k] + lRb * (0.5 * dA * eL[k] - 0.5 * dB)
-            Lb[k] = Lb[k] + lRb * (0.5 * dA * Gp + 1.0)
+            Lb[k] = Lb[k] + lRb * (0.5 * dA * g[k] * eL[k] + 1.0)
             return
         G = sum(g[k] for k in arc)
         pos = G > 0
@@ -259,8 +259,6 @@ class CellAngleMap:
         w = {k: xp.where(pos, g[k] / Gs, 1.0 / len(arc)) for k in arc}
         mean = sum(w[k] * eL[k] for k in arc)
         Gp = G * mean
-        _, dA = log_sinc(xp, 0.5 * Gp)
-        _, dB = log_sinc(xp, 0.5 * G)
         lRp = xp.where(pos, lRb, 0.0)
         for k in arc:
             # d/dg_k [log(G'/G)] = (e^{L_k} G - G') / (G G') = sum_j w_j (e^{L_k} - e^{L_j}) / G'
@@ -306,13 +304,13 @@ class CellAngleMap:
         for j in range(N - 1):
             if N - 2 - j:
                 ldj = ldj + (N - 2 - j) * lr1[j]
-        logR, use_in = self._pair_terms(xp, g, L, eL)
+        logR, use_in, dsinc = self._pair_terms(xp, g, L, eL)
         logdet = 2.0 * sum(logR) + ldj
         gp = [g[k] * eL[k] for k in range(N)]
         out = dict(theta=tn, dtheta=dtheta, logdet=logdet, logdet_angles=ldj,
                    log_ratio=xp.stack(logR, axis=-1))
         ctx = dict(theta=theta, cond=cond, lead=lead, g=g, r=r, x=x, us=us, feats=feats, labels=labels,
-                   Cs=Cs, ictx=ictx, L=L, eL=eL, use_in=use_in, gp=gp, ys=ys, dtheta=dtheta, out=out)
+                   Cs=Cs, ictx=ictx, L=L, eL=eL, use_in=use_in, dsinc=dsinc, gp=gp, ys=ys, dtheta=dtheta, out=out)
         return out, ctx
 
     # -- VJP of the forward --------------------------------------------------------------
@@ -337,8 +335,9 @@ class CellAngleMap:
         # logdet = 2 sum log R + sum logdy + sum (N-2-j) lr1_j
         for p, (inner, outer) in enumerate(self.arcs):
             m = c["use_in"][p]
-            self._arc_vjp(xp, g, eL, inner, xp.where(m, 2.0 * lb, 0.0), gb, Lb)
-            self._arc_vjp(xp, g, eL, outer, xp.where(m, 0.0, 2.0 * lb), gb, Lb)
+            dA, dB = c["dsinc"][p]
+            self._arc_vjp(xp, g, eL, inner, xp.where(m, 2.0 * lb, 0.0), dA, dB, gb, Lb)
+            self._arc_vjp(xp, g, eL, outer, xp.where(m, 0.0, 2.0 * lb), dA, dB, gb, Lb)
         lr0b = [Lb[k] for k in range(N - 1)]
         lr1b = []
         for j in range(N - 1):

