@@ -14,9 +14,9 @@ x_0 +- 1 has packed index
 
 i.e. a select between the unshifted and the shifted packed array depending on the row.
 All neighbour access goes through :meth:`lattice.Layout.shift` of the half-lattice layout
-(:attr:`EvenOdd.half`), so an MPI decomposition works unchanged; this requires every
-*local* extent L_0 to be even (and, because a :class:`lattice.Layout` needs extents >= 2,
-the global L_0 >= 4). Coordinates are global, so the packing is the same on every rank.
+(:attr:`EvenOdd.half`), so an MPI decomposition works unchanged. Requirements: every global
+extent even (otherwise the checkerboard is inconsistent across the periodic boundary), every
+*local* extent L_0 even, and the global L_0 >= 4 (a :class:`lattice.Layout` needs extents >= 2). Coordinates are global, so the packing is the same on every rank.
 
 Fields may carry ``inner`` trailing per-site axes (spinors ``(4, N)``: ``inner=2``; the
 internal spin/colour-major kernels put sites last: ``inner=0``).
@@ -47,6 +47,10 @@ class EvenOdd:
             raise EvenOddError(f"even-odd preconditioning is implemented for 4d lattices, got {layout}")
         L0 = layout.global_shape[0]
         l0 = layout.local_shape[0]
+        if any(L % 2 for L in layout.global_shape):
+            raise EvenOddError(
+                f"even-odd preconditioning needs even extents in every direction (a periodic odd extent "
+                f"connects sites of equal parity); got {layout.global_shape}")
         if L0 % 2 or l0 % 2 or L0 < 4:
             raise EvenOddError(
                 f"even-odd packing along axis 0 needs an even local extent L_0 and a global L_0 >= 4; "

@@ -48,6 +48,8 @@ def test_even_odd_requires_even_L0():
         EvenOdd(L.Layout((3, 2, 2, 2)))
     with pytest.raises(EvenOddError, match="L_0 >= 4"):
         EvenOdd(L.Layout((2, 2, 2, 2)))
+    with pytest.raises(EvenOddError, match="every direction"):
+        EvenOdd(L.Layout((4, 3, 2, 2)))
     op = F.TwistedMassWilson(L.random_gauge((5, 2, 2, 2), seed=1), 0.1, 0.1)   # full operator still fine
     with pytest.raises(EvenOddError):
         op.pack(np.zeros((5, 2, 2, 2, 4, 3), complex))
