@@ -18,7 +18,8 @@ from .cg import cg, CGInfo, CGNotConverged, CGWarning, CGBreakdown
 from .dense import (dense_matrix, dense_M, dense_schur, dense_log_det, dense_log_det_force,
                     dense_inverse_blocks)
 from .det_ratio import log_det_ratio, DetRatio, log_mean_exp, ratio_variance_condition
-from .correlators import pion_correlator, PionCorrelator, point_source, timeslice_noise_source, point_propagator
+from .correlators import (pion_correlator, PionCorrelator, point_source, timeslice_noise_source, point_propagator,
+                          create_correlator_store, append_correlator)
 from .pseudofermion import PseudofermionNf2
 from .hmc_nf2 import run_hmc_nf2, nf2_levels, nf2_reversibility_check, nf2_meta, create_nf2_store
 from . import gamma, evenodd, wilson, twisted_mass, dense, det_ratio, correlators, pseudofermion, hmc_nf2
@@ -32,7 +33,7 @@ __all__ = [
     "CGBreakdown", "dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force",
     "dense_force", "dense_inverse_blocks", "log_det_ratio", "DetRatio", "log_mean_exp",
     "ratio_variance_condition", "pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
-    "point_propagator", "PseudofermionNf2", "run_hmc_nf2", "nf2_levels", "nf2_reversibility_check", "nf2_meta",
+    "point_propagator", "create_correlator_store", "append_correlator", "PseudofermionNf2", "run_hmc_nf2", "nf2_levels", "nf2_reversibility_check", "nf2_meta",
     "create_nf2_store", "gamma", "evenodd", "wilson", "twisted_mass", "dense", "det_ratio", "correlators",
     "pseudofermion", "hmc_nf2",
 ]

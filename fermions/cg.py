@@ -16,8 +16,8 @@ decomposition, so CG iterates (and solutions) are identical on any number of ran
 
 Mixed precision (optional): with ``apply_A_low`` (the same operator in complex64) the solve
 is a defect correction: the float64 residual r = b - A x is solved in complex64 to the
-relative tolerance ``low_tol`` and x += d in float64, until the float64 true residual meets
-``tol``.
+relative tolerance max(2e-6, min(low_tol, tol / (2 ||r|| / ||b||))) and x += d in float64,
+until the float64 true residual meets ``tol`` (typically two or three outer steps).
 
 Non-convergence is never silent: by default :class:`CGNotConverged` is raised with the
 residual reached; with ``on_failure="warn"`` a :class:`CGWarning` is issued and the caller
@@ -235,8 +235,7 @@ def _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0, layout, inner,
     x = xp.zeros_like(b) if x0 is None else x0
     r = b if x0 is None else b - apply_A(x)
     its = low_its = steps = 0
-    # the inner tolerance cannot go below ~ the single-precision rounding level
-    ltol = max(float(low_tol), 2e-6)
+    floor = 2e-6            # what a complex64 CG can reliably reach
     while True:
         rr = _norm2(layout, r, inner)
         rel = xp.sqrt(rr / nb2_safe)
@@ -244,7 +243,10 @@ def _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0, layout, inner,
         done = (rel <= tol) | zero_b
         if bool(xp.all(done)) or its >= maxiter or steps >= 200:
             return x, rel, its, steps, low_its
-        # per-element inner tolerance: do not over-solve elements already near the target
+        # inner tolerance: at most low_tol per step, but no tighter than this step needs
+        # (0.5 tol / current residual of the worst element), and not below the single-precision floor
+        worst = float(xp.max(xp.where(done, xp.zeros_like(rel), rel)))
+        ltol = max(floor, min(float(low_tol), 0.5 * tol / worst))
         rl = xp.astype(r, low)
         d, rel_low, k, _ = _cg_core(apply_A_low, rl, ltol, maxiter - its, None, layout, inner)
         its += k

@@ -38,7 +38,10 @@ from lattice.layout import Layout, infer_gauge_layout
 from .twisted_mass import TwistedMassWilson
 
 __all__ = ["pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
-           "point_propagator"]
+           "point_propagator", "create_correlator_store", "append_correlator", "CORRELATOR_KIND"]
+
+#: ``kind`` of the measurement files written by :func:`create_correlator_store`.
+CORRELATOR_KIND = "pion_correlators"
 
 
 @dataclass
@@ -160,7 +163,7 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
         eta = timeslice_noise_source(rng, layout, t0s, N, op.dtype, batch)
         nb = n_sources if batch_sources is None else max(1, int(batch_sources))
         for k0 in range(0, n_sources, nb):
-            phi, info = op.solve(eta[k0:k0 + nb, ...], tol=tol, maxiter=maxiter, precision=precision)
+            phi, info = op.solve(eta[k0:min(k0 + nb, n_sources), ...], tol=tol, maxiter=maxiter, precision=precision)
             resid = max(resid, info.residual)
             its.append(info.cg.iterations)
             per_source.append(layout.slice_sum(xp.real(phi * xp.conj(phi)), 3, inner=2) / Vs)
@@ -178,3 +181,36 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
               else None}
     return PionCorrelator(C=C, C_sources=c_shift, source_times=t0s, source_points=points, params=params,
                           residual=resid, iterations=its)
+
+
+def create_correlator_store(path, *, T: int, n_sources: int, params: dict, lattice_shape, overwrite: bool = False):
+    """An append-only :class:`lattice.io.RecordStore` for pion correlators (one record per
+    configuration) whose header holds the measurement parameters.
+
+    Columns: ``C`` (T,) float64, ``C_sources`` (n_sources, T), ``source_times`` (n_sources,) int64,
+    ``config`` (configuration number), ``info`` (JSON: source points, residual, iterations).
+    Open it on one process only (rank 0 under MPI). Reopen with
+    ``lattice.io.RecordStore.open(path, "a", kind=CORRELATOR_KIND, expect={"params": params})``.
+    """
+    from lattice.io import RecordStore, Column, JSON
+    cols = {"C": Column((int(T),), "f8"), "C_sources": Column((int(n_sources), int(T)), "f8"),
+            "source_times": Column((int(n_sources),), "i8"), "config": Column((), "i8"),
+            "info": Column((), JSON)}
+    attrs = {"params": dict(params), "lattice_shape": [int(v) for v in lattice_shape], "T": int(T),
+             "n_sources": int(n_sources)}
+    return RecordStore.create(path, kind=CORRELATOR_KIND, attrs=attrs, columns=cols, overwrite=overwrite)
+
+
+def append_correlator(store, result: "PionCorrelator", config: int) -> int:
+    """Append one unbatched :class:`PionCorrelator` (``full_output=True``) to a correlator store."""
+    rec = result.as_record()
+    if rec["C"].ndim != 1:
+        raise ValueError(f"append one configuration at a time; got C of shape {rec['C'].shape}")
+    stored = store.attrs.get("params", {})
+    mism = {k: (rec["params"].get(k), v) for k, v in stored.items() if rec["params"].get(k) != v}
+    if mism:
+        raise ValueError(f"correlator parameters differ from the store's: {mism}")
+    return store.append({"C": rec["C"], "C_sources": rec["C_sources"],
+                         "source_times": rec["source_times"], "config": int(config),
+                         "info": {"source_points": rec["source_points"], "residual": rec["residual"],
+                                  "iterations": rec["iterations"]}})

@@ -124,7 +124,7 @@ def _apply_columns(apply, A, field_shape, nb, chunk):
     At = xp.permute_dims(A, perm)                        # (n_col, *batch, n_row)
     out = []
     for k0 in range(0, n_col, chunk):
-        blk = At[k0:k0 + chunk, ...]
+        blk = At[k0:min(k0 + chunk, n_col), ...]
         k = blk.shape[0]
         Y = apply(xp.reshape(blk, (k,) + tuple(A.shape[:nb]) + tuple(field_shape)))
         Y = xp.reshape(Y, (k,) + tuple(A.shape[:nb]) + (-1,))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 
-from lattice.backend import namespace
+from lattice.backend import namespace, to_host
 from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
@@ -292,7 +292,6 @@ class TwistedMassWilson:
         rr = lay.sum(xp.real(r * xp.conj(r)), inner=2)
         bb = lay.sum(xp.real(b * xp.conj(b)), inner=2)
         rel = xp.sqrt(rr / xp.where(bb == 0, xp.ones_like(bb), bb))
-        from lattice.backend import to_host
         res = [float(v) for v in to_host(xp.reshape(rel, (-1,)))]
         return psi, SolveInfo(cg=info, residual=max(res) if res else 0.0, residuals=tuple(res))
 

@@ -81,3 +81,25 @@ def test_bad_arguments():
         F.pion_correlator(U, 0.15, 0.1, method="wall")
     with pytest.raises(ValueError, match="n_sources"):
         F.pion_correlator(U, 0.15, 0.1, n_sources=0)
+
+
+def test_correlator_store_roundtrip(tmp_path):
+    pytest.importorskip("h5py")
+    from lattice.io import RecordStore
+    shape = (4, 2, 2, 4)
+    res = [F.pion_correlator(L.random_gauge(shape, seed=s), 0.15, 0.1, n_sources=3, seed=s, full_output=True)
+           for s in (1, 2)]
+    params = dict(res[0].params)
+    params.pop("seed")                                        # per-configuration seeds vary
+    path = tmp_path / "pion.h5"
+    with F.create_correlator_store(path, T=4, n_sources=3, params=params, lattice_shape=shape) as st:
+        for k, r in enumerate(res):
+            F.append_correlator(st, r, config=k)
+        bad = F.pion_correlator(L.random_gauge(shape, seed=3), 0.16, 0.1, n_sources=3, full_output=True)
+        with pytest.raises(ValueError, match="kappa"):
+            F.append_correlator(st, bad, config=2)
+    with RecordStore.open(path, "r", kind="pion_correlators", expect={"params": params}) as st:
+        assert len(st) == 2
+        assert np.allclose(st.read("C", 1), res[1].C)
+        assert list(st.read("source_times", 0)) == res[0].source_times
+        assert st.attrs["params"]["normalisation"].startswith("C(t) = (1/V_s)")

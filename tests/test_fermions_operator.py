@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 import lattice as L
 from lattice import su_n
 import fermions as F
-from fermions.gamma import GAMMA, GAMMA5, PROJ, projector
+from fermions.gamma import PROJ, projector
 
 from fermion_reference import naive_tm_apply, G, G5
 
