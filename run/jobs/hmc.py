@@ -28,8 +28,11 @@ def _monomials(ctx: JobContext, action):
     cfg = ctx.cfg
     if not cfg["fermions"]["enabled"]:
         return None, [action]
-    from fermions.hmc_nf2 import pseudofermion_levels
-    return pseudofermion_levels(action, cfg, ctx.layout), None
+    from fermions import PseudofermionNf2, nf2_levels
+    f = cfg["fermions"]
+    pf = PseudofermionNf2(f["kappa"], f["mu"], bc=f["bc_time"], action_tol=min(f["cg_tol"], 1e-10),
+                          maxiter=f["cg_maxiter"])
+    return nf2_levels(action, pf, cfg["hmc"]["n_steps"], cfg["hmc"]["n_steps_gauge"]), None
 
 
 def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, path=None):
