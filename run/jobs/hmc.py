@@ -6,6 +6,7 @@ with the same config continues the identical chain."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -59,12 +60,16 @@ def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, pa
         else:
             U0, start = rp
             ctx.say(f"resuming {path.name}: {len(ens)} configurations stored, next trajectory {start}")
+        n_before = len(ens)
+        t0 = time.perf_counter()
         if start < total:
             hmc.run_hmc(monos, U0, total - start, tau=h["tau"], n_steps=h["n_steps"],
                         integrator=h["integrator"], seed=seed, levels=levels, layout=ctx.layout,
                         start_traj=start, store=ens, save_every=h["save_every"], n_therm=h["n_therm"],
                         progress=ctx.progress)
         sc = ens.scalars()
+        if len(ens) > n_before and lam == ctx.cfg["train"]["lam1"] and tuple(ctx.layout.global_shape) == shape:
+            ctx.record_timing("hmc", time.perf_counter() - t0, len(ens) - n_before)
     mean, err, tau = summarise_plaquette(sc["plaquette"])
     acc = float(np.mean(sc["accepted"])) if len(sc["accepted"]) else float("nan")
     ctx.say(f"{path.name}: {len(sc['plaquette'])} configurations, plaquette {mean:.6f} +- {err:.6f} "
