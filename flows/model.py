@@ -84,7 +84,10 @@ class SpectralFlow(Module):
     staple_width, staple_layers : N_h = 8 and N_l = 2 (mixing layers, i.e. one hidden staple
         field; the issue's "N_l = 2 hidden layers"). The paper's wording "2 hidden layers with
         N_h = 8" would be ``staple_layers=3``.
-    context_hidden, context_kernel, context_loops, context_activation : context networks.
+    context_hidden, context_kernel, context_loops, context_activation : context networks
+        (hidden convolution widths, odd kernel size, feature loops, nonlinearity).
+    context_channels : shorthand for ``context_hidden=(c, c)`` (two hidden convolutions of
+        width c); used when given.
     spline_bins, spline_basis, spline_kind : spectral maps.
     dtype : compute dtype ("complex128" default, or "complex64"); fields are cast on entry
         and results returned in the input dtype; log-dets are float64 always.
@@ -94,7 +97,8 @@ class SpectralFlow(Module):
     def __init__(self, Nd: int, N: int, n_layers: int = 16, loops: str = "learned", *,
                  location_loops: str | None = None, schedule: str = "paper", direction_layers: int | None = None,
                  masks=None, staple_width: int = 8, staple_layers: int = 2, context_hidden=(16, 16),
-                 context_kernel: int = 3, context_loops=("plaquette",), context_activation: str = "tanh",
+                 context_channels: int | None = None, context_kernel: int = 3, context_loops=("plaquette",),
+                 context_activation: str = "tanh",
                  spline_bins: int = 8, spline_basis: int = 3, spline_kind: str = "spline",
                  dtype: str | None = None, recompute: bool = True, save_memory: bool = False):
         if loops not in LOOPS:
@@ -105,6 +109,8 @@ class SpectralFlow(Module):
         if dtype not in (None, "complex128", "complex64"):
             raise ValueError(f"dtype must be 'complex128' or 'complex64', got {dtype!r}")
         self.Nd, self.N = int(Nd), int(N)
+        if context_channels is not None:
+            context_hidden = (int(context_channels),) * 2
         if masks is None:
             masks = build_schedule(self.Nd, n_layers, schedule, loops, direction_layers)
         else:
