@@ -380,7 +380,6 @@ class CouplingLayer(Module):
                 Sd_bar = self._scatter(su_n.dagger(Sh_bar), s, mu, nb, None)
                 Wb = layout.shift(Sd_bar, mu, -1)
                 Lb = paths_vjp(d["wctx"], [Wb])
-                zero = None
                 for nu, b in enumerate(Lb):
                     if b is None:
                         continue
