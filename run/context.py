@@ -14,7 +14,7 @@ from lattice.actions import Wilson, LuscherWeisz
 from .config import ConfigError, dump_toml
 from .parallel import world, install_abort_on_error
 
-__all__ = ["JobContext", "make_context", "make_action"]
+__all__ = ["JobContext", "make_context", "make_action", "sub_context"]
 
 
 @dataclass
@@ -40,6 +40,18 @@ class JobContext:
     def say(self, msg: str):
         """Print on rank 0 (and log)."""
         self.log.info(msg)
+
+    def record_timing(self, stage: str, seconds: float, n_configs: int, lattice=None):
+        """Append a stage's wall time to `<output>/timings.json` (for the cost model)."""
+        if not self.root:
+            return
+        import json
+        from lattice.io import atomic_write
+        p = self.path("timings.json")
+        data = json.loads(p.read_text()) if p.exists() else {}
+        data[stage] = {"seconds": float(seconds), "n_configs": int(n_configs),
+                       "lattice": list(lattice or self.layout.global_shape), "ranks": self.layout.size}
+        atomic_write(p, json.dumps(data, indent=1).encode())
 
 
 def make_action(cfg: dict, lam: float | None = None):
@@ -85,3 +97,16 @@ def make_context(cfg: dict, command: str, shape=None) -> JobContext:
                  f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}")
         (out / f"{command}.config.toml").write_text(dump_toml(cfg))
     return JobContext(cfg=cfg, out=out, layout=layout, xp=xp, log=log, comm=comm)
+
+
+def sub_context(ctx: JobContext, shape) -> JobContext:
+    """The same job on another lattice (e.g. the small training volume): same output, logger,
+    communicator; a layout for ``shape``."""
+    import copy
+    cfg = copy.deepcopy(ctx.cfg)
+    cfg["lattice"]["shape"] = list(shape)
+    try:
+        layout = L.Layout(tuple(shape), comm=ctx.comm)
+    except L.LayoutError as exc:
+        raise ConfigError(str(exc)) from exc
+    return JobContext(cfg=cfg, out=ctx.out, layout=layout, xp=ctx.xp, log=ctx.log, comm=ctx.comm)

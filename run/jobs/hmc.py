@@ -6,6 +6,7 @@ with the same config continues the identical chain."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -28,8 +29,11 @@ def _monomials(ctx: JobContext, action):
     cfg = ctx.cfg
     if not cfg["fermions"]["enabled"]:
         return None, [action]
-    from fermions.hmc_nf2 import pseudofermion_levels
-    return pseudofermion_levels(action, cfg, ctx.layout), None
+    from fermions import PseudofermionNf2, nf2_levels
+    f = cfg["fermions"]
+    pf = PseudofermionNf2(f["kappa"], f["mu"], bc=f["bc_time"], action_tol=min(f["cg_tol"], 1e-10),
+                          maxiter=f["cg_maxiter"])
+    return nf2_levels(action, pf, cfg["hmc"]["n_steps"], cfg["hmc"]["n_steps_gauge"]), None
 
 
 def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, path=None):
@@ -56,12 +60,16 @@ def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, pa
         else:
             U0, start = rp
             ctx.say(f"resuming {path.name}: {len(ens)} configurations stored, next trajectory {start}")
+        n_before = len(ens)
+        t0 = time.perf_counter()
         if start < total:
             hmc.run_hmc(monos, U0, total - start, tau=h["tau"], n_steps=h["n_steps"],
                         integrator=h["integrator"], seed=seed, levels=levels, layout=ctx.layout,
                         start_traj=start, store=ens, save_every=h["save_every"], n_therm=h["n_therm"],
                         progress=ctx.progress)
         sc = ens.scalars()
+        if len(ens) > n_before and lam == ctx.cfg["train"]["lam1"] and tuple(ctx.layout.global_shape) == shape:
+            ctx.record_timing("hmc", time.perf_counter() - t0, len(ens) - n_before)
     mean, err, tau = summarise_plaquette(sc["plaquette"])
     acc = float(np.mean(sc["accepted"])) if len(sc["accepted"]) else float("nan")
     ctx.say(f"{path.name}: {len(sc['plaquette'])} configurations, plaquette {mean:.6f} +- {err:.6f} "

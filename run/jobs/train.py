@@ -1,0 +1,119 @@
+"""`gaugeflow train`: train a flow for the target action at lambda_2.
+
+Base "haar": independent Haar links (plain flow-based sampling). Base "ensemble": the
+configurations of the lambda_1 ensemble (`hmc` output; generated here if missing), i.e. the
+correlated-ensemble flow lambda_1 -> lambda_2 of the paper's section 3, with the loss
+E_{U~p_lambda1}[S_lambda2(f(U)) - S_lambda1(U) - log J(U)] (+ log det ratio terms with
+`train.exact_fermions`). Training may use a smaller lattice (`train.shape`, e.g. 4^4) than
+the evaluation; the trained flow applies to any volume.
+
+Outputs: `flow.h5` (model + parameters + history), `train.ckpt.h5` (checkpoint; a killed
+job resumes from it), `training.png` (ESS and loss vs step, like the paper's Fig. 1).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+import lattice as L
+from lattice.io import EnsembleStore, atomic_write
+
+from ..context import JobContext, make_action, sub_context
+from . import hmc as hmc_job
+
+__all__ = ["run", "make_model", "train_shape", "flow_path"]
+
+
+def train_shape(cfg) -> tuple:
+    s = cfg["train"]["shape"]
+    return tuple(s) if s else tuple(cfg["lattice"]["shape"])
+
+
+def flow_path(ctx: JobContext):
+    return ctx.path("flow.h5")
+
+
+def make_model(cfg, Nd: int, N: int):
+    import flows
+    f = cfg["flow"]
+    return flows.SpectralFlow(Nd, N, f["n_layers"], loops=f["loops"], schedule=f["schedule"],
+                              staple_width=f["staple_width"], staple_layers=f["staple_layers"],
+                              context_channels=f["context_channels"], context_kernel=f["context_kernel"],
+                              spline_bins=f["spline_bins"])
+
+
+def _fermion_term(cfg):
+    if not (cfg["fermions"]["enabled"] and cfg["train"]["exact_fermions"]):
+        return None
+    from ..fermion_terms import ExactNf2Determinant
+    f = cfg["fermions"]
+    return ExactNf2Determinant(f["kappa"], f["mu"], bc=f["bc_time"])
+
+
+def _targets(cfg):
+    import flows
+    t = cfg["train"]
+    det = _fermion_term(cfg)
+    tgt = [flows.GaugeTarget(make_action(cfg, t["lam2"]))] + ([det] if det is not None else [])
+    base = [flows.GaugeTarget(make_action(cfg, t["lam1"]))] + ([det] if det is not None else [])
+    return flows.Target(tgt), flows.Target(base)
+
+
+def _base_ensemble(ctx: JobContext, shape):
+    """Configurations at lambda_1 on the training lattice (from the hmc stage, or made here)."""
+    cfg = ctx.cfg
+    lam1 = cfg["train"]["lam1"]
+    if shape == tuple(cfg["lattice"]["shape"]):
+        path = hmc_job.ensemble_path(ctx, lam1)
+        if not path.exists():
+            hmc_job.run(ctx, lam=lam1)
+        sctx = ctx
+    else:
+        sctx = sub_context(ctx, shape)
+        path = ctx.path("train_ensemble.h5")
+        hmc_job.run(sctx, lam=lam1, path=path)
+    with EnsembleStore.open(path, "r", layout=sctx.layout, expect={"action": make_action(cfg, lam1).params()}) as ens:
+        U = ctx.xp.stack([ens.read(i) for i in range(len(ens))])
+    return U, sctx.layout
+
+
+def run(ctx: JobContext):
+    import flows
+    cfg = ctx.cfg
+    t = cfg["train"]
+    shape = train_shape(cfg)
+    N = cfg["lattice"]["N"]
+    target, base_target = _targets(cfg)
+    if t["base"] == "ensemble":
+        U, layout = _base_ensemble(ctx, shape)
+        base = flows.EnsembleBase(U, base_target, holdout=t["holdout"], layout=layout)
+        ctx.say(f"training base: {base.n_train} configurations at lambda1={t['lam1']} "
+                f"({base.n_holdout} held out), target lambda2={t['lam2']}")
+    else:
+        layout = L.Layout(shape, comm=ctx.comm)
+        base = flows.HaarBase(shape, N=N, layout=layout)
+        ctx.say(f"training base: Haar, target lambda2={t['lam2']}")
+    import time
+    t0 = time.perf_counter()
+    model = make_model(cfg, len(shape), N)
+    params = model.init(cfg["job"]["seed"])
+    params, hist = flows.train(model, params, target, base, steps=t["steps"], batch_size=t["batch_size"],
+                               estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"],
+                               schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
+                               holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
+                               checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
+                               layout=layout, log=ctx.log)
+    ctx.record_timing("train", time.perf_counter() - t0, 0, lattice=shape)
+    if ctx.root:
+        flows.save(flow_path(ctx), model, params, extra={"train": dict(t), "history": hist.as_dict(),
+                                                        "lattice": list(shape)})
+        atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
+        from analysis import plot_training
+        plot_training({f"{cfg['flow']['loops']} loops": {"step": hist.step, "ess": hist.ess, "loss": hist.loss}},
+                      filename=str(ctx.path("training.png")))
+    ess0, essf = (hist.ess[0], hist.ess[-1]) if hist.ess else (float("nan"),) * 2
+    ho = f", held-out ESS {hist.holdout_ess[-1]:.3f}" if hist.holdout_ess else ""
+    ctx.say(f"trained {t['steps']} steps: batch ESS {ess0:.3f} -> {np.mean(hist.ess[-10:]):.3f}{ho}; "
+            f"flow written to {flow_path(ctx)}")
+    return flow_path(ctx)

@@ -1,0 +1,105 @@
+"""Charged-pion correlator: free field vs momentum space, point vs dense propagator, one-end trick."""
+import numpy as np
+import pytest
+
+import lattice as L
+import fermions as F
+
+from fermion_reference import free_pion_correlator
+
+
+@pytest.mark.parametrize("shape,kappa,mu", [((4, 4, 4, 8), 0.13, 0.05), ((4, 2, 2, 6), 0.16, -0.2)])
+def test_free_point_correlator_momentum_space(shape, kappa, mu):
+    C = F.pion_correlator(L.unit_gauge(shape), kappa, mu, n_sources=2, method="point", seed=1)
+    want = free_pion_correlator(shape, kappa, mu)
+    assert C.shape == (shape[3],) and C.dtype == np.float64
+    assert np.abs(C - want).max() < 1e-9 * want.max()
+    assert np.allclose(C[1:], C[1:][::-1], rtol=1e-9)        # time reflection symmetry C(t) = C(T - t)
+
+
+def _dense_C(U, kappa, mu, shape):
+    """c[t0, t] = (1/V_s) sum_{x,y spatial} |S(x, t0 + t; y, t0)|^2 from the dense inverse."""
+    S = np.linalg.inv(F.dense_M(U, kappa, mu)).reshape(shape + (12,) + shape + (12,))
+    A = np.sum(np.abs(S) ** 2, axis=(4, 9))                  # (x0,x1,x2,t ; y0,y1,y2,t0)
+    A = A.sum(axis=(0, 1, 2, 4, 5, 6))                        # (t, t0)
+    T = shape[3]
+    Vs = np.prod(shape[:3])
+    return np.array([[A[(t0 + t) % T, t0] for t in range(T)] for t0 in range(T)]) / Vs, S
+
+
+def test_point_sources_equal_the_dense_propagator():
+    shape = (4, 2, 2, 4)
+    U = L.random_gauge(shape, seed=3)
+    kappa, mu = 0.17, 0.1
+    res = F.pion_correlator(U, kappa, mu, n_sources=3, method="point", seed=5, full_output=True)
+    _, S = _dense_C(U, kappa, mu, shape)
+    for k, p in enumerate(res.source_points):
+        Sy = S[(slice(None),) * 5 + tuple(p)]                # (x0..x3, 12, 12): columns of source p
+        c = np.sum(np.abs(Sy) ** 2, axis=(0, 1, 2, 4, 5))    # (t)
+        want = np.roll(c, -p[3])
+        assert np.abs(res.C_sources[k] - want).max() < 1e-10 * want.max()
+    assert np.allclose(res.C, res.C_sources.mean(axis=0))
+    assert res.residual < 1e-8 and res.params["method"] == "point"
+
+
+def test_stochastic_timeslice_sources_are_unbiased():
+    shape = (4, 2, 2, 4)
+    U = L.random_gauge(shape, seed=4)
+    kappa, mu = 0.17, 0.1
+    c_exact, _ = _dense_C(U, kappa, mu, shape)
+    res = F.pion_correlator(U, kappa, mu, n_sources=48, seed=2, full_output=True)
+    want = np.mean([c_exact[t0] for t0 in res.source_times], axis=0)
+    # per-source fluctuations around the exact per-timeslice values give the error
+    dev = res.C_sources - np.array([c_exact[t0] for t0 in res.source_times])
+    err = dev.std(axis=0, ddof=1) / np.sqrt(len(dev))
+    assert np.all(np.abs(res.C - want) < 4 * err + 1e-12), (res.C, want, err)
+    assert np.all(err < 0.2 * want)
+    assert len(set(res.source_times)) > 1                   # random timeslices
+    rec = res.as_record()
+    assert rec["params"]["n_sources"] == 48 and "normalisation" in rec["params"]
+
+
+def test_batched_configurations_and_reproducibility():
+    shape = (4, 2, 2, 4)
+    U = L.random_gauge(shape, seed=5, batch=(2,))
+    # point sources: the source points depend on the seed only, so a batch equals single solves
+    C = F.pion_correlator(U, 0.15, 0.1, n_sources=2, seed=9, method="point")
+    assert C.shape == (2, 4)
+    for b in range(2):
+        Cb = F.pion_correlator(U[b], 0.15, 0.1, n_sources=2, seed=9, method="point")
+        assert np.allclose(C[b], Cb, rtol=1e-10)
+    # stochastic: independent noise per batch element, reproducible from the seed
+    Cs = F.pion_correlator(U, 0.15, 0.1, n_sources=4, seed=9)
+    assert Cs.shape == (2, 4) and np.all(Cs > 0)
+    assert np.array_equal(Cs, F.pion_correlator(U, 0.15, 0.1, n_sources=4, seed=9))
+    assert not np.array_equal(Cs, F.pion_correlator(U, 0.15, 0.1, n_sources=4, seed=10))
+
+
+def test_bad_arguments():
+    U = L.random_gauge((4, 2, 2, 4), seed=5)
+    with pytest.raises(ValueError, match="method"):
+        F.pion_correlator(U, 0.15, 0.1, method="wall")
+    with pytest.raises(ValueError, match="n_sources"):
+        F.pion_correlator(U, 0.15, 0.1, n_sources=0)
+
+
+def test_correlator_store_roundtrip(tmp_path):
+    pytest.importorskip("h5py")
+    from lattice.io import RecordStore
+    shape = (4, 2, 2, 4)
+    res = [F.pion_correlator(L.random_gauge(shape, seed=s), 0.15, 0.1, n_sources=3, seed=s, full_output=True)
+           for s in (1, 2)]
+    params = dict(res[0].params)
+    params.pop("seed")                                        # per-configuration seeds vary
+    path = tmp_path / "pion.h5"
+    with F.create_correlator_store(path, T=4, n_sources=3, params=params, lattice_shape=shape) as st:
+        for k, r in enumerate(res):
+            F.append_correlator(st, r, config=k)
+        bad = F.pion_correlator(L.random_gauge(shape, seed=3), 0.16, 0.1, n_sources=3, full_output=True)
+        with pytest.raises(ValueError, match="kappa"):
+            F.append_correlator(st, bad, config=2)
+    with RecordStore.open(path, "r", kind="pion_correlators", expect={"params": params}) as st:
+        assert len(st) == 2
+        assert np.allclose(st.read("C", 1), res[1].C)
+        assert list(st.read("source_times", 0)) == res[0].source_times
+        assert st.attrs["params"]["normalisation"].startswith("C(t) = (1/V_s)")
