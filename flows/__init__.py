@@ -1,4 +1,4 @@
-"""gaugeflow.flows (under construction)."""
+"""gaugeflow.flows: gauge-equivariant spectral normalizing flows with hand-written adjoints."""
 
 # --- staplenet block: projection, staple and context networks, paths, Adam, parameter files ---
 from .module import Module, Params
@@ -17,3 +17,15 @@ from .splines import RQSpline, SineMap, interval_map
 from .torus import CellAngleMap
 from .spectral import SpectralMap, haar_log_density, n_params as spectral_n_params
 # --- end spectral maps ---
+
+# --- flowmodel block: masks, coupling layers, models, targets, training (issue 5) ---
+from analysis import ess
+from .masks import (LayerMask, direction_mask, location_mask, paper_schedule, simple_schedule,
+                    check_covers_every_link, check_triangular)
+from .layers import CouplingLayer, fixed_staple_path
+from .model import SpectralFlow, save, load, build_schedule
+from .targets import GaugeTarget, Target, HaarBase, EnsembleBase, as_target
+from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, independence_metropolis,
+                    reweighted_observable,
+                    TrainHistory, save_checkpoint, load_checkpoint)
+# --- end flowmodel block ---

@@ -17,6 +17,12 @@ combine them as repeated blocks of 48 direction and 16 location layers:
   The mu-links at x +- nu^ are frozen, so every plaquette staple of an active link is frozen.
   2 Nd such layers update every link once; the paper's count 48 = 4 directions x 2 parities
   x 6 fixed-loop orientations (nu, up/down) in 4d.
+  A 2x1 loop of an active mu-link always contains a second mu-link at the same transverse
+  parity (at x +- mu^ for the loop long in mu, at x +- 2 nu^ for the loop long in nu), so
+  fixed *rectangle* loops need the refined pattern ``(mu, parity, along)``: additionally
+  x_mu = along (mod 2). Then the mu-links at x + mu^, x +- nu^ and x + mu^ +- nu^ are frozen
+  and the rectangle long in mu (x -> x + 2 mu^, one step +-nu) is a valid active loop for
+  every nu; 4 Nd such layers update every link once.
 * **location update** ``offset``: all Nd links at the sites x = offset (mod 2)
   componentwise (2^Nd offsets cover every link once; 16 in 4d). All other links touching
   these sites are frozen except the other active links *at the same site*, so a fixed loop
@@ -51,11 +57,12 @@ class LayerMask:
     parity: int | None = None      # direction updates
     offset: tuple | None = None    # location updates
     orientation: tuple | None = None
+    along: int | None = None       # direction updates: also x_mu = along (mod 2) (rectangles)
 
     def active(self, layout: Layout, xp=None):
         """Active mask m_mu(x) (int8, shape (Nd, *local_shape))."""
         if self.kind == "direction":
-            return direction_mask(layout, self.mu, self.parity, xp=xp)
+            return direction_mask(layout, self.mu, self.parity, xp=xp, along=self.along)
         if self.kind == "location":
             return location_mask(layout, self.offset, xp=xp)
         raise ValueError(f"unknown mask kind {self.kind!r}")
@@ -63,6 +70,8 @@ class LayerMask:
     def describe(self) -> str:
         if self.kind == "direction":
             s = f"direction mu={self.mu} parity={self.parity}"
+            if self.along is not None:
+                s += f" along={self.along}"
         else:
             s = f"location offset={self.offset}"
         return s + (f" loop={self.orientation}" if self.orientation else "")
@@ -70,13 +79,15 @@ class LayerMask:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "mu": self.mu, "parity": self.parity,
                 "offset": list(self.offset) if self.offset is not None else None,
-                "orientation": list(self.orientation) if self.orientation is not None else None}
+                "orientation": list(self.orientation) if self.orientation is not None else None,
+                "along": self.along}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerMask":
         return cls(kind=d["kind"], mu=d.get("mu"), parity=d.get("parity"),
                    offset=tuple(d["offset"]) if d.get("offset") is not None else None,
-                   orientation=tuple(d["orientation"]) if d.get("orientation") is not None else None)
+                   orientation=tuple(d["orientation"]) if d.get("orientation") is not None else None,
+                   along=d.get("along"))
 
 
 def _check_even(layout: Layout):
@@ -86,8 +97,9 @@ def _check_even(layout: Layout):
         raise ValueError(f"flow masks need even local extents on every rank, got {layout.local_shape}")
 
 
-def direction_mask(layout: Layout, mu: int, parity: int, xp=None):
-    """Active links of direction mu where sum_{nu != mu} x_nu = parity (mod 2)."""
+def direction_mask(layout: Layout, mu: int, parity: int, xp=None, along: int | None = None):
+    """Active links of direction mu where sum_{nu != mu} x_nu = parity (mod 2) (and, with
+    ``along``, x_mu = along (mod 2))."""
     _check_even(layout)
     xp = default_xp() if xp is None else xp
     c = layout.coords(xp)
@@ -95,7 +107,10 @@ def direction_mask(layout: Layout, mu: int, parity: int, xp=None):
     for nu in range(layout.Nd):
         if nu != mu:
             s = s + c[nu]
-    site = xp.astype((s % 2) == (parity % 2), xp.int8)
+    ok = (s % 2) == (parity % 2)
+    if along is not None:
+        ok = ok & ((c[mu] % 2) == (int(along) % 2))
+    site = xp.astype(ok, xp.int8)
     zero = xp.zeros(layout.local_shape, dtype=xp.int8)
     return xp.stack([site if nu == mu else zero for nu in range(layout.Nd)], axis=0)
 
@@ -118,26 +133,39 @@ def _orientations(Nd: int):
     return [(dnu, side) for side in (1, -1) for dnu in range(1, Nd)]
 
 
-def simple_schedule(Nd: int, n_layers: int | None = None):
-    """Direction updates cycling mu and parity (2 Nd layers update every link once);
-    ``n_layers`` repeats the cycle (default one cycle); each repetition of the cycle uses the
-    next fixed-loop orientation."""
-    base = [(mu, parity) for parity in (0, 1) for mu in range(Nd)]
+def _direction_cycle(Nd: int, loops: str):
+    """(mu, parity, along) of one cycle of direction updates that covers every link once."""
+    if loops == "rectangle":
+        return [(mu, parity, along) for along in (0, 1) for parity in (0, 1) for mu in range(Nd)]
+    return [(mu, parity, None) for parity in (0, 1) for mu in range(Nd)]
+
+
+def simple_schedule(Nd: int, n_layers: int | None = None, loops: str = "plaquette"):
+    """Direction updates cycling mu and parity (2 Nd layers update every link once; 4 Nd with
+    the refined masks that fixed rectangles need, ``loops="rectangle"``); ``n_layers`` repeats
+    the cycle (default one cycle). The fixed-loop orientation advances with every layer and
+    once more per completed cycle (layer i uses orientation (i + i // cycle) mod 2(Nd - 1)), so
+    successive updates of the same links alternate their loops (up/down and plane)."""
+    base = _direction_cycle(Nd, loops)
     orients = _orientations(Nd)
     n = len(base) if n_layers is None else int(n_layers)
     return [LayerMask("direction", mu=base[i % len(base)][0], parity=base[i % len(base)][1],
-                      orientation=orients[(i // len(base)) % len(orients)]) for i in range(n)]
+                      along=base[i % len(base)][2],
+                      orientation=orients[(i + i // len(base)) % len(orients)])
+            for i in range(n)]
 
 
-def paper_schedule(Nd: int, repeats: int = 1, direction_layers: int | None = None):
+def paper_schedule(Nd: int, repeats: int = 1, direction_layers: int | None = None, loops: str = "plaquette"):
     """Blocks of direction updates followed by location updates, repeated ``repeats`` times.
 
     Per block: every (mu, parity) once for each fixed-loop orientation (nu != mu, up/down):
     Nd * 2 * 2(Nd-1) layers (48 in 4d, 8 in 2d), then the 2^Nd location updates (16 in 4d).
     ``direction_layers`` truncates the direction part (e.g. for small CPU models).
+    With ``loops="rectangle"`` the direction part uses the refined (mu, parity, along) masks
+    (twice as many layers per block).
     """
-    block = [LayerMask("direction", mu=mu, parity=parity, orientation=o)
-             for o in _orientations(Nd) for parity in (0, 1) for mu in range(Nd)]
+    block = [LayerMask("direction", mu=mu, parity=parity, along=along, orientation=o)
+             for o in _orientations(Nd) for (mu, parity, along) in _direction_cycle(Nd, loops)]
     if direction_layers is not None:
         block = block[: int(direction_layers)]
     for off in itertools.product((0, 1), repeat=Nd):

@@ -20,12 +20,22 @@ float64.
 
 Models used here provide (see :class:`flows.model.SpectralFlow`)::
 
-    forward_ctx(params, z)            -> (x, logJ, ctx)
-    vjp(params, ctx, x_bar, logJ_bar) -> (z_bar, param_grads)
-    inverse_ctx(params, x)            -> (z, logJ_inv, ctx)
+    forward(params, z, layout)             -> (x, logJ)
+    forward_ctx(params, z, layout)         -> (x, logJ, ctx)
+    vjp(params, ctx, x_bar, logJ_bar)      -> (z_bar, param_grads)
+    inverse_ctx(params, x, layout)         -> (z, logJ_inv, ctx)
     inverse_vjp(params, ctx, z_bar, logJ_inv_bar) -> (x_bar, param_grads)
 
-with complex cotangents in the DESIGN section 7 convention.
+with complex cotangents in the DESIGN section 7 convention, and optionally the fused
+
+    forward_path(params, z, z_bar, logJ_inv_bar, layout) -> (x, logJ, ctx, gq)
+
+which returns, with the forward pass, gq = the inverse VJP at x (what inverse_ctx +
+inverse_vjp give, without the separate inverse pass). The path estimator uses it when present
+(``fused=True``); the base score is then evaluated at the sampled z (= f^{-1}(x) exactly).
+
+All reductions over sites go through the layout (``layout.sum``), so log-weights are global
+under MPI; parameter cotangents are per-rank sums that :func:`train` adds up over the ranks.
 """
 from __future__ import annotations
 
@@ -40,7 +50,8 @@ from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
 __all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory", "flow_log_weights",
-           "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint"]
+           "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint",
+           "reweighted_observable"]
 
 
 def _score_cotangent(term, U, layout):
@@ -48,10 +59,17 @@ def _score_cotangent(term, U, layout):
     return -su_n.cotangent_from_force(U, term.force(U, layout=layout))
 
 
+def _layout(model, z, layout):
+    """The layout of a batch of fields: the model knows its Nd (no ambiguity with batch axes)."""
+    if hasattr(model, "layout_of"):
+        return model.layout_of(z, layout)
+    return infer_gauge_layout(z, layout)
+
+
 def log_weights(model, params, base, target, z, layout: Layout | None = None):
     """x = f(z) and log w(x) = log p(x) - log r(z) + log J(z), float64 per sample."""
-    x, logJ, _ = model.forward_ctx(params, z)
-    layout = infer_gauge_layout(x, layout)
+    layout = _layout(model, z, layout)
+    x, logJ = model.forward(params, z, layout=layout)
     lw = target.log_prob(x, layout=layout) - base.log_prob(z, layout=layout) + logJ
     return x, lw
 
@@ -60,32 +78,41 @@ flow_log_weights = log_weights
 
 
 def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path",
-                         layout: Layout | None = None):
+                         layout: Layout | None = None, fused: bool = True):
     """Mean sample loss (log q - log p) over the batch, its parameter gradient, and log w.
 
-    Returns ``(loss, grads, log_w, x)`` with loss a float, grads a dict, log_w float64 (batch,).
+    z has shape (B, Nd, *sites, N, N) (one batch axis). Returns ``(loss, grads, log_w, x)``
+    with loss a float, grads a dict (sums over this rank's sites), log_w float64 (B,).
+    ``fused``: use ``model.forward_path`` for the path estimator when the model has it.
     """
-    layout = infer_gauge_layout(z, layout)
+    if estimator not in ("path", "plain"):
+        raise ValueError(f"unknown estimator {estimator!r}; use 'path' or 'plain'")
+    layout = _layout(model, z, layout)
     xp = namespace(z)
-    x, logJ, ctx = model.forward_ctx(params, z)
+    if z.ndim != layout.Nd + 4:
+        raise ValueError(f"training batch must have shape (B, Nd, *sites, N, N); got {tuple(z.shape)}")
+    B = int(z.shape[0])
+    ones = xp.ones((B,), dtype=xp.float64)
+    if estimator == "path" and fused and hasattr(model, "forward_path"):
+        z_bar = _score_cotangent(base, z, layout) / B
+        x, logJ, ctx, gq = model.forward_path(params, z, z_bar, ones / B, layout=layout)
+    else:
+        x, logJ, ctx = model.forward_ctx(params, z, layout=layout)
+        gq = None
     log_p = target.log_prob(x, layout=layout)
     log_r = base.log_prob(z, layout=layout)
     log_w = log_p - log_r + logJ
-    B = int(log_w.shape[0])
     loss = float(-xp.mean(log_w))
     if estimator == "plain":
         x_bar = -_score_cotangent(target, x, layout) / B
-        logJ_bar = xp.full(logJ.shape, -1.0 / B, dtype=xp.float64)
-        _, grads = model.vjp(params, ctx, x_bar, logJ_bar)
-    elif estimator == "path":
-        z2, logJi, ictx = model.inverse_ctx(params, x)
-        z_bar = _score_cotangent(base, z2, layout) / B
-        logJi_bar = xp.full(logJi.shape, 1.0 / B, dtype=xp.float64)
-        gq, _ = model.inverse_vjp(params, ictx, z_bar, logJi_bar)
-        G = gq - _score_cotangent(target, x, layout) / B
-        _, grads = model.vjp(params, ctx, G, xp.zeros(logJ.shape, dtype=xp.float64))
+        _, grads = model.vjp(params, ctx, x_bar, -ones / B)
     else:
-        raise ValueError(f"unknown estimator {estimator!r}; use 'path' or 'plain'")
+        if gq is None:
+            z2, logJi, ictx = model.inverse_ctx(params, x, layout=layout)
+            z_bar = _score_cotangent(base, z2, layout) / B
+            gq, _ = model.inverse_vjp(params, ictx, z_bar, ones / B)
+        G = gq - _score_cotangent(target, x, layout) / B
+        _, grads = model.vjp(params, ctx, G, None)
     return loss, grads, log_w, x
 
 
@@ -112,15 +139,6 @@ class TrainHistory:
 def _ess(log_w):
     from analysis import ess
     return float(ess(to_host(log_w)))
-
-
-def _grad_norm(grads):
-    tot = 0.0
-    for g in grads.values():
-        if g is not None:
-            xp = namespace(g)
-            tot += float(xp.sum(xp.abs(g) ** 2))
-    return math.sqrt(tot)
 
 
 def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_size: int = 16, seed: int = 0):
@@ -236,34 +254,69 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
 
 
 def independence_metropolis(model, params, base, target, n_samples: int, batch_size: int = 16, seed: int = 0,
-                            layout: Layout | None = None):
+                            layout: Layout | None = None, observable=None):
     """Independence Metropolis with the flow as proposal: exact samples of the target.
 
-    Proposals x' = f(z') are accepted with min(1, w(x')/w(x)). Returns the list of chain
-    states (host arrays of configurations are not kept; the function returns the accepted
-    flags, the log-weights, and the final state), and the acceptance rate.
+    Proposals x' = f(z'), z' ~ r fresh (Haar base), are accepted with probability
+    min(1, w(x')/w(x)), w = p/q; the chain's states are exact samples of p (asymptotically).
+    Returns ``(chain, accepted, log_w, acceptance)``: ``chain`` the stacked chain states
+    (n_samples, Nd, *sites, N, N), or, with ``observable`` (a function of a batch of fields
+    returning one number per field), the host array of its values on the chain states (no
+    configurations kept); ``accepted`` bool per proposal; ``log_w`` the log-weight of the
+    chain state after each proposal; ``acceptance`` the acceptance rate (first proposal
+    excluded). Proposal k is decided with the uniform number k of the stream
+    ``Rng(seed).child(2**41)``, so the chain is reproducible from the seed.
     """
     import numpy as _np
     rng = Rng(seed)
-    cur_x, cur_lw = None, None
-    acc, lws, chain_idx = [], [], []
+    cur_x, cur_lw, cur_obs = None, None, None
+    acc, lws, chain = [], [], []
     props = 0
     u_all = to_host(Rng(seed).child(2**41).uniform((n_samples,)))
-    chain = []
     i = 0
     while props < n_samples:
         z = base.sample(min(batch_size, n_samples - props), rng.child(i))
         x, lw = log_weights(model, params, base, target, z, layout)
         lwh = to_host(lw)
+        obs = None if observable is None else _np.asarray(to_host(observable(x)), dtype=_np.float64)
         for k in range(lwh.shape[0]):
             if cur_lw is None or math.log(max(u_all[props], 1e-300)) < lwh[k] - cur_lw:
-                cur_x, cur_lw = x[k], float(lwh[k])
+                cur_lw = float(lwh[k])
+                if observable is None:
+                    cur_x = x[k, ...]
+                else:
+                    cur_obs = obs[k]
                 acc.append(True)
             else:
                 acc.append(False)
             lws.append(cur_lw)
-            chain.append(cur_x)
+            chain.append(cur_x if observable is None else cur_obs)
             props += 1
         i += 1
-    xp = namespace(chain[0])
-    return xp.stack(chain), _np.array(acc), _np.array(lws), float(_np.mean(acc[1:])) if len(acc) > 1 else 1.0
+    rate = float(_np.mean(acc[1:])) if len(acc) > 1 else 1.0
+    if observable is None:
+        out = namespace(chain[0]).stack(chain)
+    else:
+        out = _np.asarray(chain, dtype=_np.float64)
+    return out, _np.array(acc), _np.array(lws), rate
+
+
+def reweighted_observable(model, params, base, target, observable, n_samples: int, batch_size: int = 16,
+                          seed: int = 0, layout: Layout | None = None, bin_size: int = 1):
+    """<O>_p from flow samples by reweighting: sum_i w_i O(x_i) / sum_i w_i, x_i = f(z_i),
+    with a jackknife error (:func:`analysis.jackknife`); returns ``(estimate, ess)``.
+
+    ``observable(x)`` returns one number per field of the batch. Fresh base draws from the
+    stream ``Rng(seed).child(2**42)``.
+    """
+    import numpy as _np
+    from analysis import jackknife, ess
+    rng = Rng(seed).child(2**42)
+    vals, lws = [], []
+    for i in range(0, int(n_samples), int(batch_size)):
+        z = base.sample(min(batch_size, n_samples - i), rng.child(i))
+        x, lw = log_weights(model, params, base, target, z, layout)
+        vals.append(_np.asarray(to_host(observable(x)), dtype=_np.float64))
+        lws.append(to_host(lw))
+    v, lw = _np.concatenate(vals), _np.concatenate(lws)
+    return jackknife(v, log_weights=lw, bin_size=bin_size), float(ess(lw))

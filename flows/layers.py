@@ -1,0 +1,403 @@
+"""Gauge-equivariant spectral coupling layers with fixed or learned active loops (eqs. 1-8).
+
+One layer transforms the *active* links of a :class:`flows.masks.LayerMask` (one direction on
+a sublattice for direction updates, all Nd directions at the sites x = offset (mod 2) for
+location updates) and keeps every other link. For each active direction mu:
+
+1. **Active staple** S_mu(x), computed from frozen links only:
+
+   * ``loops="learned"``: a :class:`flows.StapleNet` (eqs. 3-8; eq. 4 zeroes all active
+     links), one network per active direction;
+   * ``loops="plaquette"``: the single plaquette staple of the layer's orientation
+     (dnu, side), nu = (mu + dnu) mod Nd: side +1 (through x + nu^) and side -1 (through
+     x - nu^),
+         S^+ = U_nu(x) U_mu(x+nu) U_nu(x+mu)^dag,
+         S^- = U_nu(x-nu)^dag U_mu(x-nu) U_nu(x+mu-nu),
+     so that U_mu(x) S^dag is the untraced plaquette P_mu,nu(x) (or the one in the (mu, -nu)
+     plane);
+   * ``loops="rectangle"``: the 2x1 loop long in mu, x -> x + 2 mu^, one step side*nu:
+         S^dag = U_mu(x+mu) U_nu(x+2mu) U_mu(x+mu+nu)^dag U_mu(x+nu)^dag U_nu(x)^dag (side +1),
+     which needs the refined direction masks (``LayerMask.along``, see :mod:`flows.masks`).
+
+   A fixed staple is checked once per layout to avoid every active link (a clear error
+   otherwise: the layer would not be triangular and its log-det wrong).
+
+2. **Active loop** (eq. 1) L = P_SU(N)(U S^dag) computed as L = U S_hat^dag with
+   S_hat = P_SU(N)(S) (the identity P_SU(U S^dag) = U P_SU(S)^dag, DESIGN section 7). For the
+   fixed loops S is already in SU(N) and S_hat = S (no projection).
+
+3. **Spectral map** L' = h(L; c) (:class:`flows.SpectralMap`) conditioned on the context
+   c = ContextNet(frozen links) read at the active link (the context's exclusion mask is the
+   layer's active mask; for location updates the head has Nd x n_cond outputs per site, one
+   block per direction).
+
+4. **Push back** U'_mu(x) = h(L) L^dag U = L' S_hat. Frozen links are unchanged.
+
+Log-det (DESIGN section 7): the map U -> h(U S_hat^dag) S_hat is, for fixed S_hat, a left
+and right translation of the spectral map, both Haar-measure preserving, so per active link
+the log-Jacobian is the spectral one (Weyl term + angle Jacobian), and the layer's log-det is
+their sum over the active links (float64, reduced with ``layout.sum``). The Jacobian is block
+triangular (each active link's image depends on itself and frozen links), so this is exact.
+
+Inverse: S_hat and c depend on frozen links only, so the inverse recomputes them from the
+output field V, inverts the spectral map, L = h^{-1}(V S_hat^dag; c), and sets U = L S_hat.
+
+Work is done on the active links only: they are gathered with ``take`` on the flattened
+site index and scattered back with ``take`` + ``where`` (no per-link work on frozen links).
+The staple and context networks run on the whole lattice (their outputs at active sites
+depend on neighbours).
+
+Module contract (:mod:`flows.module`), complex cotangents as in DESIGN section 7:
+
+* ``forward(params, U, layout=None) -> ((U', logdet), ctx)``
+* ``vjp(params, ctx, U'_bar, logdet_bar) -> ((U_bar,), grads)``
+* ``inverse(params, V, layout=None) -> ((U, logdet_inv), ctx)``, logdet_inv = -logdet(U)
+* ``inverse_vjp(params, ctx, U_bar, logdet_inv_bar) -> ((V_bar,), grads)``
+
+A context from :meth:`forward` may be passed to :meth:`inverse_vjp` and one from
+:meth:`inverse` to :meth:`vjp`: both describe the same pair (U, V = f(U)) (the model's fused
+path gradient uses this, see :meth:`flows.model.SpectralFlow.forward_path`).
+
+Shapes: U ``(*batch, Nd, *sites, N, N)`` (a ``layout`` is needed whenever the batch shape
+makes Nd ambiguous; :class:`flows.model.SpectralFlow` always passes one); logdet ``(*batch,)``
+float64. Link cotangents are valid for perturbations along the group (U -> e^{tX} U), which
+is how links are perturbed (:func:`flows.gradcheck.check_vjp` with ``group=``).
+"""
+from __future__ import annotations
+
+from lattice.backend import namespace
+from lattice.layout import Layout, infer_gauge_layout, LayoutError
+from lattice.fields import link, links, stack_links
+from lattice import su_n
+
+from .masks import LayerMask
+from .module import Module, add_grads, prefixed, sub_params
+from .paths import paths_fwd, paths_vjp
+from .projection import project_su_fwd, project_su_vjp
+from .spectral import SpectralMap
+from .staples import StapleNet
+from .context import ContextNet
+
+__all__ = ["CouplingLayer", "fixed_staple_path", "LOOPS"]
+
+LOOPS = ("learned", "plaquette", "rectangle")
+
+
+def fixed_staple_path(kind: str, mu: int, orientation, Nd: int):
+    """The path of S^dag for a fixed active loop, starting at x + mu^ (so that
+    S^dag(x) = W(x + mu^) with W the path product and U_mu(x) S^dag(x) the closed loop)."""
+    if orientation is None:
+        raise ValueError(f"a fixed active loop ({kind!r}) needs a mask orientation (dnu, side)")
+    dnu, side = (int(v) for v in orientation)
+    if not 1 <= dnu < Nd or side not in (1, -1):
+        raise ValueError(f"bad loop orientation {orientation}: need dnu in 1..{Nd - 1} and side +-1")
+    nu = (mu + dnu) % Nd
+    if kind == "plaquette":
+        return ((nu, side), (mu, -1), (nu, -side))
+    if kind == "rectangle":
+        return ((mu, 1), (nu, side), (mu, -1), (mu, -1), (nu, -side))
+    raise ValueError(f"unknown fixed loop {kind!r}; use 'plaquette' or 'rectangle'")
+
+
+class _Sites:
+    """Active-site bookkeeping of one layer on one layout: flattened indices and masks."""
+
+    def __init__(self, mask: LayerMask, layout: Layout, xp):
+        self.layout = layout
+        self.m = mask.active(layout, xp)                          # (Nd, *sites) int8
+        V = layout.local_volume
+        self.V = V
+        dirs = [mask.mu] if mask.kind == "direction" else list(range(layout.Nd))
+        self.dirs = dirs
+        self.idx, self.inv, self.sel = {}, {}, {}
+        for mu in dirs:
+            mf = xp.reshape(self.m[mu, ...], (V,))
+            sel = mf != 0
+            self.sel[mu] = sel
+            self.idx[mu] = xp.nonzero(sel)[0]
+            pos = xp.cumulative_sum(xp.astype(sel, xp.int64)) - 1
+            self.inv[mu] = xp.where(sel, pos, xp.zeros_like(pos))
+        self.n_active = {mu: int(self.idx[mu].shape[0]) for mu in dirs}
+
+
+def _flat_sites(F, nb, V, inner_shape):
+    """(*batch, *sites, *inner) -> (*batch, V, *inner)."""
+    xp = namespace(F)
+    return xp.reshape(F, tuple(F.shape[:nb]) + (V,) + tuple(inner_shape))
+
+
+class CouplingLayer(Module):
+    """One spectral coupling layer (see the module docstring).
+
+    Parameters
+    ----------
+    mask : the layer's :class:`flows.masks.LayerMask`.
+    Nd, N : lattice dimensions and gauge group SU(N).
+    loops : "learned" | "plaquette" | "rectangle".
+    staple_width, staple_layers : N_h and N_l of the staple networks (learned loops).
+    context_hidden, context_kernel, context_loops, context_activation : the
+        :class:`flows.ContextNet` (hidden widths, odd kernel size, feature loops, nonlinearity).
+    spline_bins, spline_basis, spline_kind : the spectral map (:class:`flows.SpectralMap`).
+    save_memory : forwarded to the staple networks.
+    """
+
+    def __init__(self, mask: LayerMask, Nd: int, N: int, loops: str = "learned", *, staple_width: int = 8,
+                 staple_layers: int = 2, context_hidden=(16, 16), context_kernel: int = 3,
+                 context_loops=("plaquette",), context_activation: str = "tanh", spline_bins: int = 8,
+                 spline_basis: int = 3, spline_kind: str = "spline", save_memory: bool = False):
+        if loops not in LOOPS:
+            raise ValueError(f"loops must be one of {LOOPS}, got {loops!r}")
+        if mask.kind not in ("direction", "location"):
+            raise ValueError(f"unknown mask kind {mask.kind!r}")
+        self.mask = mask
+        self.Nd, self.N, self.loops = int(Nd), int(N), loops
+        self.dirs = [int(mask.mu)] if mask.kind == "direction" else list(range(self.Nd))
+        if mask.kind == "direction" and not 0 <= mask.mu < self.Nd:
+            raise ValueError(f"mask direction mu = {mask.mu} out of range for Nd = {self.Nd}")
+        self.spectral = SpectralMap(self.N, K=spline_bins, n_basis=spline_basis, kind=spline_kind)
+        self.n_cond = self.spectral.n_cond
+        self.staples = {}
+        self.paths = {}
+        if loops == "learned":
+            self.staples = {mu: StapleNet(self.Nd, mu, width=staple_width, n_layers=staple_layers,
+                                          save_memory=save_memory) for mu in self.dirs}
+        else:
+            self.paths = {mu: fixed_staple_path(loops, mu, mask.orientation, self.Nd) for mu in self.dirs}
+        self.context = ContextNet(self.Nd, n_out=len(self.dirs) * self.n_cond, hidden=tuple(context_hidden),
+                                  kernel_size=context_kernel, loops=tuple(context_loops),
+                                  activation=context_activation)
+        self._cfg = dict(loops=loops, staple_width=int(staple_width), staple_layers=int(staple_layers),
+                         context_hidden=[int(h) for h in context_hidden], context_kernel=int(context_kernel),
+                         context_loops=list(context_loops), context_activation=context_activation,
+                         spline_bins=int(spline_bins), spline_basis=int(spline_basis), spline_kind=spline_kind,
+                         save_memory=bool(save_memory))
+        self._sites = {}
+
+    # ------------------------------------------------------------------ parameters
+    def config(self) -> dict:
+        return {"mask": self.mask.as_dict(), "Nd": self.Nd, "N": self.N, **self._cfg}
+
+    def param_shapes(self) -> dict:
+        out = {}
+        for mu, net in self.staples.items():
+            out.update(prefixed(f"staples{mu}", net.param_shapes()))
+        out.update(prefixed("context", self.context.param_shapes()))
+        return out
+
+    def init(self, rng, gain: float = 0.5) -> dict:
+        """Staple nets: plaquette-staple-sum start plus Xavier noise of ``gain`` (paper: 0.5);
+        context: zero head, so the layer starts as the identity."""
+        params = {}
+        for mu, net in self.staples.items():
+            params.update(prefixed(f"staples{mu}", net.init(rng.child(mu), gain=gain)))
+        params.update(prefixed("context", self.context.init(rng.child(self.Nd + 1))))
+        return params
+
+    def describe(self) -> str:
+        return f"{self.mask.describe()} loops={self.loops}"
+
+    # ------------------------------------------------------------------ geometry
+    def sites(self, layout: Layout, xp) -> _Sites:
+        key = (layout, xp.__name__ if hasattr(xp, "__name__") else id(xp))
+        s = self._sites.get(key)
+        if s is None:
+            s = _Sites(self.mask, layout, xp)
+            if self.paths:
+                self._check_fixed_loops(s, layout, xp)
+            self._sites[key] = s
+        return s
+
+    def _check_fixed_loops(self, s: _Sites, layout: Layout, xp):
+        """Raise unless every fixed staple avoids all active links (triangular layer)."""
+        m = xp.astype(s.m, xp.float64)
+        for mu, path in self.paths.items():
+            pos = [0] * self.Nd
+            pos[mu] = 1
+            for (nu, sg) in path:
+                if sg < 0:
+                    pos[nu] -= 1
+                # the link used by this step starts at x + pos (x the active site)
+                f = m[nu, ...]
+                for ax, d in enumerate(pos):
+                    f = layout.shift(f, ax, d, inner=0)
+                hit = float(layout.sum(m[mu, ...] * f))
+                if hit:
+                    raise ValueError(
+                        f"fixed {self.loops} loop with orientation {self.mask.orientation} of mask "
+                        f"[{self.mask.describe()}] contains other active links (step {(nu, sg)} of "
+                        f"S^dag path {path}); the layer would not be triangular. Use a compatible "
+                        f"orientation (location updates need side -1) or the refined masks for rectangles.")
+                if sg > 0:
+                    pos[nu] += 1
+
+    def _layout(self, U, layout):
+        lay = infer_gauge_layout(U, layout) if layout is not None else _layout_nd(U, self.Nd)
+        if lay.Nd != self.Nd:
+            raise LayoutError(f"coupling layer built for Nd = {self.Nd} got a {lay.Nd}d field")
+        if U.shape[-1] != self.N:
+            raise ValueError(f"coupling layer built for SU({self.N}) got {U.shape[-1]}x{U.shape[-1]} links")
+        return lay
+
+    # ------------------------------------------------------------------ internals
+    def _frozen(self, params, X, layout, s: _Sites):
+        """Staples S_hat (gathered), conditioning vectors (gathered) and their contexts; they
+        depend on the frozen links of X only (identical for U and V = f(U))."""
+        xp = namespace(X)
+        nb = X.ndim - self.Nd - 3
+        V = s.V
+        (c_full,), cctx = self.context.forward(sub_params("context", params), X, s.m, layout=layout)
+        c_flat = _flat_sites(c_full, nb, V, (c_full.shape[-1],))
+        per = {}
+        if self.paths:
+            Ul = links(X, layout)
+        for j, mu in enumerate(self.dirs):
+            idx = s.idx[mu]
+            cond = xp.take(c_flat[..., j * self.n_cond:(j + 1) * self.n_cond], idx, axis=nb)
+            if self.loops == "learned":
+                (S,), sctx = self.staples[mu].forward(sub_params(f"staples{mu}", params), X, s.m, layout=layout)
+                Sg = xp.take(_flat_sites(S, nb, V, (self.N, self.N)), idx, axis=nb)
+                Shat, pctx = project_su_fwd(Sg)
+                per[mu] = dict(cond=cond, Shat=Shat, sctx=sctx, pctx=pctx)
+            else:
+                (W,), wctx = paths_fwd(Ul, [self.paths[mu]], layout)
+                Sd = layout.shift(W, mu, +1)
+                Sdg = xp.take(_flat_sites(Sd, nb, V, (self.N, self.N)), idx, axis=nb)
+                per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), wctx=wctx)
+        return per, cctx, nb
+
+    def _apply(self, params, X, layout, inverse: bool):
+        layout = self._layout(X, layout)
+        xp = namespace(X)
+        s = self.sites(layout, xp)
+        per, cctx, nb = self._frozen(params, X, layout, s)
+        out_links = list(links(X, layout))
+        dens = None
+        for mu in self.dirs:
+            d = per[mu]
+            Xa = xp.take(_flat_sites(out_links[mu], nb, s.V, (self.N, self.N)), s.idx[mu], axis=nb)
+            Lin = Xa @ su_n.dagger(d["Shat"])
+            if inverse:
+                (Lout, ld), hctx = self.spectral.inverse({}, Lin, d["cond"])
+            else:
+                (Lout, ld), hctx = self.spectral.forward({}, Lin, d["cond"])
+            Ya = Lout @ d["Shat"]
+            out_links[mu] = self._scatter(Ya, s, mu, nb, out_links[mu])
+            ld_sites = self._scatter_density(ld, s, mu, nb)
+            dens = ld_sites if dens is None else dens + ld_sites
+            if inverse:
+                d.update(U=Ya, V=Xa, L=Lout, Lp=Lin, hctx=hctx)
+            else:
+                d.update(U=Xa, V=Ya, L=Lin, Lp=Lout, hctx=hctx)
+        Y = stack_links(out_links, layout)
+        logdet = layout.sum(dens)
+        ctx = dict(layout=layout, sites=s, per=per, cctx=cctx, nb=nb, dtype=X.dtype, shape=tuple(X.shape))
+        return (Y, logdet), ctx
+
+    def _scatter(self, vals, s: _Sites, mu, nb, base):
+        """Field equal to ``vals`` (gathered, (*batch, n_act, *inner)) at the active sites of mu
+        and to ``base`` (a site field) elsewhere; ``base=None`` means zeros."""
+        xp = namespace(vals)
+        inner = tuple(vals.shape[nb + 1:])
+        full = xp.take(vals, s.inv[mu], axis=nb)
+        sel = xp.reshape(s.sel[mu], (s.V,) + (1,) * len(inner))
+        if base is None:
+            out = xp.where(sel, full, xp.zeros_like(full))
+            sites_shape = tuple(vals.shape[:nb]) + tuple(s.layout.local_shape) + inner
+            return xp.reshape(out, sites_shape)
+        bshape = tuple(base.shape)
+        out = xp.where(sel, full, _flat_sites(base, nb, s.V, inner))
+        return xp.reshape(out, bshape)
+
+    def _scatter_density(self, vals, s: _Sites, mu, nb):
+        xp = namespace(vals)
+        full = xp.take(vals, s.inv[mu], axis=nb)
+        out = xp.where(s.sel[mu], full, xp.zeros_like(full))
+        return xp.reshape(out, tuple(vals.shape[:nb]) + tuple(s.layout.local_shape))
+
+    # ------------------------------------------------------------------ module API
+    def forward(self, params, U, *, layout=None):
+        """(U', log det) and the context for :meth:`vjp` (or :meth:`inverse_vjp`)."""
+        return self._apply(params, U, layout, inverse=False)
+
+    def inverse(self, params, V, *, layout=None):
+        """(U, log det of the inverse at V) and the context for :meth:`inverse_vjp`."""
+        return self._apply(params, V, layout, inverse=True)
+
+    def vjp(self, params, ctx, U_out_bar=None, logdet_bar=None, *, need_params: bool = True):
+        """Cotangent of the input U of the forward map from those of (U', logdet)."""
+        return self._backward(params, ctx, U_out_bar, logdet_bar, inverse=False, need_params=need_params)
+
+    def inverse_vjp(self, params, ctx, U_bar=None, logdet_inv_bar=None, *, need_params: bool = True):
+        """Cotangent of the input V of the inverse map from those of (U, logdet_inv)."""
+        return self._backward(params, ctx, U_bar, logdet_inv_bar, inverse=True, need_params=need_params)
+
+    def _backward(self, params, ctx, Y_bar, ld_bar, inverse: bool, need_params: bool):
+        """Shared adjoint. Forward map f: U -> V = f(U) with logdet; inverse g: V -> U with
+        -logdet. ``Y_bar`` is the cotangent of the map's output, the result that of its input."""
+        layout, s, per, nb = ctx["layout"], ctx["sites"], ctx["per"], ctx["nb"]
+        shape, dtype = ctx["shape"], ctx["dtype"]
+        any_leaf = next(iter(per.values()))["Shat"]
+        xp = namespace(any_leaf)
+        if Y_bar is None:
+            Y_bar = xp.zeros(shape, dtype=dtype)
+        Ybl = links(xp.astype(Y_bar, dtype), layout)
+        in_links = list(Ybl)                      # frozen links: identity map
+        grads = {}
+        c_cols = []
+        X_extra = None                            # cotangents from staples / context
+        for j, mu in enumerate(self.dirs):
+            d = per[mu]
+            Shat = d["Shat"]
+            Yb = xp.take(_flat_sites(Ybl[mu], nb, s.V, (self.N, self.N)), s.idx[mu], axis=nb)
+            lb = None
+            if ld_bar is not None:
+                lb = xp.broadcast_to(xp.reshape(xp.astype(ld_bar, xp.float64), tuple(ld_bar.shape) + (1,)),
+                                     tuple(Yb.shape[:nb + 1]))
+            if not inverse:
+                # V = L' S_hat, L' = h(L), L = U S_hat^dag
+                Lp_bar = Yb @ su_n.dagger(Shat)
+                Sh_bar = su_n.dagger(d["Lp"]) @ Yb
+                (L_bar, c_bar), _ = self.spectral.vjp({}, d["hctx"], Lp_bar, lb)
+                X_bar = L_bar @ Shat
+                Sh_bar = Sh_bar + su_n.dagger(L_bar) @ d["U"]
+            else:
+                # U = L S_hat, L = h^{-1}(L'), L' = V S_hat^dag
+                L_bar = Yb @ su_n.dagger(Shat)
+                Sh_bar = su_n.dagger(d["L"]) @ Yb
+                (Lp_bar, c_bar), _ = self.spectral.inverse_vjp({}, d["hctx"], L_bar, lb)
+                X_bar = Lp_bar @ Shat
+                Sh_bar = Sh_bar + su_n.dagger(Lp_bar) @ d["V"]
+            in_links[mu] = self._scatter(X_bar, s, mu, nb, in_links[mu])
+            c_cols.append(self._scatter(c_bar, s, mu, nb, None))
+            # staples
+            if self.loops == "learned":
+                S_bar = self._scatter(project_su_vjp(d["pctx"], Sh_bar), s, mu, nb, None)
+                (Ub, _), g = self.staples[mu].vjp(sub_params(f"staples{mu}", params), d["sctx"], S_bar)
+                if need_params:
+                    add_grads(grads, g, f"staples{mu}")
+                X_extra = Ub if X_extra is None else X_extra + Ub
+            else:
+                Sd_bar = self._scatter(su_n.dagger(Sh_bar), s, mu, nb, None)
+                Wb = layout.shift(Sd_bar, mu, -1)
+                Lb = paths_vjp(d["wctx"], [Wb])
+                for nu, b in enumerate(Lb):
+                    if b is None:
+                        continue
+                    in_links[nu] = in_links[nu] + b
+        # context
+        cb = xp.concat(c_cols, axis=-1) if len(c_cols) > 1 else c_cols[0]
+        (Uc, _), g = self.context.vjp(sub_params("context", params), ctx["cctx"], xp.astype(cb, cb.dtype))
+        if need_params:
+            add_grads(grads, g, "context")
+        out = stack_links(in_links, layout) + Uc
+        if X_extra is not None:
+            out = out + X_extra
+        return (out,), grads
+
+
+def _layout_nd(U, Nd: int) -> Layout:
+    """Single-process layout of a gauge field whose Nd is known (no ambiguity with batch axes)."""
+    from lattice.layout import _cached_layout
+    if U.ndim < Nd + 3 or U.shape[U.ndim - Nd - 3] != Nd or U.shape[-1] != U.shape[-2]:
+        raise LayoutError(f"expected a gauge field (*batch, {Nd}, *sites, N, N), got shape {tuple(U.shape)}")
+    return _cached_layout(tuple(U.shape[U.ndim - Nd - 2:-2]))
