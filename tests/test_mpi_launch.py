@@ -111,6 +111,34 @@ def test_mpirun_hmc_writes_the_single_process_ensemble_and_only_rank0_talks(tmp_
         assert sum("gaugeflow hmc:" in l for l in r.stdout.splitlines()) == 1, r.stdout
         assert sum("ensemble.h5:" in l for l in r.stdout.splitlines()) == 1, r.stdout
     assert "2 rank(s), grid (1, 1, 1, 2)" in r2.stdout
-    assert r2.stderr.count("HMC: 100%") == r1.stderr.count("HMC: 100%") >= 1
+    bar_start = "HMC:   0%|          | 0/3 [00:00<?, ?traj/s]\n"      # tqdm's first render, once per bar
+    assert r2.stderr.count(bar_start) == r1.stderr.count(bar_start) == 1, r2.stderr
     log = (tmp_path / "p" / "gaugeflow.log").read_text().splitlines()
     assert sum("gaugeflow hmc:" in l for l in log) == 1 and sum("ensemble.h5:" in l for l in log) == 1
+
+
+RAISE_ON_ROOT_IN_A_JOB = """
+import sys
+from run.cli import main
+import run.jobs.hmc as job
+
+def failing(ctx, *a, **k):
+    ctx.say("starting")
+    if ctx.layout.rank == 0:
+        raise FloatingPointError("deliberate failure on rank 0")
+    ctx.layout.comm.Barrier()
+
+job.run = failing
+main(sys.argv[1:])
+"""
+
+
+def test_job_failing_on_rank0_aborts_and_is_logged(tmp_path):
+    out = tmp_path / "o"
+    r = _launch(2, ["-c", RAISE_ON_ROOT_IN_A_JOB] + _hmc_args(out)[2:], tmp_path)
+    assert r.returncode != 0
+    assert "[rank 0] FloatingPointError: deliberate failure on rank 0" in r.stderr
+    assert "aborting all 2 ranks" in r.stderr
+    log = (out / "gaugeflow.log").read_text()
+    assert "rank 0 failed, aborting all 2 ranks" in log and "FloatingPointError" in log
+    assert r.stdout.count("starting") == 1
