@@ -94,16 +94,24 @@ def _xp_of(F):
     return xp
 
 
-_CARTS: dict = {}
+_CART_KEYVAL = None
 
 
 def _cart_comm(comm, grid):
-    """Periodic Cartesian communicator over ``comm`` with ``grid`` (created once per
-    (communicator, grid); collective on first use, as every Layout construction is)."""
-    key = (comm.py2f(), tuple(grid))
-    cart = _CARTS.get(key)
+    """Periodic Cartesian communicator over ``comm`` with ``grid``, created once per
+    (communicator, grid) and cached as an MPI attribute of ``comm`` (so the cache dies with
+    the communicator). Collective on first use, as every Layout construction is."""
+    global _CART_KEYVAL
+    from mpi4py import MPI
+    if _CART_KEYVAL is None:
+        _CART_KEYVAL = MPI.Comm.Create_keyval()
+    carts = comm.Get_attr(_CART_KEYVAL)
+    if carts is None:
+        carts = {}
+        comm.Set_attr(_CART_KEYVAL, carts)
+    cart = carts.get(tuple(grid))
     if cart is None:
-        cart = _CARTS[key] = comm.Create_cart(list(grid), periods=[True] * len(grid), reorder=False)
+        cart = carts[tuple(grid)] = comm.Create_cart(list(grid), periods=[True] * len(grid), reorder=False)
     return cart
 
 
