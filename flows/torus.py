@@ -177,10 +177,11 @@ class CellAngleMap:
         return {"N": self.N, "K": self.K, "n_basis": self.M, "kind": self.kind, **self.interval_kw}
 
     # -- conditioner -------------------------------------------------------------------
-    def _features(self, xp, xs, k):
-        """phi for stick k from the earlier coordinates xs[0..k-1]: (..., F_k) and the list
-        of (j, m) labels of the non-constant features."""
-        feats = [xp.ones_like(xs[0]) if xs else None]
+    def _features(self, xp, xs, k, shape, dtype):
+        """Conditioner features phi for stick k from the earlier coordinates xs[0..k-1]:
+        a list of F_k arrays (the constant 1, then cos(m pi x_j) for j < k, m = 1..M-1) and
+        the (j, m) labels of the non-constant ones."""
+        feats = [xp.ones(shape, dtype=dtype)]
         labels = []
         for j in range(k):
             for m in range(1, self.M):
@@ -193,10 +194,9 @@ class CellAngleMap:
         return xp.reshape(blk, blk.shape[:-1] + (self.F[k], self.P))
 
     def _u(self, xp, cond, xs, k, shape):
+        """Interval-map parameters of stick k: u_k = sum_f phi_f C_k[f, :] (..., P)."""
         C = self._cond_block(xp, cond, k)
-        feats, labels = self._features(xp, xs, k)
-        if feats[0] is None:
-            feats[0] = xp.ones(shape, dtype=cond.dtype)
+        feats, labels = self._features(xp, xs, k, shape, cond.dtype)
         u = feats[0][..., None] * C[..., 0, :]
         for f in range(1, len(feats)):
             u = u + feats[f][..., None] * C[..., f, :]
@@ -282,11 +282,11 @@ class CellAngleMap:
         g = gaps_from_angles(xp, theta)
         r = _suffix_sums(g)
         x = [_safe_div(xp, g[k], r[k]) for k in range(N - 1)]
-        us, feats, labels, Cs, ictx, logdy, lr0, lr1, ys = [], [], [], [], [], [], [], [], []
+        feats, labels, Cs, ictx, logdy, lr0, lr1, ys = [], [], [], [], [], [], [], []
         for k in range(N - 1):
             u, f, lab, C = self._u(xp, cond, x[:k], k, lead)
             (y, ld, l0, l1), c = self.imap.forward(x[k], u)
-            us.append(u), feats.append(f), labels.append(lab), Cs.append(C), ictx.append(c)
+            feats.append(f), labels.append(lab), Cs.append(C), ictx.append(c)
             logdy.append(ld), lr0.append(l0), lr1.append(l1), ys.append(y)
         L = []
         acc = 0.0 * g[0]
@@ -309,7 +309,7 @@ class CellAngleMap:
         gp = [g[k] * eL[k] for k in range(N)]
         out = dict(theta=tn, dtheta=dtheta, logdet=logdet, logdet_angles=ldj,
                    log_ratio=xp.stack(logR, axis=-1))
-        ctx = dict(theta=theta, cond=cond, lead=lead, g=g, r=r, x=x, us=us, feats=feats, labels=labels,
+        ctx = dict(theta=theta, cond=cond, lead=lead, g=g, r=r, x=x, feats=feats, labels=labels,
                    Cs=Cs, ictx=ictx, L=L, eL=eL, use_in=use_in, dsinc=dsinc, gp=gp, ys=ys, dtheta=dtheta, out=out)
         return out, ctx
 
@@ -365,8 +365,7 @@ class CellAngleMap:
     def _conditioner_vjp(self, xp, c, k, ub, xb):
         """Cotangent of stick k's cond block from u_bar; adds the x_{<k} cotangents into xb."""
         feats, labels, C = c["feats"][k], c["labels"][k], c["Cs"][k]
-        f0 = feats[0] if feats[0] is not None else xp.ones_like(ub[..., 0])
-        blocks = [f0[..., None] * ub]
+        blocks = [feats[0][..., None] * ub]
         for f, (j, m) in enumerate(labels, start=1):
             blocks.append(feats[f][..., None] * ub)
             phib = xp.sum(C[..., f, :] * ub, axis=-1)

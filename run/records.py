@@ -34,7 +34,7 @@ class RankStore:
         self.n = int(on_root(layout, lambda: len(self._store), bcast_result=True))
 
     def append(self, record: dict) -> None:
-        on_root(self.layout, self._store.append, record)
+        on_root(self.layout, lambda: self._store.append(record))
         self.n += 1
 
     def column(self, name: str):
