@@ -4,7 +4,9 @@
 * an exception on one rank aborts every rank with a message that names the rank (no hang);
 * a lattice that does not divide over the ranks is a clear configuration error (no hang);
 * ``mpirun -n 2 gaugeflow hmc`` writes the same ensemble datasets as one process, and only
-  rank 0 prints progress and writes the log.
+  rank 0 prints progress and writes the log; ``gaugeflow measure`` (pion correlators, the
+  Feynman-Hellmann operator) on that ensemble writes the same measurement file;
+* a job failing on rank 0 aborts all ranks and leaves the traceback in the job log.
 """
 import os
 import subprocess
@@ -152,10 +154,6 @@ def test_job_failing_on_rank0_aborts_and_is_logged(tmp_path):
     assert r.stdout.count("starting") == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="run/records.py RankStore.append evaluates self._store.append on every rank, but the "
-                          "store exists on rank 0 only (AttributeError on rank 1, all ranks abort); fix: "
-                          "on_root(self.layout, lambda: self._store.append(record))")
 def test_mpirun_measure_writes_the_single_process_file(hmc_runs):
     tmp_path, _, _ = hmc_runs
     extra = ("--set", "measure.flowed=false", "--set", "measure.n_sources=1", "--set", "fermions.kappa=0.12",
