@@ -157,7 +157,8 @@ def _flow_ops(lay, comm, repeat):
 
 
 # ----------------------------------------------------------------------------- model
-def surface_model(shape, ranks, bandwidth=12.5e9, latency=2e-6, mem_bandwidth=100e9, itemsize=16):
+def surface_model(shape, ranks, bandwidth=12.5e9, latency=2e-6, mem_bandwidth=100e9, itemsize=16,
+                  staging_bandwidth=None, staging_latency=0.0):
     """Halo traffic of one hopping-term application H on ``ranks`` ranks (grid from
     :class:`lattice.Layout`), and the time it would take.
 
@@ -168,6 +169,11 @@ def surface_model(shape, ranks, bandwidth=12.5e9, latency=2e-6, mem_bandwidth=10
       * t_comm = messages x latency + bytes / bandwidth (no overlap, faces sent one after the
         other as the current shift() does; the two directions share the link);
       * t_comp = V_loc x 2880 B / mem_bandwidth (memory-bound hopping term, bench_fermions).
+      * host staging (device arrays without GPU-aware MPI, what ``shift`` does with CuPy):
+        with ``staging_bandwidth`` set, every face also crosses PCIe twice (device -> host
+        before the send, host -> device after the receive) and every message pays
+        ``staging_latency`` (stream synchronisation, copy launch):
+        t_comm += 2 bytes / staging_bandwidth + messages x staging_latency.
     Defaults: 12.5 GB/s and 2 us (one 100 Gb/s InfiniBand link per rank), 100 GB/s memory
     bandwidth per rank (a CPU socket); pass other values for other machines.
     """
@@ -180,6 +186,8 @@ def surface_model(shape, ranks, bandwidth=12.5e9, latency=2e-6, mem_bandwidth=10
     nbytes = sum(2 * (V // l) * half_spinor for l, g in zip(loc, grid) if g > 1)
     msgs = 2 * sum(g > 1 for g in grid)
     t_comm = msgs * latency + nbytes / bandwidth
+    if staging_bandwidth:
+        t_comm += 2 * nbytes / staging_bandwidth + msgs * staging_latency
     t_comp = V * DIRAC_BYTES_PER_SITE * itemsize / 16 / mem_bandwidth
     return {"lattice": "x".join(map(str, shape)), "ranks": ranks, "grid": list(grid), "local_shape": loc,
             "local_volume": V, "halo_bytes": nbytes, "halo_bytes_per_site": nbytes / V,
