@@ -276,7 +276,7 @@ class Layout:
         for i, (hop, lo, hi) in enumerate(pieces):
             if hi == lo:
                 continue
-            slab = F[lead + (slice(lo, hi),)]
+            slab = F[lead + (slice(lo, hi), Ellipsis)]
             if hop % g == 0:           # the slab is this rank's own
                 out[i] = slab
                 continue

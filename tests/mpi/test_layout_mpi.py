@@ -139,3 +139,21 @@ def test_indivisible_lattices_fail_on_every_rank_with_a_clear_message():
     # a grid for another rank count
     _raises_everywhere(lambda: Layout((4, 4, 4, 8), comm=COMM, grid=(1, 1, 1, 2 * size)),
                        f"does not match {size} ranks")
+
+
+def test_halo_exchange_and_reductions_on_array_api_strict():
+    """Non-NumPy arrays are staged through host buffers and come back in their namespace."""
+    xps = pytest.importorskip("array_api_strict")
+    grid = _grids(SUM_GRIDS)[-1]
+    lay, ser = Layout(SHAPE, comm=COMM, grid=grid), Layout(SHAPE)
+    x = _field(SHAPE, lead=(2,), inner=(3,), seed=4)
+    xl = xps.asarray(lay.local_part(x, inner=1).copy())
+    for mu in range(4):
+        for n in (1, -2):
+            got = lay.shift(xl, mu, n, inner=1)
+            assert type(got) is type(xl)
+            assert np.array_equal(np.asarray(got), lay.local_part(ser.shift(x, mu, n, inner=1), inner=1))
+    s = lay.sum(xps.real(xl), inner=1)
+    assert type(s) is type(xl) and np.array_equal(np.asarray(s), ser.sum(np.real(x), inner=1))
+    g = L.gather(lay, xl, inner=1)
+    assert type(g) is type(xl) and np.array_equal(np.asarray(g), x)
