@@ -15,13 +15,27 @@ coordinates and parities. Code elsewhere is written once against it.
 Reductions are *reproducible*: sums run first inside fixed global blocks (``tile``), then
 over the blocks in global order, so the result is bit-for-bit the same for every
 decomposition of the lattice over MPI ranks (DESIGN.md section 8).
+
+Halo exchange (MPI)
+-------------------
+``shift(F, mu, n)`` on an axis split over ``g`` ranks reduces ``n`` modulo the global extent
+``L``, writes ``n = q l + r`` (``l = L / g`` the local extent, ``0 <= r < l``) and assembles
+the result from two slabs: sites ``[r, l)`` of the block ``q`` ranks up and sites ``[0, r)`` of
+the block ``q + 1`` ranks up. A slab that lives on this rank is not sent; the others travel as
+C-contiguous host buffers with non-blocking ``Irecv``/``Isend`` pairs (at most two messages
+each way, ``l`` slices in total, for any shift distance). The bytes and messages received are
+counted in :attr:`Layout.halo_bytes` and :attr:`Layout.halo_messages`.
+
+Device arrays (CuPy) are staged through host memory (one device-to-host copy of each face
+and one host-to-device copy of each halo); see the scaling notes for what GPU-aware MPI
+would change.
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-from .backend import namespace, to_host, from_host
+from .backend import namespace, to_host, from_host, default_xp
 
 __all__ = ["Layout", "infer_gauge_layout", "layout_for", "scatter", "gather", "default_tile",
            "LayoutError"]
@@ -41,14 +55,64 @@ def default_tile(L: int) -> int:
     return L
 
 
-def _factorize(n: int):
-    f, p = [], 2
-    while n > 1:
-        while n % p == 0:
-            f.append(p)
-            n //= p
-        p += 1
-    return f
+def _ordered_factorizations(n: int, k: int):
+    """All k-tuples of positive ints with product n."""
+    if k == 1:
+        yield (n,)
+        return
+    for d in range(1, n + 1):
+        if n % d == 0:
+            for rest in _ordered_factorizations(n // d, k - 1):
+                yield (d,) + rest
+
+
+def _axis_splits(L: int, t: int):
+    """Rank counts g along an axis of extent L with reduction tile t: g | L and t | L/g."""
+    return [g for g in range(1, L + 1) if L % g == 0 and (L // g) % t == 0]
+
+
+def _host_buffer(x):
+    """A C-contiguous host (NumPy) copy or view of an array of any backend (an MPI buffer)."""
+    h = to_host(x)
+    return h if h.flags.c_contiguous else h.copy()  # ndarray.copy() is C-ordered
+
+
+def _empty_host_like(h):
+    return default_xp().empty_like(h)
+
+
+_XP_BY_TYPE: dict = {}
+
+
+def _xp_of(F):
+    """Array namespace of F, cached by array type (array_namespace costs ~10 us per call;
+    the namespace of NumPy, CuPy and array_api_strict arrays depends only on the type)."""
+    t = type(F)
+    xp = _XP_BY_TYPE.get(t)
+    if xp is None:
+        xp = _XP_BY_TYPE[t] = namespace(F)
+    return xp
+
+
+_CART_KEYVAL = None
+
+
+def _cart_comm(comm, grid):
+    """Periodic Cartesian communicator over ``comm`` with ``grid``, created once per
+    (communicator, grid) and cached as an MPI attribute of ``comm`` (so the cache dies with
+    the communicator). Collective on first use, as every Layout construction is."""
+    global _CART_KEYVAL
+    from mpi4py import MPI
+    if _CART_KEYVAL is None:
+        _CART_KEYVAL = MPI.Comm.Create_keyval()
+    carts = comm.Get_attr(_CART_KEYVAL)
+    if carts is None:
+        carts = {}
+        comm.Set_attr(_CART_KEYVAL, carts)
+    cart = carts.get(tuple(grid))
+    if cart is None:
+        cart = carts[tuple(grid)] = comm.Create_cart(list(grid), periods=[True] * len(grid), reorder=False)
+    return cart
 
 
 class Layout:
@@ -82,45 +146,64 @@ class Layout:
         if grid is None:
             grid = self._choose_grid(size)
         grid = tuple(int(g) for g in grid)
-        if len(grid) != self.Nd or math.prod(grid) != size:
-            raise LayoutError(f"process grid {grid} does not match {size} ranks on an {self.Nd}d lattice")
+        if len(grid) != self.Nd or any(g < 1 for g in grid) or math.prod(grid) != size:
+            raise LayoutError(f"process grid {grid} does not match {size} ranks on an {self.Nd}d lattice "
+                              f"(need {self.Nd} positive ranks-per-axis whose product is {size})")
         for ax, (L, g, t) in enumerate(zip(gs, grid, self.tile)):
             if L % g or (L // g) % t:
                 raise LayoutError(
                     f"lattice {gs} does not divide over the process grid {grid}: axis {ax} has extent "
                     f"{L}, which must split into {g} equal blocks that are multiples of the reduction "
-                    f"tile {t}. Choose a rank count/grid that divides it (or pass tile=...).")
+                    f"tile {t} (possible ranks along this axis: {_axis_splits(L, t)}). Choose a rank "
+                    f"count/grid that divides it (or pass tile=...).")
         self.grid = grid
         if comm is None:
             self.rank = 0
             self.coords_rank = (0,) * self.Nd
             self._cart = None
         else:
-            self._cart = comm.Create_cart(list(grid), periods=[True] * self.Nd, reorder=False)
+            self._cart = _cart_comm(comm, grid)
             self.rank = self._cart.Get_rank()
             self.coords_rank = tuple(self._cart.Get_coords(self.rank))
+            self._rank_coords = [tuple(self._cart.Get_coords(r)) for r in range(size)]
         self.local_shape = tuple(L // g for L, g in zip(gs, grid))
         self.offset = tuple(c * l for c, l in zip(self.coords_rank, self.local_shape))
         self.volume = math.prod(gs)
         self.local_volume = math.prod(self.local_shape)
-        self.halo_bytes = 0  # bytes received by shift() so far (for the scaling notes)
+        self.halo_bytes = 0      # bytes received by shift() so far (for the scaling notes)
+        self.halo_messages = 0   # messages received by shift() so far
+        self._peers: dict = {}   # (mu, hop) -> (rank hop blocks down, rank hop blocks up)
 
     # ------------------------------------------------------------------ construction
     def _choose_grid(self, size: int):
-        grid = [1] * self.Nd
-        for p in sorted(_factorize(size), reverse=True):
-            best = None
-            for ax in range(self.Nd - 1, -1, -1):  # prefer time, then z, y, x
-                loc = self.global_shape[ax] // grid[ax]
-                if loc % (p * self.tile[ax]) == 0 or (loc % p == 0 and (loc // p) % self.tile[ax] == 0):
-                    if best is None or loc > self.global_shape[best] // grid[best]:
-                        best = ax
-            if best is None:
-                raise LayoutError(
-                    f"cannot decompose lattice {self.global_shape} over {size} ranks with reduction "
-                    f"tile {self.tile}; choose another rank count or pass grid=...")
-            grid[best] *= p
-        return tuple(grid)
+        """The process grid for ``size`` ranks with the smallest halo surface.
+
+        Among all grids whose blocks are multiples of the reduction tile, pick the one that
+        minimises the number of face sites exchanged per nearest-neighbour shift pair,
+        sum over split axes of V_local / l_mu; ties go to fewer split axes, then to splitting
+        later axes (time first; axis 0, the even-odd packing axis, last).
+        """
+        best = None
+        for grid in _ordered_factorizations(size, self.Nd):
+            if any(L % g or (L // g) % t for L, g, t in zip(self.global_shape, grid, self.tile)):
+                continue
+            loc = [L // g for L, g in zip(self.global_shape, grid)]
+            vol = math.prod(loc)
+            surface = sum(vol // l for l, g in zip(loc, grid) if g > 1)
+            key = (surface, sum(g > 1 for g in grid)) + tuple(grid[:-1])
+            if best is None or key < best[0]:
+                best = (key, grid)
+        if best is None:
+            per_axis = [_axis_splits(L, t) for L, t in zip(self.global_shape, self.tile)]
+            counts = {1}
+            for opts in per_axis:
+                counts = {c * g for c in counts for g in opts}
+            raise LayoutError(
+                f"cannot decompose lattice {self.global_shape} over {size} ranks with reduction tile "
+                f"{self.tile}: ranks per axis must divide the extent into blocks that are multiples of "
+                f"the tile (possible per axis: {per_axis}; possible rank counts: {sorted(counts)[:24]}). "
+                f"Choose another rank count, or pass grid=... / tile=...")
+        return best[1]
 
     @property
     def is_distributed(self) -> bool:
@@ -153,51 +236,78 @@ class Layout:
 
     # ------------------------------------------------------------------ neighbours
     def shift(self, F, mu: int, sign: int = +1, inner: int = 2):
-        """``shift(F, mu, +n)[x] = F[x + n mu^]`` (periodic); ``sign`` may be any integer.
+        """``shift(F, mu, n)[x] = F[x + n mu^]`` (periodic); ``sign`` may be any integer ``n``.
 
-        Under MPI the faces that cross rank boundaries are exchanged (contiguous buffers,
-        combined send/receive).
+        F has shape ``(*lead, *local_shape, *inner_shape)`` with ``inner`` trailing axes.
+        Without a split of axis ``mu`` this is a roll; under MPI the slabs that cross rank
+        boundaries are exchanged (module docstring: at most two messages each way, contiguous
+        host buffers, non-blocking send/receive), for any ``n``.
         """
         n = int(sign)
         if n == 0:
             return F
-        xp = namespace(F)
-        ax = self.site_axis(F, mu, inner)
+        ax = F.ndim - inner - self.Nd + mu
+        if ax < 0 or not 0 <= mu < self.Nd:
+            raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner}, Nd={self.Nd})")
+        xp = _xp_of(F)
         if self.grid[mu] == 1:
             return xp.roll(F, -n, axis=ax)
         return self._shift_distributed(F, mu, n, ax, xp)
 
+    def _peer(self, mu: int, hop: int):
+        """(rank ``hop`` blocks down, rank ``hop`` blocks up) along axis ``mu``."""
+        key = (mu, hop)
+        pr = self._peers.get(key)
+        if pr is None:
+            pr = self._peers[key] = self._cart.Shift(mu, hop)
+        return pr
+
     def _shift_distributed(self, F, mu, n, ax, xp):
-        loc = self.local_shape[mu]
-        while abs(n) > loc:  # multi-hop for long shifts
-            step = loc if n > 0 else -loc
-            F = self._shift_distributed(F, mu, step, ax, xp)
-            n -= step
-        m = abs(n)
+        loc, g = self.local_shape[mu], self.grid[mu]
+        k = n % self.global_shape[mu]
+        if k == 0:
+            return F
+        q, r = divmod(k, loc)
+        lead = (slice(None),) * ax
+        # result = [sites r..loc of the block q up, sites 0..r of the block q+1 up]
+        pieces = [(q, r, loc), (q + 1, 0, r)]
+        out = [None, None]
+        reqs, recvs = [], []
+        for i, (hop, lo, hi) in enumerate(pieces):
+            if hi == lo:
+                continue
+            slab = F[lead + (slice(lo, hi), Ellipsis)]
+            if hop % g == 0:           # the slab is this rank's own
+                out[i] = slab
+                continue
+            down, up = self._peer(mu, hop % g)
+            sbuf = _host_buffer(slab)
+            rbuf = _empty_host_like(sbuf)
+            tag = 2 * mu + i
+            reqs.append(self._cart.Irecv(rbuf, source=up, tag=tag))
+            reqs.append(self._cart.Isend(sbuf, dest=down, tag=tag))
+            recvs.append((i, rbuf))
+        if reqs:
+            from mpi4py import MPI
+            MPI.Request.Waitall(reqs)
+        for i, rbuf in recvs:
+            self.halo_bytes += rbuf.nbytes
+            self.halo_messages += 1
+            out[i] = rbuf if _xp_of(rbuf) is xp else from_host(rbuf, xp)
+        parts = [o for o in out if o is not None]
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=ax)
 
-        def take(a, start, stop):
-            idx = [slice(None)] * F.ndim
-            idx[ax] = slice(start, stop)
-            return a[tuple(idx)]
+    def halo_stats(self) -> dict:
+        """Halo traffic received by :meth:`shift` since construction / the last reset."""
+        return {"bytes": self.halo_bytes, "messages": self.halo_messages}
 
-        src_lo, dst_lo = self._cart.Shift(mu, 1)  # (rank at -1, rank at +1)
-        if n > 0:   # need F[x+m]: my first m slices go to the -1 neighbour
-            send, keep, dest, source = take(F, 0, m), take(F, m, loc), src_lo, dst_lo
-        else:       # need F[x-m]: my last m slices go to the +1 neighbour
-            send, keep, dest, source = take(F, loc - m, loc), take(F, 0, loc - m), dst_lo, src_lo
-        import numpy as _np
-        sbuf = _np.ascontiguousarray(to_host(send))
-        rbuf = _np.empty_like(sbuf)
-        self._cart.Sendrecv(sbuf, dest=dest, sendtag=mu, recvbuf=rbuf, source=source, recvtag=mu)
-        self.halo_bytes += rbuf.nbytes
-        halo = from_host(rbuf, xp) if not isinstance(F, _np.ndarray) else rbuf
-        parts = [keep, halo] if n > 0 else [halo, keep]
-        return xp.concat(parts, axis=ax)
+    def reset_halo_stats(self):
+        self.halo_bytes = 0
+        self.halo_messages = 0
 
     # ------------------------------------------------------------------ coordinates
     def coords(self, xp=None):
         """Global coordinates of the local sites: Nd int64 arrays broadcastable to local_shape."""
-        from .backend import default_xp
         xp = default_xp() if xp is None else xp
         out = []
         for mu in range(self.Nd):
@@ -207,7 +317,6 @@ class Layout:
 
     def parity(self, xp=None):
         """Site parity (sum_mu x_mu) mod 2 on the local sites, int64 of shape local_shape."""
-        from .backend import default_xp
         xp = default_xp() if xp is None else xp
         s = xp.zeros(self.local_shape, dtype=xp.int64)
         for c in self.coords(xp):
@@ -233,23 +342,28 @@ class Layout:
         y = xp.reshape(y, lead + (math.prod(nb), math.prod(tile)))
         return xp.reshape(xp.sum(y, axis=-1), lead + nb)
 
+    def _allgather_host(self, x):
+        """Every rank's copy of an equally shaped array, stacked in rank order on the host:
+        a NumPy array of shape ``(size, *x.shape)`` (one buffer-based ``Allgather``)."""
+        h = _host_buffer(x)
+        out = default_xp().empty((self.size,) + tuple(h.shape), dtype=h.dtype)
+        self.comm.Allgather(h, out)
+        return out
+
     def _gather_blocks(self, b):
         """Assemble the global array of block sums on every rank (block order is global)."""
         if not self.is_distributed:
             return b
-        xp = namespace(b)
-        import numpy as _np
-        hb = _np.ascontiguousarray(to_host(b))
-        allb = self.comm.allgather(hb)
-        lead = hb.shape[: hb.ndim - self.Nd]
-        nb_loc = hb.shape[hb.ndim - self.Nd:]
+        xp = _xp_of(b)
+        allb = self._allgather_host(b)
+        lead = tuple(allb.shape[1: allb.ndim - self.Nd])
+        nb_loc = tuple(allb.shape[allb.ndim - self.Nd:])
         nb_glob = tuple(n * g for n, g in zip(nb_loc, self.grid))
-        out = _np.empty(lead + nb_glob, dtype=hb.dtype)
-        for r, blk in enumerate(allb):
-            c = self._cart.Get_coords(r)
+        out = default_xp().empty(lead + nb_glob, dtype=allb.dtype)
+        for r, c in enumerate(self._rank_coords):
             idx = (Ellipsis,) + tuple(slice(ci * n, (ci + 1) * n) for ci, n in zip(c, nb_loc))
-            out[idx] = blk
-        return from_host(out, xp)
+            out[idx] = allb[r]
+        return out if _xp_of(out) is xp else from_host(out, xp)
 
     def sum(self, x, inner: int = 0):
         """Global sum over the sites (and the ``inner`` trailing axes); shape ``(*lead,)``.
@@ -278,16 +392,18 @@ class Layout:
         return xp.sum(xp.reshape(b, lead + (self.global_shape[mu], -1)), axis=-1)
 
     def allreduce_sum(self, x):
-        """Sum of an array (e.g. parameter cotangents) over the ranks, in rank order, on every
-        rank (identity without MPI)."""
+        """Sum of an array (e.g. parameter cotangents) over the ranks, added in rank order
+        (so the same on every rank; identity without MPI). Note that the rank-order sum of
+        per-rank partial sums depends on the decomposition in the last bits; use
+        :meth:`sum` for site sums that must be reproducible."""
         if not self.is_distributed:
             return x
-        import numpy as _np
-        parts = self.comm.allgather(_np.ascontiguousarray(to_host(x)))
+        parts = self._allgather_host(x)
         tot = parts[0].copy()
         for p in parts[1:]:
-            tot = tot + p
-        return from_host(tot, namespace(x))
+            tot += p
+        xp = _xp_of(x)
+        return tot if _xp_of(tot) is xp else from_host(tot, xp)
 
     def allreduce_max(self, value: float) -> float:
         """Maximum of a host scalar over the ranks."""
@@ -309,28 +425,39 @@ class Layout:
             idx[ax0 + mu] = slice(self.offset[mu], self.offset[mu] + self.local_shape[mu])
         return F_global[tuple(idx)]
 
+    def _block_slices(self, r: int, ndim: int, ax0: int):
+        """Index of rank r's block in a global array with site axes starting at ``ax0``."""
+        c = self._rank_coords[r]
+        idx = [slice(None)] * ndim
+        for mu in range(self.Nd):
+            idx[ax0 + mu] = slice(c[mu] * self.local_shape[mu], (c[mu] + 1) * self.local_shape[mu])
+        return tuple(idx)
+
     def gather_field(self, F_local, inner: int, root: int | None = 0):
-        """The global field on rank ``root`` (on every rank if ``root`` is None; None elsewhere)."""
+        """The global field on rank ``root`` (on every rank if ``root`` is None; None elsewhere).
+
+        One buffer-based ``Gather`` (``Allgather``) of the equally shaped local blocks; the
+        receiving rank holds ``size`` blocks, i.e. the global field, once on the host.
+        """
         if not self.is_distributed:
             return F_local
-        xp = namespace(F_local)
-        import numpy as _np
-        h = _np.ascontiguousarray(to_host(F_local))
-        parts = self.comm.allgather(h) if root is None else self.comm.gather(h, root=root)
-        if parts is None:
-            return None
+        xp = _xp_of(F_local)
+        h = _host_buffer(F_local)
+        if root is None:
+            parts = self._allgather_host(h)
+        else:
+            parts = default_xp().empty((self.size,) + tuple(h.shape), dtype=h.dtype) if self.rank == root else None
+            self.comm.Gather(h, parts, root=root)
+            if parts is None:
+                return None
         ax0 = h.ndim - inner - self.Nd
         shape = list(h.shape)
         for mu in range(self.Nd):
             shape[ax0 + mu] = self.global_shape[mu]
-        out = _np.empty(shape, dtype=h.dtype)
-        for r, blk in enumerate(parts):
-            c = self._cart.Get_coords(r)
-            idx = [slice(None)] * h.ndim
-            for mu in range(self.Nd):
-                idx[ax0 + mu] = slice(c[mu] * self.local_shape[mu], (c[mu] + 1) * self.local_shape[mu])
-            out[tuple(idx)] = blk
-        return from_host(out, xp)
+        out = default_xp().empty(tuple(shape), dtype=h.dtype)
+        for r in range(self.size):
+            out[self._block_slices(r, h.ndim, ax0)] = parts[r]
+        return out if _xp_of(out) is xp else from_host(out, xp)
 
     def scatter_field(self, F_global, inner: int, root: int = 0, xp=None):
         """This rank's block of a global field that only rank ``root`` holds.
@@ -345,13 +472,12 @@ class Layout:
         if not self.is_distributed:
             self.check_sites(F_global, inner, "global field")
             return F_global if xp is None else from_host(to_host(F_global), xp)
-        import numpy as _np
         me = self.comm.Get_rank()
         header = None
         if me == root:
             if xp is None:
-                xp = namespace(F_global)
-            h = _np.asarray(to_host(F_global))
+                xp = _xp_of(F_global)
+            h = to_host(F_global)
             sites = tuple(h.shape[h.ndim - inner - self.Nd: h.ndim - inner]) if h.ndim >= inner + self.Nd else None
             header = (tuple(h.shape), h.dtype.str) if sites == self.global_shape else ("error", tuple(h.shape))
         header = self.comm.bcast(header, root=root)
@@ -360,25 +486,17 @@ class Layout:
                               f"{self.global_shape} (with {inner} inner axes)")
         shape, dtype = header
         ax0 = len(shape) - inner - self.Nd
-
-        def block_index(r):
-            c = self._cart.Get_coords(r)
-            idx = [slice(None)] * len(shape)
-            for mu in range(self.Nd):
-                idx[ax0 + mu] = slice(c[mu] * self.local_shape[mu], (c[mu] + 1) * self.local_shape[mu])
-            return tuple(idx)
-
         tag = 7301
         if me == root:
             for r in range(self.size):
                 if r != root:
-                    self.comm.Send(_np.ascontiguousarray(h[block_index(r)]), dest=r, tag=tag)
-            mine = _np.ascontiguousarray(h[block_index(root)])
+                    self.comm.Send(_host_buffer(h[self._block_slices(r, len(shape), ax0)]), dest=r, tag=tag)
+            mine = _host_buffer(h[self._block_slices(root, len(shape), ax0)])
         else:
             local = list(shape)
             for mu in range(self.Nd):
                 local[ax0 + mu] = self.local_shape[mu]
-            mine = _np.empty(local, dtype=_np.dtype(dtype))
+            mine = default_xp().empty(tuple(local), dtype=dtype)
             self.comm.Recv(mine, source=root, tag=tag)
         return from_host(mine, xp)
 

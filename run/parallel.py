@@ -41,14 +41,37 @@ def is_root(comm=None) -> bool:
 
 
 def install_abort_on_error(comm):
-    """Abort every rank when one raises (no hang in collectives)."""
+    """Abort every rank when one raises (no hang in collectives).
+
+    Installs a ``sys.excepthook`` that writes the traceback to stderr with every line
+    prefixed by ``[rank r]``, records it in the job log when the failing rank writes one
+    (rank 0), flushes stdout/stderr and calls ``comm.Abort(1)``: the launcher then ends
+    all ranks with a non-zero exit status. (Without it, a rank that dies leaves the others
+    waiting forever in the next collective call.)
+    """
     if comm is None:
         return
 
     def hook(etype, value, tb):
         r = comm.Get_rank()
-        msg = "".join(traceback.format_exception(etype, value, tb))
-        sys.stderr.write("".join(f"[rank {r}] {line}\n" for line in msg.rstrip().splitlines()))
+        msg = "".join(traceback.format_exception(etype, value, tb)).rstrip()
+        try:
+            import logging
+            log = logging.getLogger("gaugeflow")
+            rec = log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                 f"rank {r} failed, aborting all {comm.Get_size()} ranks:\n{msg}", None, None)
+            for h in log.handlers:
+                if isinstance(h, logging.FileHandler):   # the console gets the stderr copy below
+                    h.handle(rec)
+                    h.flush()
+        except Exception:  # pragma: no cover - never let logging prevent the abort
+            pass
+        try:
+            sys.stdout.flush()
+        except Exception:  # pragma: no cover
+            pass
+        sys.stderr.write("".join(f"[rank {r}] {line}\n" for line in msg.splitlines()))
+        sys.stderr.write(f"[rank {r}] aborting all {comm.Get_size()} ranks\n")
         sys.stderr.flush()
         comm.Abort(1)
 

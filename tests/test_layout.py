@@ -50,3 +50,27 @@ def test_grid_choice_and_divisibility_messages():
     assert lay._choose_grid(4) == (1, 1, 2, 2) or np.prod(lay._choose_grid(4)) == 4
     with pytest.raises(LayoutError, match="cannot decompose|does not divide"):
         lay._choose_grid(7)
+
+
+def test_grid_chooser_minimises_the_halo_surface():
+    lay = Layout((12, 12, 12, 24))               # tile (3, 3, 3, 3): up to 4 ranks on space, 8 on time
+    assert lay._choose_grid(1) == (1, 1, 1, 1)
+    assert lay._choose_grid(2) == (1, 1, 1, 2)   # split the longest axis first
+    assert lay._choose_grid(4) == (1, 1, 1, 4)   # face 12^3 beats 12^3 + 12^2 * 6 for (1, 1, 2, 2)
+    assert lay._choose_grid(16) == (1, 1, 2, 8)  # ties on the surface: fewest split axes, then later axes
+    assert lay._choose_grid(256) == (2, 4, 4, 8)
+    sq = Layout((8, 8, 8, 8))
+    assert sq._choose_grid(4) == (1, 1, 1, 4)
+    assert sq._choose_grid(16) == (1, 1, 4, 4)   # local 8x8x2x2: surface 2*128 < 8x8x8x1's 512
+    with pytest.raises(LayoutError, match=r"possible per axis: \[\[1, 2\], \[1, 2\], \[1, 2\], \[1, 2, 4\]\]; possible rank counts: \[1, 2, 4, 8, 16, 32\]"):
+        Layout((6, 6, 6, 12))._choose_grid(5)
+
+
+def test_explicit_grid_errors_name_the_axis():
+    lay = Layout((4, 4, 4, 6))
+    with pytest.raises(LayoutError, match="possible rank counts"):
+        lay._choose_grid(7)
+    with pytest.raises(LayoutError, match="does not match 1 ranks"):
+        Layout((4, 4, 4, 6), grid=(1, 1, 1, 2))
+    with pytest.raises(LayoutError, match="does not match 1 ranks"):
+        Layout((4, 4, 4, 6), grid=(1, 1, 1))
