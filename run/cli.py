@@ -41,6 +41,14 @@ def _parser():
     return ap
 
 
+def _input_errors() -> tuple:
+    """Errors that mean "these input files are wrong or do not belong together": reported in
+    one line (exit status 2) instead of a traceback. Raised identically on every MPI rank."""
+    from lattice.io import CorruptFileError, MismatchError
+    from flows import ParamFileError
+    return (MismatchError, CorruptFileError, ParamFileError, FileNotFoundError)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = _parser()
@@ -63,6 +71,9 @@ def main(argv=None) -> int:
             mod.run(ctx)
     except ConfigError as exc:
         print(f"gaugeflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except _input_errors() as exc:
+        print(f"gaugeflow: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("run.jobs."):

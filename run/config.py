@@ -43,11 +43,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
              "staple_layers": (int, 2), "staple_width": (int, 8), "context_channels": (int, 8),
              "context_kernel": (int, 3), "spline_bins": (int, 8), "dtype": (str, "complex128")},
     "train": {"lam1": ((int, float), 0.0), "lam2": ((int, float), 0.0), "base": (str, "haar"),
-              "steps": (int, 100), "batch_size": (int, 16), "lr": ((int, float), 1e-3),
+              "steps": (int, 100), "batch_size": (int, 16), "lr": ((int, float), 1e-3), "warmup": (int, 0),
               "schedule": (str, "cosine"), "clip": ((int, float), 10.0), "estimator": (str, "path"),
               "holdout": ((int, float), 0.25), "holdout_every": (int, 10), "checkpoint_every": (int, 10),
               "shape": (list, []), "exact_fermions": (bool, False)},
-    "evaluate": {"n_shots": (int, 4), "batch_size": (int, 1)},
+    "evaluate": {"n_shots": (int, 4)},
     "measure": {"n_sources": (int, 16), "flowed": (bool, True)},
     "analyze": {"t_min": (list, []), "t_max": (int, 0), "n_states": (int, 1), "bin_size": (int, 1),
                 "eps": ((int, float), 0.0), "correlated": (bool, True)},
@@ -153,6 +153,13 @@ def _check_consistency(c: dict, source: str):
         raise ConfigError(f"{source}: hmc.start must be 'hot' or 'cold'")
     if c["flow"]["loops"] not in ("learned", "plaquette", "rectangle"):
         raise ConfigError(f"{source}: flow.loops must be learned, plaquette or rectangle")
+    if c["flow"]["dtype"] not in ("complex128", "complex64"):
+        raise ConfigError(f"{source}: flow.dtype must be 'complex128' or 'complex64' (compute dtype of the flow layers)")
+    if c["train"]["lam1"] == c["train"]["lam2"] and c["train"]["base"] == "ensemble":
+        raise ConfigError(f"{source}: train.lam1 == train.lam2 = {c['train']['lam1']}: a correlated-ensemble flow "
+                          "needs two different Feynman-Hellmann couplings (set train.lam2)")
+    if c["train"]["shape"] and shape is not None and len(c["train"]["shape"]) != len(shape):
+        raise ConfigError(f"{source}: train.shape {c['train']['shape']} must have as many axes as lattice.shape {shape}")
     if c["train"]["estimator"] not in ("path", "plain"):
         raise ConfigError(f"{source}: train.estimator must be 'path' or 'plain'")
     if c["train"]["base"] not in ("haar", "ensemble"):

@@ -14,7 +14,7 @@ from lattice.actions import Wilson, LuscherWeisz
 from .config import ConfigError, dump_toml
 from .parallel import world, install_abort_on_error
 
-__all__ = ["JobContext", "make_context", "make_action", "sub_context"]
+__all__ = ["JobContext", "make_context", "make_action", "sub_context", "file_digest"]
 
 
 @dataclass
@@ -52,6 +52,16 @@ class JobContext:
         data[stage] = {"seconds": float(seconds), "n_configs": int(n_configs),
                        "lattice": list(lattice or self.layout.global_shape), "ranks": self.layout.size}
         atomic_write(p, json.dumps(data, indent=1).encode())
+
+
+def file_digest(path) -> str:
+    """SHA-256 of a file's bytes (hex), to tie derived files to the exact file they came from."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def make_action(cfg: dict, lam: float | None = None):

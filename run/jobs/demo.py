@@ -23,10 +23,7 @@ def run(ctx: JobContext):
     for name, fn in stages:
         ctx.say(f"\n== {name}")
         t0 = time.perf_counter()
-        if name == "train" and train.flow_path(ctx).exists():
-            ctx.say(f"{train.flow_path(ctx)} exists: skipping training (delete it to retrain)")
-        else:
-            fn()
+        fn()
         wall[name] = time.perf_counter() - t0
     ctx.say("\nwall time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
             + f" (total {sum(wall.values()):.0f} s)")

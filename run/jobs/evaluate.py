@@ -16,7 +16,8 @@ import numpy as np
 
 from lattice.io import EnsembleStore
 
-from ..context import JobContext, make_action
+from ..config import ConfigError
+from ..context import JobContext, make_action, file_digest
 from ..records import RankStore, Column
 from . import hmc as hmc_job
 from .train import flow_path
@@ -33,18 +34,21 @@ def run(ctx: JobContext):
     t, f = cfg["train"], cfg["fermions"]
     lam1, lam2 = t["lam1"], t["lam2"]
     S1, S2 = make_action(cfg, lam1), make_action(cfg, lam2)
+    if not flow_path(ctx).exists():
+        raise ConfigError(f"{flow_path(ctx)} not found: run `gaugeflow train` with this config first")
     model, params = flows.load(flow_path(ctx))
+    digest = file_digest(flow_path(ctx))
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
     seed = cfg["job"]["seed"] + 1000
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
-             "fermions": dict(f) if f["enabled"] else "none", "seed": seed, "flow": str(flow_path(ctx))}
+             "fermions": dict(f) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
     cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((max(n_shots, 1),)),
             "log_det_W": Column(), "log_w": Column()}
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
     flowed = EnsembleStore.open_or_create(ctx.path("flowed.h5"), lattice_shape=shape, N=N, action=S2.params(),
-                                          meta={"flow": str(flow_path(ctx)), "lam1": lam1}, layout=ctx.layout)
+                                          meta={"flow_sha256": digest, "lam1": lam1}, layout=ctx.layout)
     t0 = time.perf_counter()
     with src, flowed, RankStore(ctx.layout, ctx.path("evaluate.h5"), kind=KIND, attrs=attrs, columns=cols) as out:
         n = len(src)
@@ -56,7 +60,7 @@ def run(ctx: JobContext):
             from tqdm.auto import tqdm
             bar = tqdm(total=n, initial=start, desc="evaluate", unit="cfg")
         for i in range(start, n):
-            U = src.read(i)[None]
+            U = src.read(i, xp=ctx.xp)[None]
             V, logJ = model.forward(params, U, layout=ctx.layout)
             dS = float(S2.action(V, ctx.layout)[0] - S1.action(U, ctx.layout)[0])
             lj = float(logJ[0])

@@ -15,6 +15,7 @@ import numpy as np
 from lattice.io import EnsembleStore
 import lattice as L
 
+from ..config import ConfigError
 from ..context import JobContext, make_action
 from ..records import RankStore, Column
 from . import hmc as hmc_job
@@ -41,6 +42,10 @@ def run(ctx: JobContext):
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
     flowed = EnsembleStore.open(flowed_path, "r", layout=ctx.layout) if use_flow else None
+    if flowed is not None:
+        if tuple(flowed.lattice_shape) != tuple(src.lattice_shape):
+            raise ConfigError(f"{flowed_path} has lattice {flowed.lattice_shape}, the ensemble {src.lattice_shape}")
+        attrs["flow_sha256"] = flowed.meta.get("flow_sha256", "")
     t0 = time.perf_counter()
     with RankStore(ctx.layout, ctx.path("measure.h5"), kind=KIND, attrs=attrs, columns=cols) as out:
         n = len(src) if flowed is None else min(len(src), len(flowed))
@@ -57,8 +62,8 @@ def run(ctx: JobContext):
                     float(L.plaquette(U, ctx.layout)))
 
         for i in range(start, n):
-            C, O, P = one(src.read(i), i)
-            Cf, Of, Pf = one(flowed.read(i), i) if flowed is not None else (np.zeros(T), 0.0, 0.0)
+            C, O, P = one(src.read(i, xp=ctx.xp), i)
+            Cf, Of, Pf = one(flowed.read(i, xp=ctx.xp), i) if flowed is not None else (np.zeros(T), 0.0, 0.0)
             out.append({"index": i, "C": C, "O": O, "plaquette": P, "C_flow": Cf, "O_flow": Of,
                         "plaquette_flow": Pf})
             if bar is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import lattice as L
 from lattice.io import EnsembleStore, atomic_write
 
+from ..config import ConfigError
 from ..context import JobContext, make_action, sub_context
 from . import hmc as hmc_job
 
@@ -40,7 +41,7 @@ def make_model(cfg, Nd: int, N: int):
     return flows.SpectralFlow(Nd, N, f["n_layers"], loops=f["loops"], schedule=f["schedule"],
                               staple_width=f["staple_width"], staple_layers=f["staple_layers"],
                               context_channels=f["context_channels"], context_kernel=f["context_kernel"],
-                              spline_bins=f["spline_bins"])
+                              spline_bins=f["spline_bins"], dtype=f["dtype"])
 
 
 def _fermion_term(cfg):
@@ -74,8 +75,24 @@ def _base_ensemble(ctx: JobContext, shape):
         path = ctx.path("train_ensemble.h5")
         hmc_job.run(sctx, lam=lam1, path=path)
     with EnsembleStore.open(path, "r", layout=sctx.layout, expect={"action": make_action(cfg, lam1).params()}) as ens:
-        U = ctx.xp.stack([ens.read(i) for i in range(len(ens))])
+        U = ctx.xp.stack([ens.read(i, xp=ctx.xp) for i in range(len(ens))])
     return U, sctx.layout
+
+
+def _existing_flow(ctx: JobContext, run_info: dict) -> bool:
+    """True if `flow.h5` exists and was trained with exactly these settings; a flow trained
+    with other settings is an error (the later stages would mix two flows)."""
+    import flows
+    p = flow_path(ctx)
+    if not p.exists():
+        return False
+    found = flows.read_config(p).get("run_info")
+    want = json.loads(json.dumps(run_info))
+    if found != want:
+        keys = sorted(k for k in set(found or {}) | set(want) if (found or {}).get(k) != want.get(k))
+        raise ConfigError(f"{p} was trained with other settings ({', '.join(keys) or 'unknown'} differ): delete it "
+                          f"(and the later stages' files) to retrain, or use another job.output")
+    return True
 
 
 def run(ctx: JobContext):
@@ -84,7 +101,16 @@ def run(ctx: JobContext):
     t = cfg["train"]
     shape = train_shape(cfg)
     N = cfg["lattice"]["N"]
+    if _fermion_term(cfg) is not None and ctx.layout.size > 1:
+        raise ConfigError("train.exact_fermions uses dense determinants on one process: run `train` without "
+                          "mpirun (the trained flow is then evaluated under mpirun), or set train.exact_fermions = false")
     target, base_target = _targets(cfg)
+    run_info = {"train": {k: v for k, v in t.items() if k not in ("checkpoint_every", "holdout_every")},
+                "target": target.describe(), "base": base_target.describe() if t["base"] == "ensemble" else "haar",
+                "lattice": list(shape), "seed": cfg["job"]["seed"], "flow": dict(cfg["flow"])}
+    if _existing_flow(ctx, run_info):
+        ctx.say(f"{flow_path(ctx)} exists and matches the config: training skipped")
+        return flow_path(ctx)
     if t["base"] == "ensemble":
         U, layout = _base_ensemble(ctx, shape)
         base = flows.EnsembleBase(U, base_target, holdout=t["holdout"], layout=layout)
@@ -99,14 +125,14 @@ def run(ctx: JobContext):
     model = make_model(cfg, len(shape), N)
     params = model.init(cfg["job"]["seed"])
     params, hist = flows.train(model, params, target, base, steps=t["steps"], batch_size=t["batch_size"],
-                               estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"],
+                               estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"], warmup=t["warmup"],
                                schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
                                holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
                                checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
-                               layout=layout, log=ctx.log)
+                               layout=layout, log=ctx.log, run_info=run_info)
     ctx.record_timing("train", time.perf_counter() - t0, 0, lattice=shape)
     if ctx.root:
-        flows.save(flow_path(ctx), model, params, extra={"train": dict(t), "history": hist.as_dict(),
+        flows.save(flow_path(ctx), model, params, extra={"run_info": run_info, "history": hist.as_dict(),
                                                         "lattice": list(shape)})
         atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
         from analysis import plot_training
