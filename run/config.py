@@ -160,6 +160,9 @@ def _check_consistency(c: dict, source: str):
                           "needs two different Feynman-Hellmann couplings (set train.lam2)")
     if c["train"]["shape"] and shape is not None and len(c["train"]["shape"]) != len(shape):
         raise ConfigError(f"{source}: train.shape {c['train']['shape']} must have as many axes as lattice.shape {shape}")
+    if not 0 <= c["train"]["warmup"] < c["train"]["steps"]:
+        raise ConfigError(f"{source}: train.warmup = {c['train']['warmup']} must lie in [0, train.steps = "
+                          f"{c['train']['steps']})")
     if c["train"]["estimator"] not in ("path", "plain"):
         raise ConfigError(f"{source}: train.estimator must be 'path' or 'plain'")
     if c["train"]["base"] not in ("haar", "ensemble"):

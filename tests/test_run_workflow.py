@@ -253,6 +253,7 @@ def test_bad_config_sections_and_keys(tmp_path, extra, match):
     ("lattice.shape=[4,4,8]", None),   # valid for pure gauge ...
     ("train.lam2=0.0", "train.lam1 == train.lam2"),
     ("flow.loops=\"wilson\"", "flow.loops must be"),
+    ("train.warmup=3", "train.warmup = 3 must lie in"),
     ("fermions.enabled=true", None),   # valid: Nf=2 on 4^4 (only parsed here; see below)
 ])
 def test_bad_values_give_clear_errors(tmp_path, override, match):
