@@ -186,17 +186,41 @@ def load_checkpoint(path, params_template):
     return params, cfg, state
 
 
+def _check_resumable(path, found: dict, expected: dict):
+    """Raise ParamFileError naming the first entry of ``expected`` that differs in ``found``."""
+    from .serialize import ParamFileError
+
+    def diff(a, b, where):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                d = diff(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+                if d:
+                    return d
+            return None
+        return None if a == b else (where, a, b)
+
+    norm = json.loads(json.dumps(expected))
+    d = diff({k: found.get(k) for k in norm}, norm, "")
+    if d:
+        raise ParamFileError(f"checkpoint {str(path)!r} belongs to a different training run: {d[0]} is {d[1]!r} "
+                             f"there but {d[2]!r} now; delete it to start afresh or restore the settings")
+
+
 def train(model, params, target, base, steps: int, batch_size: int, estimator: str = "path",
           seed: int = 0, optimizer=None, lr: float = 1e-3, schedule: str = "cosine", warmup: int = 0,
           clip: float | None = None, holdout_every: int = 0, holdout_size: int = 64,
           checkpoint: str | Path | None = None, checkpoint_every: int = 10, resume: bool = True,
-          progress: bool = True, layout: Layout | None = None, log=None, callback=None):
+          progress: bool = True, layout: Layout | None = None, log=None, callback=None,
+          run_info: dict | None = None):
     """Train ``params`` of ``model`` by reverse KL; returns ``(params, history)``.
 
     Step i draws its batch from ``Rng(seed).child(i)``, so a run resumed from a checkpoint
     continues exactly like an uninterrupted one. Checkpoints (parameters, optimizer state,
     history) are written atomically every ``checkpoint_every`` steps and at the end; with
-    ``resume`` an existing checkpoint is continued.
+    ``resume`` an existing checkpoint is continued; it must hold the same model configuration
+    and the same ``run_info`` (a JSON-able dict describing target, base and optimiser settings,
+    stored with every checkpoint), else :class:`flows.ParamFileError` names the first field
+    that differs (a restarted job never continues a different training run).
     """
     from .optim import Adam, LRSchedule
     layout = layout or getattr(base, "layout", None)
@@ -207,6 +231,7 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
     ck = Path(checkpoint) if checkpoint else None
     if ck is not None and resume and ck.exists():
         params, cfg, state = load_checkpoint(ck, params)
+        _check_resumable(ck, cfg, {"model": model.config(), "run_info": run_info})
         start = int(cfg["step"])
         hist = TrainHistory.from_dict(cfg["history"])
         if log:
@@ -238,7 +263,7 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
                 hist.holdout_ess.append(e)
                 hist.holdout_loss.append(l)
             if ck is not None and root and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                save_checkpoint(ck, model, params, step + 1, opt, state, hist)
+                save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info})
             if callback is not None:
                 callback(step, params, hist)
             if bar is not None:
