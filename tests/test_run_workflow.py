@@ -332,3 +332,24 @@ def test_nf2_workflow_with_exact_determinant_and_pseudofermion_ratios(tmp_path):
     run_info = flows.read_config(out / "flow.h5")["run_info"]
     assert "exact_nf2_determinant" in json.dumps(run_info["target"])
     assert np.isfinite(json.loads((out / "results.json").read_text())["x_g_flow"][0])
+
+
+def test_import_of_ildg_files_through_the_command_line(workflow, tmp_path):
+    """`gaugeflow import CONFIG FILES...` stores ILDG files of other codes as an ensemble (in
+    the order given; rerunning skips what is there); a file of another lattice is refused."""
+    from lattice.io import write_ildg
+    ref_out, _ = workflow[0]
+    U = ensemble_fields(ref_out / "ensemble.h5")[:3]
+    files = []
+    for i, u in enumerate(U):
+        files.append(tmp_path / f"conf.{i:04d}")
+        write_ildg(files[-1], u)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "tiny.toml", out)
+    gaugeflow("import", cfg, *files)
+    np.testing.assert_array_equal(ensemble_fields(out / "ensemble.h5"), U)
+    r = gaugeflow("import", cfg, *files)           # resume: nothing appended twice
+    assert len(ensemble_fields(out / "ensemble.h5")) == 3 and "imported" not in r.stdout
+    r = gaugeflow("import", cfg, "--set", "lattice.shape=[4,4,4,8]", "--output", tmp_path / "o2", files[0],
+                  check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "conf.0000" in r.stderr, r.stderr
