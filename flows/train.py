@@ -214,6 +214,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
           run_info: dict | None = None):
     """Train ``params`` of ``model`` by reverse KL; returns ``(params, history)``.
 
+    With ``holdout_every`` the held-out ESS and loss (:func:`evaluate_holdout`) are recorded for
+    the untrained flow (step 0) and every ``holdout_every`` steps.
     Step i draws its batch from ``Rng(seed).child(i)``, so a run resumed from a checkpoint
     continues exactly like an uninterrupted one. Checkpoints (parameters, optimizer state,
     history) are written atomically every ``checkpoint_every`` steps and at the end; with
@@ -242,6 +244,11 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"train ({estimator})", unit="step")
     base_rng = Rng(seed)
+    if holdout_every and start == 0 and not hist.holdout_step:   # the untrained flow, for reference
+        e, l, _ = evaluate_holdout(model, params, base, target, layout, holdout_size, batch_size, seed)
+        hist.holdout_step.append(0)
+        hist.holdout_ess.append(e)
+        hist.holdout_loss.append(l)
     try:
         for step in range(start, steps):
             t0 = time.perf_counter()

@@ -79,6 +79,15 @@ def _base_ensemble(ctx: JobContext, shape):
     return U, sctx.layout
 
 
+def _running_mean(x, n: int):
+    """Mean over the last (up to) n entries at every position."""
+    x = np.asarray(x, float)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(1, x.size + 1)
+    k = np.minimum(i, n)
+    return (c[i] - c[i - k]) / k
+
+
 def _existing_flow(ctx: JobContext, run_info: dict) -> bool:
     """True if `flow.h5` exists and was trained with exactly these settings; a flow trained
     with other settings is an error (the later stages would mix two flows)."""
@@ -136,10 +145,14 @@ def run(ctx: JobContext):
                                                         "lattice": list(shape)})
         atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
         from analysis import plot_training
-        plot_training({f"{cfg['flow']['loops']} loops": {"step": hist.step, "ess": hist.ess, "loss": hist.loss}},
-                      filename=str(ctx.path("training.png")))
+        curves = {f"{cfg['flow']['loops']} loops, batch (mean of 10 steps)":
+                  {"step": hist.step, "ess": _running_mean(hist.ess, 10), "loss": _running_mean(hist.loss, 10)}}
+        if hist.holdout_ess:
+            curves["held out"] = {"step": hist.holdout_step, "ess": hist.holdout_ess, "loss": hist.holdout_loss}
+        plot_training(curves, filename=str(ctx.path("training.png")))
     ess0, essf = (hist.ess[0], hist.ess[-1]) if hist.ess else (float("nan"),) * 2
-    ho = f", held-out ESS {hist.holdout_ess[-1]:.3f}" if hist.holdout_ess else ""
+    ho = (f", held-out ESS {hist.holdout_ess[0]:.3f} (untrained) -> {hist.holdout_ess[-1]:.3f}"
+          if len(hist.holdout_ess) > 1 else "")
     ctx.say(f"trained {t['steps']} steps: batch ESS {ess0:.3f} -> {np.mean(hist.ess[-10:]):.3f}{ho}; "
             f"flow written to {flow_path(ctx)}")
     return flow_path(ctx)
