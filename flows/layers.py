@@ -231,12 +231,7 @@ class CouplingLayer(Module):
                     pos[nu] += 1
 
     def _layout(self, U, layout):
-        lay = infer_gauge_layout(U, layout) if layout is not None else _layout_nd(U, self.Nd)
-        if lay.Nd != self.Nd:
-            raise LayoutError(f"coupling layer built for Nd = {self.Nd} got a {lay.Nd}d field")
-        if U.shape[-1] != self.N:
-            raise ValueError(f"coupling layer built for SU({self.N}) got {U.shape[-1]}x{U.shape[-1]} links")
-        return lay
+        return checked_layout(U, layout, self.Nd, self.N, "coupling layer")
 
     # ------------------------------------------------------------------ internals
     def _frozen(self, params, X, layout, s: _Sites):
@@ -393,6 +388,17 @@ class CouplingLayer(Module):
         if X_extra is not None:
             out = out + X_extra
         return (out,), grads
+
+
+def checked_layout(U, layout, Nd: int, N: int, what: str) -> Layout:
+    """The layout of the gauge field U (given or inferred with the known Nd), checked against
+    the Nd and SU(N) that ``what`` was built for."""
+    lay = infer_gauge_layout(U, layout) if layout is not None else _layout_nd(U, Nd)
+    if lay.Nd != Nd:
+        raise LayoutError(f"{what} built for Nd = {Nd} got a {lay.Nd}d field or layout")
+    if U.shape[-1] != N:
+        raise ValueError(f"{what} built for SU({N}) got {U.shape[-1]}x{U.shape[-1]} links")
+    return lay
 
 
 def _layout_nd(U, Nd: int) -> Layout:

@@ -37,9 +37,9 @@ and ``model.config()``, so ``load`` rebuilds the architecture.
 from __future__ import annotations
 
 from lattice.backend import Rng, namespace
-from lattice.layout import Layout, LayoutError, infer_gauge_layout
+from lattice.layout import Layout
 
-from .layers import CouplingLayer, LOOPS, _layout_nd
+from .layers import CouplingLayer, LOOPS, checked_layout
 from .masks import LayerMask, paper_schedule, simple_schedule
 from .module import Module, add_grads, prefixed, sub_params
 
@@ -166,12 +166,7 @@ class SpectralFlow(Module):
 
     # ------------------------------------------------------------------ helpers
     def layout_of(self, U, layout: Layout | None = None) -> Layout:
-        lay = infer_gauge_layout(U, layout) if layout is not None else _layout_nd(U, self.Nd)
-        if lay.Nd != self.Nd:
-            raise LayoutError(f"flow built for Nd = {self.Nd} got a layout with Nd = {lay.Nd}")
-        if U.shape[-1] != self.N:
-            raise ValueError(f"flow built for SU({self.N}) got {U.shape[-1]}x{U.shape[-1]} links")
-        return lay
+        return checked_layout(U, layout, self.Nd, self.N, "flow")
 
     def _cast_in(self, U):
         xp = namespace(U)
