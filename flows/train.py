@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
-from lattice.backend import Rng, namespace, to_host
+from lattice.backend import Rng, namespace, to_host, host_array, host_concat
 from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
@@ -144,20 +144,19 @@ def _ess(log_w):
 def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_size: int = 16, seed: int = 0):
     """ESS and mean loss on held-out samples: fresh Haar draws (seed stream disjoint from
     training) or the held-out configurations of an ensemble base."""
-    import numpy as _np
     lws = []
     if getattr(base, "kind", None) == "ensemble":
         cfgs = base.holdout(n)
         for i in range(0, int(cfgs.shape[0]), batch_size):
             _, lw = log_weights(model, params, base, target, cfgs[i:i + batch_size], layout)
-            lws.append(to_host(lw))
+            lws.append(lw)
     else:
         rng = Rng(seed).child(2**40)
         for i in range(0, n, batch_size):
             z = base.sample(min(batch_size, n - i), rng.child(i))
             _, lw = log_weights(model, params, base, target, z, layout)
-            lws.append(to_host(lw))
-    lw = _np.concatenate(lws)
+            lws.append(lw)
+    lw = host_concat(lws, "float64")
     from analysis import ess
     return float(ess(lw)), float(-lw.mean()), lw
 
@@ -299,7 +298,6 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
     excluded). Proposal k is decided with the uniform number k of the stream
     ``Rng(seed).child(2**41)``, so the chain is reproducible from the seed.
     """
-    import numpy as _np
     rng = Rng(seed)
     cur_x, cur_lw, cur_obs = None, None, None
     acc, lws, chain = [], [], []
@@ -310,7 +308,7 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
         z = base.sample(min(batch_size, n_samples - props), rng.child(i))
         x, lw = log_weights(model, params, base, target, z, layout)
         lwh = to_host(lw)
-        obs = None if observable is None else _np.asarray(to_host(observable(x)), dtype=_np.float64)
+        obs = None if observable is None else host_array(to_host(observable(x)), "float64")
         for k in range(lwh.shape[0]):
             if cur_lw is None or math.log(max(u_all[props], 1e-300)) < lwh[k] - cur_lw:
                 cur_lw = float(lwh[k])
@@ -325,12 +323,12 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
             chain.append(cur_x if observable is None else cur_obs)
             props += 1
         i += 1
-    rate = float(_np.mean(acc[1:])) if len(acc) > 1 else 1.0
+    rate = sum(acc[1:]) / (len(acc) - 1) if len(acc) > 1 else 1.0
     if observable is None:
         out = namespace(chain[0]).stack(chain)
     else:
-        out = _np.asarray(chain, dtype=_np.float64)
-    return out, _np.array(acc), _np.array(lws), rate
+        out = host_array(chain, "float64")
+    return out, host_array(acc), host_array(lws, "float64"), rate
 
 
 def reweighted_observable(model, params, base, target, observable, n_samples: int, batch_size: int = 16,
@@ -341,14 +339,13 @@ def reweighted_observable(model, params, base, target, observable, n_samples: in
     ``observable(x)`` returns one number per field of the batch. Fresh base draws from the
     stream ``Rng(seed).child(2**42)``.
     """
-    import numpy as _np
     from analysis import jackknife, ess
     rng = Rng(seed).child(2**42)
     vals, lws = [], []
     for i in range(0, int(n_samples), int(batch_size)):
         z = base.sample(min(batch_size, n_samples - i), rng.child(i))
         x, lw = log_weights(model, params, base, target, z, layout)
-        vals.append(_np.asarray(to_host(observable(x)), dtype=_np.float64))
-        lws.append(to_host(lw))
-    v, lw = _np.concatenate(vals), _np.concatenate(lws)
+        vals.append(observable(x))
+        lws.append(lw)
+    v, lw = host_concat(vals, "float64"), host_concat(lws, "float64")
     return jackknife(v, log_weights=lw, bin_size=bin_size), float(ess(lw))

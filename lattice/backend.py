@@ -34,7 +34,7 @@ import numpy as np
 __all__ = [
     "namespace", "get_namespace", "is_numpy", "to_host", "from_host", "default_xp",
     "complex_dtype", "real_dtype", "DEFAULT_COMPLEX", "philox4x32", "Rng", "asarray_like",
-    "finfo_eps", "real_of",
+    "finfo_eps", "real_of", "host_array", "host_concat", "host_argmax",
 ]
 
 DEFAULT_COMPLEX = "complex128"
@@ -92,6 +92,23 @@ def from_host(a, xp=None, dtype=None):
         return a if dtype is None else a.astype(np.dtype(dtype), copy=False)
     out = xp.asarray(a)
     return out if dtype is None else xp.astype(out, dtype)
+
+
+def host_array(values, dtype=None) -> np.ndarray:
+    """Host (NumPy) array from host values (lists, scalars, host arrays), e.g. per-sample
+    diagnostics gathered on the host."""
+    return np.asarray(values, dtype=dtype)
+
+
+def host_concat(arrays, dtype=None) -> np.ndarray:
+    """Concatenate arrays of any backend along axis 0 on the host (e.g. per-batch log-weights)."""
+    return np.concatenate([np.asarray(to_host(a), dtype=dtype) for a in arrays])
+
+
+def host_argmax(x) -> tuple:
+    """Multi-index (ints) of the largest element of ``x`` (any backend), for error messages."""
+    h = to_host(x)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(h)), h.shape))
 
 
 def asarray_like(value, like, dtype=None):

@@ -73,24 +73,21 @@ def inner(A, B):
 
 @lru_cache(maxsize=None)
 def _generators_host(N: int):
-    import numpy as _np  # host-side constant tables only
+    """T^a = i lambda^a / 2 (generalised Gell-Mann matrices) as nested Python lists."""
+    def mat(entries):
+        m = [[0j] * N for _ in range(N)]
+        for (r, c), v in entries.items():
+            m[r][c] = 0.5j * v
+        return m
     lams = []
     for j in range(N):
         for k in range(j + 1, N):
-            s = _np.zeros((N, N), complex)
-            s[j, k] = s[k, j] = 1
-            lams.append(s)
-            a = _np.zeros((N, N), complex)
-            a[j, k], a[k, j] = -1j, 1j
-            lams.append(a)
+            lams.append(mat({(j, k): 1, (k, j): 1}))
+            lams.append(mat({(j, k): -1j, (k, j): 1j}))
     for l in range(1, N):
-        d = _np.zeros((N, N), complex)
-        for m in range(l):
-            d[m, m] = 1
-        d[l, l] = -l
-        lams.append(d * math.sqrt(2.0 / (l * (l + 1))))
-    T = 0.5j * _np.array(lams)
-    return T
+        f = math.sqrt(2.0 / (l * (l + 1)))
+        lams.append(mat({**{(m, m): f for m in range(l)}, (l, l): -l * f}))
+    return lams
 
 
 def generators(N: int, xp=None, dtype=None):
@@ -241,12 +238,10 @@ def check_su_n(U, tol: float | None = None, what: str = "gauge field"):
     v = unitarity_violation(U)
     worst = float(xp.max(v))
     if not worst <= tol:
-        from .backend import to_host
-        import numpy as _np
-        vh = to_host(v)
-        idx = _np.unravel_index(int(_np.argmax(vh)), vh.shape)
+        from .backend import host_argmax
+        idx = host_argmax(v)
         raise InvalidGaugeField(
-            f"{what}: link at index {tuple(int(i) for i in idx)} (of shape {tuple(vh.shape)}) is not in "
+            f"{what}: link at index {idx} (of shape {tuple(v.shape)}) is not in "
             f"SU({U.shape[-1]}): max(|U^dag U - 1|, |det U - 1|) = {worst:.3e} > tolerance {tol:.1e}"
             + (" (NaN in the field)" if math.isinf(worst) else "")
             + ". Reunitarise with lattice.su_n.reunitarize(U) if this is rounding drift.")

@@ -248,3 +248,22 @@ def test_complex64():
     assert V.dtype == np.complex64 and ld.dtype == np.float64
     np.testing.assert_allclose(V, V64, atol=2e-5)
     np.testing.assert_allclose(ld, ld64, atol=1e-3)
+
+
+def test_triangularity_checker_catches_coupled_and_frozen_changes():
+    """check_triangular must fail for a map in which an active link depends on another
+    active link, and for one that changes a frozen link."""
+    from lattice import su_n
+    lay = Layout(SHAPE4)
+    act = _mask_for("plaquette", 4, "direction").active(lay)
+    a = act[..., None, None] != 0
+    U = random_gauge(SHAPE4, N=3, seed=6)
+
+    def coupled(X):                       # every active link feels the mean of all active links
+        m = np.mean(np.where(a, X, 0), axis=tuple(range(X.ndim - 2)))
+        return np.where(a, su_n.expm(0.1 * su_n.project_algebra(m)) @ X, X)
+
+    with pytest.raises(AssertionError, match="not triangular"):
+        flows.check_triangular(coupled, U, act, lay, n_probe=2)
+    with pytest.raises(AssertionError, match="frozen links"):
+        flows.check_triangular(lambda X: np.where(a, X, X @ X), U, act, lay)
