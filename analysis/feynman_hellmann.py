@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .estimate import Estimate, derive, align_ensembles, format_value
-from .fits import FitResult, fit_means, _data_cov, _window
+from .fits import FitResult, ScanResults, fit_means, _data_cov, _window
 from .resampling import jackknife, resample_means
 
 __all__ = ["gluon_momentum_fraction", "FHResult", "FHScan", "flow_derivative", "reweighting_derivative",
@@ -162,24 +162,10 @@ class FHResult:
 
 
 @dataclass(repr=False)
-class FHScan:
+class FHScan(ScanResults):
     """:class:`FHResult` for each t_min (like the paper's Fig. 2)."""
 
-    results: list
     label: str = ""
-
-    def __iter__(self):
-        return iter(self.results)
-
-    def __len__(self):
-        return len(self.results)
-
-    def __getitem__(self, i):
-        return self.results[i]
-
-    @property
-    def t_min(self) -> np.ndarray:
-        return np.array([r.t_min for r in self.results])
 
     def _arr(self, name):
         return (np.array([getattr(r, name).mean for r in self.results]),

@@ -363,8 +363,8 @@ class FitResult:
 
 
 @dataclass(repr=False)
-class FitScan:
-    """Fits over a range of t_min (one :class:`FitResult` per entry of ``results``)."""
+class ScanResults:
+    """A sequence of per-t_min results (each with a ``t_min`` attribute)."""
 
     results: list
 
@@ -380,6 +380,11 @@ class FitScan:
     @property
     def t_min(self) -> np.ndarray:
         return np.array([r.t_min for r in self.results])
+
+
+@dataclass(repr=False)
+class FitScan(ScanResults):
+    """Fits over a range of t_min (one :class:`FitResult` per entry of ``results``)."""
 
     def energy(self, n: int = 0):
         """(means, errors) of E_n against t_min."""

@@ -5,6 +5,7 @@ import numpy as np
 
 from lattice import su_n
 from lattice.backend import Rng
+from flows.gradcheck import check_vjp
 
 
 def perturbed(params, scale=0.2, seed=1, only=None):
@@ -77,3 +78,23 @@ def random_field(shape, N, batch=(), seed=0):
 
 def rng(seed=0):
     return Rng(seed)
+
+
+def assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
+    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
+    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
+    random direction whose contributions cancel to a tiny total would otherwise compare the
+    stencil's rounding noise with that tiny number."""
+    r = check_vjp(forward, vjp, params, inputs, **kw)
+    floor = 1e-3 * max(abs(a) for a in r.analytic)
+    err = r.max_rel_error(floor=floor)
+    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
+
+
+def y_margin(ictx):
+    """min over samples and sticks of slope x distance to the nearest knot (for the inverse)."""
+    m = 1.0
+    for c in ictx:
+        d = c["w"] * np.minimum(c["xi"], 1.0 - c["xi"]) if "xi" in c else 1.0
+        m = min(m, float(np.min(c["dy"] * d)))
+    return m

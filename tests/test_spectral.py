@@ -8,25 +8,14 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 from flows.eig import eigen_angles
-from flows.gradcheck import check_vjp
 from flows.spectral import SpectralMap, haar_log_density
 from lattice import su_n
 from lattice.backend import Rng
+from flow_testing import assert_vjp as _assert_vjp, y_margin as _y_margin
 
 TWO_PI = 2 * math.pi
 MAPS = [dict(kind="spline", K=4), dict(kind="spline", K=8), dict(kind="sine")]
 
-
-
-def _assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
-    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
-    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
-    random direction whose contributions cancel to a tiny total would otherwise compare the
-    stencil's rounding noise with that tiny number."""
-    r = check_vjp(forward, vjp, params, inputs, **kw)
-    floor = 1e-3 * max(abs(a) for a in r.analytic)
-    err = r.max_rel_error(floor=floor)
-    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
 
 def _cond(sm, lead, seed, scale):
     if sm.angle_map.kind == "sine":
@@ -37,15 +26,6 @@ def _cond(sm, lead, seed, scale):
 def _conj_diag(g, angles):
     D = np.exp(1j * np.asarray(angles, dtype=float))
     return (g * D[..., None, :]) @ su_n.dagger(g)
-
-
-def _y_margin(ictx):
-    """min over samples and sticks of slope x distance to the nearest knot (for the inverse)."""
-    m = 1.0
-    for c in ictx:
-        d = c["w"] * np.minimum(c["xi"], 1.0 - c["xi"]) if "xi" in c else 1.0
-        m = min(m, float(np.min(c["dy"] * d)))
-    return m
 
 
 def _smooth(ctx):

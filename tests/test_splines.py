@@ -5,21 +5,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 from flows.splines import RQSpline, SineMap, interval_map
-from flows.gradcheck import check_vjp
+from flow_testing import assert_vjp as _assert_vjp
 
 MAPS = [("spline", dict(K=1)), ("spline", dict(K=2)), ("spline", dict(K=5)), ("spline", dict(K=8)), ("sine", {})]
 
-
-
-def _assert_vjp(forward, vjp, params, inputs, rtol=1e-6, **kw):
-    """:func:`flows.gradcheck.check_vjp` with relative errors measured against
-    max(|analytic|, |numeric|, 1e-3 x the largest directional derivative of the check): a
-    random direction whose contributions cancel to a tiny total would otherwise compare the
-    stencil's rounding noise with that tiny number."""
-    r = check_vjp(forward, vjp, params, inputs, **kw)
-    floor = 1e-3 * max(abs(a) for a in r.analytic)
-    err = r.max_rel_error(floor=floor)
-    assert err <= rtol, f"VJP disagrees with finite differences (max rel. error {err:.2e} > {rtol:.0e}):\n{r}"
 
 def _params(m, n, seed, scale):
     rng = np.random.default_rng(seed)
