@@ -27,6 +27,23 @@ combine them as repeated blocks of 48 direction and 16 location layers:
   componentwise (2^Nd offsets cover every link once; 16 in 4d). All other links touching
   these sites are frozen except the other active links *at the same site*, so a fixed loop
   must use a staple that leaves x in the negative nu direction (the "down" staples).
+* **checkerboard updates M2 and M4** ``(mu, modulus, parity)`` of the residual flows (Abbott
+  et al., arXiv:2401.10874; the reference paper's marginal model uses M2, M4, M2, M4): all
+  links of direction mu on the sites with
+
+      M2:  sum_nu x_nu              = parity (mod 2)   (every nu, mu included),
+      M4:  sum_{nu != mu} x_nu + 2 x_mu = parity (mod 4).
+
+  A loop through the active mu-link at x contains another mu-link at x + y; it is frozen
+  when the pattern's value differs at x + y. For M2 the value changes by sum_nu y_nu (mod 2):
+  plaquettes (y = +-nu^, +-mu^ not used) and the chairs whose second mu-link sits at x +- nu^
+  are frozen, the 2x1 rectangles (second mu-links at x + mu^ +- nu^, x + 2nu^) are not. For M4
+  it changes by sum_{nu != mu} y_nu + 2 y_mu (mod 4): +-1 for x +- nu^, 2 for x +- mu^ and
+  x +- 2 nu^, 2 +- 1 for x + mu^ +- nu^ -- never 0 -- so plaquettes, all three orientations of
+  the 2x1 rectangles and those chairs are frozen. A pass of M2 is 2 Nd layers (8 in 4d), of
+  M4 4 Nd layers (16 in 4d); each updates every link once. M2 needs even extents, M4 extents
+  divisible by 4 (the value is periodic only then). :func:`residual_schedule` builds the
+  paper's 48 layers M2, M4, M2, M4 in 4d.
 
 Every pattern needs even lattice extents (a clear error says so otherwise).
 Masks are host-independent integer arrays of shape ``(Nd, *lattice)`` built with the
@@ -41,8 +58,8 @@ from typing import Sequence
 from lattice.backend import default_xp, namespace
 from lattice.layout import Layout
 
-__all__ = ["LayerMask", "direction_mask", "location_mask", "paper_schedule", "simple_schedule",
-           "check_covers_every_link", "check_triangular"]
+__all__ = ["LayerMask", "direction_mask", "location_mask", "checker_mask", "paper_schedule", "simple_schedule",
+           "residual_schedule", "check_covers_every_link", "check_triangular", "paths_avoid_active"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,7 @@ class LayerMask:
     offset: tuple | None = None    # location updates
     orientation: tuple | None = None
     along: int | None = None       # direction updates: also x_mu = along (mod 2) (rectangles)
+    modulus: int | None = None     # checker updates: 2 (M2) or 4 (M4)
 
     def active(self, layout: Layout, xp=None):
         """Active mask m_mu(x) (int8, shape (Nd, *local_shape))."""
@@ -65,6 +83,8 @@ class LayerMask:
             return direction_mask(layout, self.mu, self.parity, xp=xp, along=self.along)
         if self.kind == "location":
             return location_mask(layout, self.offset, xp=xp)
+        if self.kind == "checker":
+            return checker_mask(layout, self.mu, self.modulus, self.parity, xp=xp)
         raise ValueError(f"unknown mask kind {self.kind!r}")
 
     def describe(self) -> str:
@@ -72,6 +92,8 @@ class LayerMask:
             s = f"direction mu={self.mu} parity={self.parity}"
             if self.along is not None:
                 s += f" along={self.along}"
+        elif self.kind == "checker":
+            s = f"M{self.modulus} mu={self.mu} parity={self.parity}"
         else:
             s = f"location offset={self.offset}"
         return s + (f" loop={self.orientation}" if self.orientation else "")
@@ -80,14 +102,14 @@ class LayerMask:
         return {"kind": self.kind, "mu": self.mu, "parity": self.parity,
                 "offset": list(self.offset) if self.offset is not None else None,
                 "orientation": list(self.orientation) if self.orientation is not None else None,
-                "along": self.along}
+                "along": self.along, "modulus": self.modulus}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerMask":
         return cls(kind=d["kind"], mu=d.get("mu"), parity=d.get("parity"),
                    offset=tuple(d["offset"]) if d.get("offset") is not None else None,
                    orientation=tuple(d["orientation"]) if d.get("orientation") is not None else None,
-                   along=d.get("along"))
+                   along=d.get("along"), modulus=d.get("modulus"))
 
 
 def _check_even(layout: Layout):
@@ -127,6 +149,71 @@ def location_mask(layout: Layout, offset: Sequence[int], xp=None):
         ok = ok & ((c[nu] % 2) == (int(offset[nu]) % 2))
     site = xp.astype(ok, xp.int8)
     return xp.stack([site] * layout.Nd, axis=0)
+
+
+def checker_mask(layout: Layout, mu: int, modulus: int, parity: int, xp=None):
+    """Active links of the M2 / M4 patterns (module docstring): direction mu where
+    sum_nu x_nu = parity (mod 2) (M2), or sum_{nu != mu} x_nu + 2 x_mu = parity (mod 4) (M4)."""
+    modulus, parity, mu = int(modulus), int(parity), int(mu)
+    if modulus not in (2, 4):
+        raise ValueError(f"checker masks are M2 or M4 (modulus 2 or 4), got modulus {modulus}")
+    if not 0 <= parity < modulus:
+        raise ValueError(f"M{modulus} parity must lie in 0..{modulus - 1}, got {parity}")
+    if not 0 <= mu < layout.Nd:
+        raise ValueError(f"mask direction mu = {mu} out of range for Nd = {layout.Nd}")
+    bad = [L for L in layout.global_shape if L % modulus]
+    if bad:
+        raise ValueError(f"M{modulus} masks need lattice extents divisible by {modulus}, got "
+                         f"{tuple(layout.global_shape)}" + ("; use M2 layers only (residual schedule "
+                                                            "'M2') or a lattice with extents divisible by 4"
+                                                            if modulus == 4 else ""))
+    xp = default_xp() if xp is None else xp
+    c = layout.coords(xp)
+    s = xp.zeros(layout.local_shape, dtype=xp.int64)
+    for nu in range(layout.Nd):
+        w = 2 if (nu == mu and modulus == 4) else 1
+        s = s + w * c[nu]
+    site = xp.astype((s % modulus) == parity, xp.int8)
+    zero = xp.zeros(layout.local_shape, dtype=xp.int8)
+    return xp.stack([site if nu == mu else zero for nu in range(layout.Nd)], axis=0)
+
+
+def residual_schedule(Nd: int, pattern=("M2", "M4", "M2", "M4")):
+    """Masks of the residual flows: one pass per entry of ``pattern`` ("M2" or "M4"), each a
+    cycle over mu (fastest) and the parity classes, so every pass updates every link once.
+    The default is the paper's 48-layer marginal model in 4d (8 + 16 + 8 + 16)."""
+    out = []
+    for p in pattern:
+        if p not in ("M2", "M4"):
+            raise ValueError(f"residual mask pattern entries must be 'M2' or 'M4', got {p!r}")
+        m = int(p[1])
+        out += [LayerMask("checker", mu=mu, parity=o, modulus=m) for o in range(m) for mu in range(Nd)]
+    return out
+
+
+def paths_avoid_active(mask: LayerMask, mu: int, paths, layout: Layout, xp=None):
+    """Return the first (path, step) of ``paths`` that uses an active link of ``mask``, or None.
+
+    Paths are S^dag paths of the active mu-link at x: they start at x + mu^ and end at x
+    (:func:`flows.layers.fixed_staple_path`), so U_mu(x) S^dag(x) is a closed loop. A path that
+    avoids every active link makes the layer triangular (its image at x depends on the link
+    at x and on frozen links only)."""
+    xp = default_xp() if xp is None else xp
+    m = xp.astype(mask.active(layout, xp), xp.float64)
+    for path in paths:
+        pos = [0] * layout.Nd
+        pos[mu] = 1
+        for (nu, sg) in path:
+            if sg < 0:
+                pos[nu] -= 1
+            f = m[nu, ...]                     # the link of this step starts at x + pos
+            for ax, d in enumerate(pos):
+                f = layout.shift(f, ax, d, inner=0)
+            if float(layout.sum(m[mu, ...] * f)):
+                return tuple(path), (nu, sg)
+            if sg > 0:
+                pos[nu] += 1
+    return None
 
 
 def _orientations(Nd: int):
