@@ -4,7 +4,7 @@ Only NumPy, SciPy and matplotlib are used; nothing else of gaugeflow is imported
 package can be used on its own in a notebook.
 
 Resampling (configuration axis first; optional per-configuration log-weights everywhere):
-    jackknife, bootstrap, gamma_method, ess, reweighted_mean, resample_means
+    jackknife, bootstrap, gamma_method, ess, reweighted_mean, resample_means, control_variate_fit
 Records and propagation:
     Estimate (unpacks as mean, err), derive, align_ensembles, format_value
 Correlators and fits:
@@ -20,7 +20,7 @@ Synthetic data with known answers:
 """
 from .estimate import Estimate, derive, align_ensembles, format_value
 from .resampling import (ess, reweighted_mean, resample_means, jackknife, bootstrap, gamma_method,
-                         GammaResult)
+                         GammaResult, control_variate_fit)
 from .correlators import symmetrize, fold, effective_mass, cosh_model
 from .fits import fit_correlator, scan_t_min, FitResult, FitScan, regularize_covariance
 from .feynman_hellmann import (gluon_momentum_fraction, flow_derivative, reweighting_derivative,
@@ -31,6 +31,7 @@ from .synthetic import synthetic_correlators, ToyFeynmanHellmann
 __all__ = [
     "Estimate", "derive", "align_ensembles", "format_value",
     "ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap", "gamma_method", "GammaResult",
+    "control_variate_fit",
     "symmetrize", "fold", "effective_mass", "cosh_model",
     "fit_correlator", "scan_t_min", "FitResult", "FitScan", "regularize_covariance",
     "gluon_momentum_fraction", "flow_derivative", "reweighting_derivative", "x_g_from_slope",

@@ -510,3 +510,26 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
     return GammaResult(mean=out(value), err=out(err), tau_int=out(tau), tau_int_err=out(dtau),
                        err_err=out(derr), window=out(win), rho=rhos[0] if m == 1 else rhos,
                        n=n, S=float(S))
+
+
+def control_variate_fit(y, F):
+    """Coefficients c minimising the sample variance of y + F c (least squares on centred data).
+
+    ``y``: (n,) samples; ``F``: (n, k) regressors (control variates). Returns ``(c, share)``
+    with c of shape (k,) and share = 1 - var(y + F c) / var(y), the fraction of the variance
+    removed (0 when var(y) = 0). Used for the linear-response initialisation of residual flows
+    (flows.linear_response), where y is log w of the identity flow and F its first-order
+    derivatives in the flow's coefficients.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    F = np.asarray(F, dtype=np.float64)
+    if y.ndim != 1 or F.ndim != 2 or F.shape[0] != y.shape[0]:
+        raise ValueError(f"control_variate_fit needs y of shape (n,) and F of shape (n, k); got {y.shape}, {F.shape}")
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(F))):
+        raise ValueError("control_variate_fit: y or F contains NaN or inf")
+    Fc = F - F.mean(axis=0)
+    yc = y - y.mean()
+    c, *_ = np.linalg.lstsq(Fc, -yc, rcond=None)
+    var_y = float(np.var(yc))
+    share = 1.0 - float(np.var(yc + Fc @ c)) / var_y if var_y > 0 else 0.0
+    return c, share

@@ -278,3 +278,89 @@ def test_config_round_trip():
     U = random_gauge(SHAPE4, N=3, batch=(1,), seed=13)
     lay = Layout(SHAPE4)
     np.testing.assert_array_equal(layer.forward(p, U, layout=lay)[0][0], again.forward(p, U, layout=lay)[0][0])
+
+
+# ---------------------------------------------------------------------- linear response of a flow
+class _Stack:
+    """Minimal composition of layers with the model conventions (parameters 'layer{i}.*')."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def layout_of(self, U, layout):
+        return layout
+
+    def init(self):
+        out = {}
+        for i, l in enumerate(self.layers):
+            out.update({f"layer{i}.{k}": v for k, v in l.init(Rng(i)).items()})
+        return out
+
+    def forward(self, p, U, layout):
+        ld = 0.0
+        for i, l in enumerate(self.layers):
+            (U, d), _ = l.forward({k.split(".", 1)[1]: v for k, v in p.items() if k.startswith(f"layer{i}.")}, U,
+                                  layout=layout)
+            ld = ld + d
+        return U, ld
+
+
+def test_tied_linear_response_is_the_derivative_of_the_flow_log_w():
+    """F_K of the fit = d/dc [log w(f(U))] when every layer's constant of class K is c (all
+    other constants 0), for a two-pass M2 + M4 flow with plaquette and rectangle terms (2d
+    SU(3) 4x8; the 4d single-layer case is tested above)."""
+    from lattice.actions import Wilson
+    from flows.linear_response import linear_response_features
+    from flows.targets import GaugeTarget
+    shape = (4, 8)
+    lay = Layout(shape)
+    S1, S2 = GaugeTarget(Wilson(2.0)), GaugeTarget(Wilson(2.0, lam=0.2))
+    layers = [ResidualLayer(m, 2, 3, ("plaquette",) if m.modulus == 2 else ("plaquette", "rectangle"))
+              for m in residual_schedule(2, ("M2", "M4"))]
+    model = _Stack(layers)
+    p = model.init()
+    U = random_gauge(shape, N=3, batch=(3,), seed=20)
+    keys, F, y = linear_response_features(model, p, U, S1, S2, layout=lay)
+    assert len(keys) == 4 and F.shape == (3, 4)
+    np.testing.assert_allclose(y, Wilson(2.0).action(U, layout=lay) - Wilson(2.0, lam=0.2).action(U, layout=lay),
+                               rtol=1e-10)
+    for j, key in enumerate(keys):
+        def logw(t):
+            q = dict(p)
+            for i, l in enumerate(layers):
+                c = [t if k == key else 0.0 for k in l.term_keys]
+                q[f"layer{i}.coef"] = np.array([cm * np.arctanh(ck / cm) for ck, cm in zip(c, l.c_max)])
+            V, ld = model.forward(q, U, lay)
+            return S2.log_prob(V, lay) - S1.log_prob(U, lay) + ld
+        h = 1e-4
+        num = (-logw(2 * h) + 8 * logw(h) - 8 * logw(-h) + logw(-2 * h)) / (12 * h)
+        np.testing.assert_allclose(F[:, j], num, rtol=1e-6)
+
+
+def test_linear_response_fit_lowers_the_variance_on_held_out_configurations():
+    """Quenched SU(3) Wilson beta = 5.7 on 4^4, lambda 0 -> 0.05: constants fitted on 24
+    configurations of a short HMC chain, var(log w) of 12 *other* configurations (the end of
+    the chain) with the 8-layer plaquette flow is less than half of the identity's."""
+    from lattice.actions import Wilson
+    from lattice.hmc import run_hmc
+    from flows.linear_response import linear_response_fit
+    from flows.targets import GaugeTarget
+    lay = Layout(SHAPE4)
+    S1, S2 = Wilson(5.7), Wilson(5.7, lam=0.05)
+    U = random_gauge(SHAPE4, N=3, seed=1)
+    U, _ = run_hmc(S1, U, n_traj=20, n_steps=5, seed=2, progress=False)
+    cfgs = []
+    for i in range(36):
+        U, _ = run_hmc(S1, U, n_traj=1, n_steps=5, seed=3 + i, progress=False)
+        cfgs.append(U)
+    cfgs = np.stack(cfgs)
+    layers = [ResidualLayer(m, 4, 3, ("plaquette",)) for m in residual_schedule(4, ("M2",))]
+    model = _Stack(layers)
+    p, fit = linear_response_fit(model, model.init(), cfgs[:24], GaugeTarget(S1), GaugeTarget(S2), layout=lay)
+    assert fit.keys == ["plaquette/temporal-plane/spatial-link", "plaquette/spatial-plane/spatial-link",
+                        "plaquette/temporal-plane/temporal-link"] and fit.share_removed > 0.5
+    held = cfgs[24:]
+    V, ld = model.forward(p, held, lay)
+    lw_flow = -S2.action(V, layout=lay) + S1.action(held, layout=lay) + ld
+    lw_id = -S2.action(held, layout=lay) + S1.action(held, layout=lay)
+    assert np.var(lw_flow) < 0.5 * np.var(lw_id)
