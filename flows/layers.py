@@ -47,22 +47,25 @@ site index and scattered back with ``take`` + ``where`` (no per-link work on fro
 The staple and context networks run on the whole lattice (their outputs at active sites
 depend on neighbours).
 
-Module contract (:mod:`flows.module`), complex cotangents as in DESIGN section 7:
+Layer contract (:class:`flows.protocol.GaugeLayer`, registered as ``layer_type = "spectral"``),
+complex cotangents as in DESIGN section 7:
 
-* ``forward(params, U, layout=None) -> ((U', logdet), ctx)``
-* ``vjp(params, ctx, U'_bar, logdet_bar) -> ((U_bar,), grads)``
-* ``inverse(params, V, layout=None) -> ((U, logdet_inv), ctx)``, logdet_inv = -logdet(U)
-* ``inverse_vjp(params, ctx, U_bar, logdet_inv_bar) -> ((V_bar,), grads)``
+* ``forward(params, U, *, layout=None) -> ((U', logdet), ctx)``
+* ``vjp(params, ctx, U'_bar, logdet_bar, *, need_params=True) -> ((U_bar,), grads)``
+* ``inverse(params, V, *, layout=None) -> ((U, logdet_inv), ctx)``, logdet_inv = -logdet(U)
+* ``inverse_vjp(params, ctx, U_bar, logdet_inv_bar, *, need_params=True) -> ((V_bar,), grads)``
+* ``config()`` / ``CouplingLayer.from_config(cfg)``, ``param_shapes()``, ``init(rng, gain)``,
+  ``describe()``
 
 A context from :meth:`forward` may be passed to :meth:`inverse_vjp` and one from
 :meth:`inverse` to :meth:`vjp`: both describe the same pair (U, V = f(U)) (the model's fused
-path gradient uses this, see :meth:`flows.model.SpectralFlow.forward_path`).
+path gradient uses this, see :meth:`flows.model.Flow.forward_path`).
 
 The gather/scatter of active links is :mod:`flows.active` (``ActiveSites``, ``gather_active``,
 ``scatter_active``, ``scatter_density``).
 
 Shapes: U ``(*batch, Nd, *sites, N, N)`` (a ``layout`` is needed whenever the batch shape
-makes Nd ambiguous; :class:`flows.model.SpectralFlow` always passes one); logdet ``(*batch,)``
+makes Nd ambiguous; :class:`flows.model.Flow` always passes one); logdet ``(*batch,)``
 float64. Link cotangents are valid for perturbations along the group (U -> e^{tX} U), which
 is how links are perturbed (:func:`flows.gradcheck.check_vjp` with ``group=``).
 """
@@ -76,6 +79,7 @@ from lattice import su_n
 from .active import ActiveSites, flat_sites, gather_active, scatter_active, scatter_density
 from .masks import LayerMask
 from .module import Module, add_grads, prefixed, sub_params
+from .protocol import register_layer
 from .paths import paths_fwd, paths_vjp
 from .projection import project_su_fwd, project_su_vjp
 from .spectral import SpectralMap
@@ -108,8 +112,9 @@ _Sites = ActiveSites
 _flat_sites = flat_sites
 
 
+@register_layer
 class CouplingLayer(Module):
-    """One spectral coupling layer (see the module docstring).
+    """One spectral coupling layer (see the module docstring); layer type ``"spectral"``.
 
     Parameters
     ----------
@@ -122,6 +127,8 @@ class CouplingLayer(Module):
     spline_bins, spline_basis, spline_kind : the spectral map (:class:`flows.SpectralMap`).
     save_memory : forwarded to the staple networks.
     """
+
+    layer_type = "spectral"
 
     def __init__(self, mask: LayerMask, Nd: int, N: int, loops: str = "learned", *, staple_width: int = 8,
                  staple_layers: int = 2, context_hidden=(16, 16), context_kernel: int = 3,
@@ -158,6 +165,14 @@ class CouplingLayer(Module):
     # ------------------------------------------------------------------ parameters
     def config(self) -> dict:
         return {"mask": self.mask.as_dict(), "Nd": self.Nd, "N": self.N, **self._cfg}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "CouplingLayer":
+        """The layer of ``config()`` (the mask rebuilt with :meth:`LayerMask.from_dict`)."""
+        cfg = dict(cfg)
+        mask = cfg.pop("mask")
+        mask = mask if isinstance(mask, LayerMask) else LayerMask.from_dict(mask)
+        return cls(mask, cfg.pop("Nd"), cfg.pop("N"), **cfg)
 
     def param_shapes(self) -> dict:
         out = {}
