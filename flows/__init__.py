@@ -33,4 +33,5 @@ from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, 
 # --- flowseq block: layer protocol, sequential flows of mixed layers, shared active-link helpers ---
 from .protocol import GaugeLayer, register_layer, layer_from_config, registered_layers, UnknownLayerType
 from .active import ActiveSites
+from .model import Flow
 # --- end flowseq block ---
