@@ -29,3 +29,9 @@ from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, 
                     reweighted_observable,
                     TrainHistory, save_checkpoint, load_checkpoint)
 # --- end flowmodel block ---
+
+# --- flowseq block: layer protocol, sequential flows of mixed layers, shared active-link helpers ---
+from .protocol import GaugeLayer, register_layer, layer_from_config, registered_layers, UnknownLayerType
+from .active import ActiveSites
+from .model import Flow
+# --- end flowseq block ---

@@ -47,19 +47,25 @@ site index and scattered back with ``take`` + ``where`` (no per-link work on fro
 The staple and context networks run on the whole lattice (their outputs at active sites
 depend on neighbours).
 
-Module contract (:mod:`flows.module`), complex cotangents as in DESIGN section 7:
+Layer contract (:class:`flows.protocol.GaugeLayer`, registered as ``layer_type = "spectral"``),
+complex cotangents as in DESIGN section 7:
 
-* ``forward(params, U, layout=None) -> ((U', logdet), ctx)``
-* ``vjp(params, ctx, U'_bar, logdet_bar) -> ((U_bar,), grads)``
-* ``inverse(params, V, layout=None) -> ((U, logdet_inv), ctx)``, logdet_inv = -logdet(U)
-* ``inverse_vjp(params, ctx, U_bar, logdet_inv_bar) -> ((V_bar,), grads)``
+* ``forward(params, U, *, layout=None) -> ((U', logdet), ctx)``
+* ``vjp(params, ctx, U'_bar, logdet_bar, *, need_params=True) -> ((U_bar,), grads)``
+* ``inverse(params, V, *, layout=None) -> ((U, logdet_inv), ctx)``, logdet_inv = -logdet(U)
+* ``inverse_vjp(params, ctx, U_bar, logdet_inv_bar, *, need_params=True) -> ((V_bar,), grads)``
+* ``config()`` / ``CouplingLayer.from_config(cfg)``, ``param_shapes()``, ``init(rng, gain)``,
+  ``describe()``
 
 A context from :meth:`forward` may be passed to :meth:`inverse_vjp` and one from
 :meth:`inverse` to :meth:`vjp`: both describe the same pair (U, V = f(U)) (the model's fused
-path gradient uses this, see :meth:`flows.model.SpectralFlow.forward_path`).
+path gradient uses this, see :meth:`flows.model.Flow.forward_path`).
+
+The gather/scatter of active links is :mod:`flows.active` (``ActiveSites``, ``gather_active``,
+``scatter_active``, ``scatter_density``).
 
 Shapes: U ``(*batch, Nd, *sites, N, N)`` (a ``layout`` is needed whenever the batch shape
-makes Nd ambiguous; :class:`flows.model.SpectralFlow` always passes one); logdet ``(*batch,)``
+makes Nd ambiguous; :class:`flows.model.Flow` always passes one); logdet ``(*batch,)``
 float64. Link cotangents are valid for perturbations along the group (U -> e^{tX} U), which
 is how links are perturbed (:func:`flows.gradcheck.check_vjp` with ``group=``).
 """
@@ -70,8 +76,10 @@ from lattice.layout import Layout, infer_gauge_layout, LayoutError
 from lattice.fields import link, links, stack_links
 from lattice import su_n
 
+from .active import ActiveSites, flat_sites, gather_active, scatter_active, scatter_density
 from .masks import LayerMask
 from .module import Module, add_grads, prefixed, sub_params
+from .protocol import register_layer
 from .paths import paths_fwd, paths_vjp
 from .projection import project_su_fwd, project_su_vjp
 from .spectral import SpectralMap
@@ -99,35 +107,14 @@ def fixed_staple_path(kind: str, mu: int, orientation, Nd: int):
     raise ValueError(f"unknown fixed loop {kind!r}; use 'plaquette' or 'rectangle'")
 
 
-class _Sites:
-    """Active-site bookkeeping of one layer on one layout: flattened indices and masks."""
-
-    def __init__(self, mask: LayerMask, layout: Layout, xp):
-        self.layout = layout
-        self.m = mask.active(layout, xp)                          # (Nd, *sites) int8
-        V = layout.local_volume
-        self.V = V
-        dirs = [mask.mu] if mask.kind == "direction" else list(range(layout.Nd))
-        self.dirs = dirs
-        self.idx, self.inv, self.sel = {}, {}, {}
-        for mu in dirs:
-            mf = xp.reshape(self.m[mu, ...], (V,))
-            sel = mf != 0
-            self.sel[mu] = sel
-            self.idx[mu] = xp.nonzero(sel)[0]
-            pos = xp.cumulative_sum(xp.astype(sel, xp.int64)) - 1
-            self.inv[mu] = xp.where(sel, pos, xp.zeros_like(pos))
-        self.n_active = {mu: int(self.idx[mu].shape[0]) for mu in dirs}
+# Backward-compatible private names (other modules import them from here).
+_Sites = ActiveSites
+_flat_sites = flat_sites
 
 
-def _flat_sites(F, nb, V, inner_shape):
-    """(*batch, *sites, *inner) -> (*batch, V, *inner)."""
-    xp = namespace(F)
-    return xp.reshape(F, tuple(F.shape[:nb]) + (V,) + tuple(inner_shape))
-
-
+@register_layer
 class CouplingLayer(Module):
-    """One spectral coupling layer (see the module docstring).
+    """One spectral coupling layer (see the module docstring); layer type ``"spectral"``.
 
     Parameters
     ----------
@@ -140,6 +127,8 @@ class CouplingLayer(Module):
     spline_bins, spline_basis, spline_kind : the spectral map (:class:`flows.SpectralMap`).
     save_memory : forwarded to the staple networks.
     """
+
+    layer_type = "spectral"
 
     def __init__(self, mask: LayerMask, Nd: int, N: int, loops: str = "learned", *, staple_width: int = 8,
                  staple_layers: int = 2, context_hidden=(16, 16), context_kernel: int = 3,
@@ -177,6 +166,14 @@ class CouplingLayer(Module):
     def config(self) -> dict:
         return {"mask": self.mask.as_dict(), "Nd": self.Nd, "N": self.N, **self._cfg}
 
+    @classmethod
+    def from_config(cls, cfg: dict) -> "CouplingLayer":
+        """The layer of ``config()`` (the mask rebuilt with :meth:`LayerMask.from_dict`)."""
+        cfg = dict(cfg)
+        mask = cfg.pop("mask")
+        mask = mask if isinstance(mask, LayerMask) else LayerMask.from_dict(mask)
+        return cls(mask, cfg.pop("Nd"), cfg.pop("N"), **cfg)
+
     def param_shapes(self) -> dict:
         out = {}
         for mu, net in self.staples.items():
@@ -197,17 +194,17 @@ class CouplingLayer(Module):
         return f"{self.mask.describe()} loops={self.loops}"
 
     # ------------------------------------------------------------------ geometry
-    def sites(self, layout: Layout, xp) -> _Sites:
+    def sites(self, layout: Layout, xp) -> ActiveSites:
         key = (layout, xp.__name__ if hasattr(xp, "__name__") else id(xp))
         s = self._sites.get(key)
         if s is None:
-            s = _Sites(self.mask, layout, xp)
+            s = ActiveSites(self.mask, layout, xp)
             if self.paths:
                 self._check_fixed_loops(s, layout, xp)
             self._sites[key] = s
         return s
 
-    def _check_fixed_loops(self, s: _Sites, layout: Layout, xp):
+    def _check_fixed_loops(self, s: ActiveSites, layout: Layout, xp):
         """Raise unless every fixed staple avoids all active links (triangular layer)."""
         m = xp.astype(s.m, xp.float64)
         for mu, path in self.paths.items():
@@ -234,14 +231,14 @@ class CouplingLayer(Module):
         return checked_layout(U, layout, self.Nd, self.N, "coupling layer")
 
     # ------------------------------------------------------------------ internals
-    def _frozen(self, params, X, layout, s: _Sites):
+    def _frozen(self, params, X, layout, s: ActiveSites):
         """Staples S_hat (gathered), conditioning vectors (gathered) and their contexts; they
         depend on the frozen links of X only (identical for U and V = f(U))."""
         xp = namespace(X)
         nb = X.ndim - self.Nd - 3
         V = s.V
         (c_full,), cctx = self.context.forward(sub_params("context", params), X, s.m, layout=layout)
-        c_flat = _flat_sites(c_full, nb, V, (c_full.shape[-1],))
+        c_flat = flat_sites(c_full, nb, V, (c_full.shape[-1],))
         per = {}
         if self.paths:
             Ul = links(X, layout)
@@ -250,13 +247,13 @@ class CouplingLayer(Module):
             cond = xp.take(c_flat[..., j * self.n_cond:(j + 1) * self.n_cond], idx, axis=nb)
             if self.loops == "learned":
                 (S,), sctx = self.staples[mu].forward(sub_params(f"staples{mu}", params), X, s.m, layout=layout)
-                Sg = xp.take(_flat_sites(S, nb, V, (self.N, self.N)), idx, axis=nb)
+                Sg = gather_active(S, s, mu, nb, (self.N, self.N))
                 Shat, pctx = project_su_fwd(Sg)
                 per[mu] = dict(cond=cond, Shat=Shat, sctx=sctx, pctx=pctx)
             else:
                 (W,), wctx = paths_fwd(Ul, [self.paths[mu]], layout)
                 Sd = layout.shift(W, mu, +1)
-                Sdg = xp.take(_flat_sites(Sd, nb, V, (self.N, self.N)), idx, axis=nb)
+                Sdg = gather_active(Sd, s, mu, nb, (self.N, self.N))
                 per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), wctx=wctx)
         return per, cctx, nb
 
@@ -269,15 +266,15 @@ class CouplingLayer(Module):
         dens = None
         for mu in self.dirs:
             d = per[mu]
-            Xa = xp.take(_flat_sites(out_links[mu], nb, s.V, (self.N, self.N)), s.idx[mu], axis=nb)
+            Xa = gather_active(out_links[mu], s, mu, nb, (self.N, self.N))
             Lin = Xa @ su_n.dagger(d["Shat"])
             if inverse:
                 (Lout, ld), hctx = self.spectral.inverse({}, Lin, d["cond"])
             else:
                 (Lout, ld), hctx = self.spectral.forward({}, Lin, d["cond"])
             Ya = Lout @ d["Shat"]
-            out_links[mu] = self._scatter(Ya, s, mu, nb, out_links[mu])
-            ld_sites = self._scatter_density(ld, s, mu, nb)
+            out_links[mu] = scatter_active(Ya, s, mu, nb, out_links[mu])
+            ld_sites = scatter_density(ld, s, mu, nb)
             dens = ld_sites if dens is None else dens + ld_sites
             if inverse:
                 d.update(U=Ya, V=Xa, L=Lout, Lp=Lin, hctx=hctx)
@@ -288,26 +285,14 @@ class CouplingLayer(Module):
         ctx = dict(layout=layout, sites=s, per=per, cctx=cctx, nb=nb, dtype=X.dtype, shape=tuple(X.shape))
         return (Y, logdet), ctx
 
-    def _scatter(self, vals, s: _Sites, mu, nb, base):
-        """Field equal to ``vals`` (gathered, (*batch, n_act, *inner)) at the active sites of mu
-        and to ``base`` (a site field) elsewhere; ``base=None`` means zeros."""
-        xp = namespace(vals)
-        inner = tuple(vals.shape[nb + 1:])
-        full = xp.take(vals, s.inv[mu], axis=nb)
-        sel = xp.reshape(s.sel[mu], (s.V,) + (1,) * len(inner))
-        if base is None:
-            out = xp.where(sel, full, xp.zeros_like(full))
-            sites_shape = tuple(vals.shape[:nb]) + tuple(s.layout.local_shape) + inner
-            return xp.reshape(out, sites_shape)
-        bshape = tuple(base.shape)
-        out = xp.where(sel, full, _flat_sites(base, nb, s.V, inner))
-        return xp.reshape(out, bshape)
+    # thin aliases of the shared helpers (flows.active)
+    @staticmethod
+    def _scatter(vals, s: ActiveSites, mu, nb, base):
+        return scatter_active(vals, s, mu, nb, base)
 
-    def _scatter_density(self, vals, s: _Sites, mu, nb):
-        xp = namespace(vals)
-        full = xp.take(vals, s.inv[mu], axis=nb)
-        out = xp.where(s.sel[mu], full, xp.zeros_like(full))
-        return xp.reshape(out, tuple(vals.shape[:nb]) + tuple(s.layout.local_shape))
+    @staticmethod
+    def _scatter_density(vals, s: ActiveSites, mu, nb):
+        return scatter_density(vals, s, mu, nb)
 
     # ------------------------------------------------------------------ module API
     def forward(self, params, U, *, layout=None):
@@ -343,7 +328,7 @@ class CouplingLayer(Module):
         for j, mu in enumerate(self.dirs):
             d = per[mu]
             Shat = d["Shat"]
-            Yb = xp.take(_flat_sites(Ybl[mu], nb, s.V, (self.N, self.N)), s.idx[mu], axis=nb)
+            Yb = gather_active(Ybl[mu], s, mu, nb, (self.N, self.N))
             lb = None
             if ld_bar is not None:
                 lb = xp.broadcast_to(xp.reshape(xp.astype(ld_bar, xp.float64), tuple(ld_bar.shape) + (1,)),
@@ -362,17 +347,17 @@ class CouplingLayer(Module):
                 (Lp_bar, c_bar), _ = self.spectral.inverse_vjp({}, d["hctx"], L_bar, lb)
                 X_bar = Lp_bar @ Shat
                 Sh_bar = Sh_bar + su_n.dagger(Lp_bar) @ d["V"]
-            in_links[mu] = self._scatter(X_bar, s, mu, nb, in_links[mu])
-            c_cols.append(self._scatter(c_bar, s, mu, nb, None))
+            in_links[mu] = scatter_active(X_bar, s, mu, nb, in_links[mu])
+            c_cols.append(scatter_active(c_bar, s, mu, nb, None))
             # staples
             if self.loops == "learned":
-                S_bar = self._scatter(project_su_vjp(d["pctx"], Sh_bar), s, mu, nb, None)
+                S_bar = scatter_active(project_su_vjp(d["pctx"], Sh_bar), s, mu, nb, None)
                 (Ub, _), g = self.staples[mu].vjp(sub_params(f"staples{mu}", params), d["sctx"], S_bar)
                 if need_params:
                     add_grads(grads, g, f"staples{mu}")
                 X_extra = Ub if X_extra is None else X_extra + Ub
             else:
-                Sd_bar = self._scatter(su_n.dagger(Sh_bar), s, mu, nb, None)
+                Sd_bar = scatter_active(su_n.dagger(Sh_bar), s, mu, nb, None)
                 Wb = layout.shift(Sd_bar, mu, -1)
                 Lb = paths_vjp(d["wctx"], [Wb])
                 for nu, b in enumerate(Lb):

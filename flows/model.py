@@ -1,18 +1,20 @@
-"""Spectral normalizing flows for SU(N) lattice gauge fields: a stack of coupling layers.
+"""Normalizing flows for SU(N) lattice gauge fields: a sequence of invertible layers.
 
     x = f(z) = f_{n-1} o ... o f_0 (z),      log J(z) = sum_l log J_l,
 
-each f_l a :class:`flows.layers.CouplingLayer` on the mask of a schedule
-(:func:`flows.masks.paper_schedule`: blocks of direction updates followed by the 2^Nd
-location updates, as in the paper's 3 x (48 + 16) layers; or
+each f_l a layer satisfying the contract of :class:`flows.protocol.GaugeLayer` (forward,
+inverse, their VJPs, config). :class:`Flow` composes any such sequence, mixing layer types;
+:class:`SpectralFlow` is the preset whose layers are :class:`flows.layers.CouplingLayer` on
+the masks of a schedule (:func:`flows.masks.paper_schedule`: blocks of direction updates
+followed by the 2^Nd location updates, as in the paper's 3 x (48 + 16) layers; or
 :func:`flows.masks.simple_schedule`: direction updates only). The parameters do not depend on
 the lattice size (staple networks and context convolutions are translation invariant, the
 masks are rebuilt for every layout), so a flow trained on 4^4 applies to 12^3 x 24, with or
 without MPI (pass the decomposed ``layout``).
 
 At initialisation every context head is zero, so every spectral map is exactly the identity
-and the flow is the identity for every loop type (up to the rounding of L S_hat^dag S_hat,
-~1e-16), with log J = 0 exactly.
+and the spectral flow is the identity for every loop type (up to the rounding of
+L S_hat^dag S_hat, ~1e-16), with log J = 0 exactly.
 
 Memory: the differentiable API keeps only each layer's input field in its context and
 recomputes one layer's internals at a time in the backward pass (one extra layer forward
@@ -22,7 +24,8 @@ memory).
 API (fields ``(*batch, Nd, *sites, N, N)``, log-dets float64 ``(*batch,)``)::
 
     model = SpectralFlow(Nd=4, N=3, n_layers=24, loops="learned")
-    params = model.init(seed)
+    model = Flow([layer0, layer1, ...], Nd=4, N=3)          # any layers (flows.protocol)
+    params = model.init(seed)                      # keys "layer{i}.<layer key>"
     V, logJ = model.forward(params, U)            # x = f(z), log |det df/dz| (Haar measure)
     U, logJi = model.inverse(params, V)           # logJi = -logJ
     x, logJ, ctx = model.forward_ctx(params, z)   # differentiable versions (flows.train)
@@ -32,7 +35,10 @@ API (fields ``(*batch, Nd, *sites, N, N)``, log-dets float64 ``(*batch,)``)::
     x, logJ, ctx, gq = model.forward_path(params, z, z_bar, logJi_bar)   # fused path gradient
 
 Saving: :func:`save` / :func:`load` write one HDF5 parameter file that also holds the class
-and ``model.config()``, so ``load`` rebuilds the architecture.
+and ``model.config()``, so ``load`` rebuilds the architecture: ``{"class": "SpectralFlow",
+"config": SpectralFlow.config()}`` (the original format, still written for spectral flows) or
+``{"class": "Flow", "config": {"Nd", "N", "dtype", "recompute", "layers": [{"type", "config"},
+...]}}``, the layers rebuilt through the registry (:func:`flows.protocol.layer_from_config`).
 """
 from __future__ import annotations
 
@@ -42,8 +48,9 @@ from lattice.layout import Layout
 from .layers import CouplingLayer, LOOPS, checked_layout
 from .masks import LayerMask, paper_schedule, simple_schedule
 from .module import Module, add_grads, prefixed, sub_params
+from .protocol import LAYER_METHODS, UnknownLayerType, layer_from_config
 
-__all__ = ["SpectralFlow", "save", "load", "build_schedule"]
+__all__ = ["Flow", "SpectralFlow", "save", "load", "build_schedule"]
 
 
 def build_schedule(Nd: int, n_layers: int, schedule: str = "paper", loops: str = "plaquette",
@@ -66,67 +73,39 @@ def build_schedule(Nd: int, n_layers: int, schedule: str = "paper", loops: str =
     return [block[i % len(block)] for i in range(n)]
 
 
-class SpectralFlow(Module):
-    """Gauge-equivariant spectral flow (see the module docstring).
+class Flow(Module):
+    """A flow made of any sequence of gauge layers (:class:`flows.protocol.GaugeLayer`).
+
+    x = f_{n-1}(... f_0(z)), log J = sum_l log J_l; the inverse runs the layers' inverses in
+    reverse order. Parameters are one flat dict, layer i's keys prefixed ``"layer{i}."``.
 
     Parameters
     ----------
-    Nd, N : lattice dimensions (2, 3, 4) and gauge group SU(N).
-    n_layers : number of coupling layers.
-    loops : "learned" (staple networks, eqs. 3-8), "plaquette" or "rectangle" (fixed loops,
-        orientation alternating across layers).
-    location_loops : active loops of the location updates (default: ``loops``). The paper's
-        learned model uses learned loops in its direction updates only; pass
-        ``location_loops="plaquette"`` for that.
-    schedule : "paper" (direction + location blocks) or "simple" (direction updates only).
-    direction_layers : direction updates per block of the paper schedule (default all).
-    masks : explicit list of :class:`flows.masks.LayerMask` (overrides schedule/n_layers).
-    staple_width, staple_layers : N_h = 8 and N_l = 2 (mixing layers, i.e. one hidden staple
-        field; the issue's "N_l = 2 hidden layers"). The paper's wording "2 hidden layers with
-        N_h = 8" would be ``staple_layers=3``.
-    context_hidden, context_kernel, context_loops, context_activation : context networks
-        (hidden convolution widths, odd kernel size, feature loops, nonlinearity).
-    context_channels : shorthand for ``context_hidden=(c, c)`` (two hidden convolutions of
-        width c); used when given.
-    spline_bins, spline_basis, spline_kind : spectral maps.
-    dtype : compute dtype ("complex128" default, or "complex64"); fields are cast on entry
-        and results returned in the input dtype; log-dets are float64 always.
-    recompute : keep only layer inputs in contexts (default) or every layer's internals.
+    layers : the layers, applied in order (each with ``Nd``/``N`` matching the flow's).
+    Nd, N : lattice dimensions and gauge group SU(N).
+    dtype : compute dtype (None: the input's; "complex128" or "complex64"); fields are cast on
+        entry and results returned in the input dtype; log-dets are float64 always.
+    recompute : keep only layer inputs in contexts and recompute each layer's internals in the
+        backward pass (default), or keep every layer's internals.
     """
 
-    def __init__(self, Nd: int, N: int, n_layers: int = 16, loops: str = "learned", *,
-                 location_loops: str | None = None, schedule: str = "paper", direction_layers: int | None = None,
-                 masks=None, staple_width: int = 8, staple_layers: int = 2, context_hidden=(16, 16),
-                 context_channels: int | None = None, context_kernel: int = 3, context_loops=("plaquette",),
-                 context_activation: str = "tanh",
-                 spline_bins: int = 8, spline_basis: int = 3, spline_kind: str = "spline",
-                 dtype: str | None = None, recompute: bool = True, save_memory: bool = False):
-        if loops not in LOOPS:
-            raise ValueError(f"loops must be one of {LOOPS}, got {loops!r}")
-        location_loops = loops if location_loops is None else location_loops
-        if location_loops not in LOOPS:
-            raise ValueError(f"location_loops must be one of {LOOPS}, got {location_loops!r}")
+    def __init__(self, layers, *, Nd: int, N: int, dtype: str | None = None, recompute: bool = True):
         if dtype not in (None, "complex128", "complex64"):
             raise ValueError(f"dtype must be 'complex128' or 'complex64', got {dtype!r}")
         self.Nd, self.N = int(Nd), int(N)
-        if context_channels is not None:
-            context_hidden = (int(context_channels),) * 2
-        if masks is None:
-            masks = build_schedule(self.Nd, n_layers, schedule, loops, direction_layers)
-        else:
-            masks = [m if isinstance(m, LayerMask) else LayerMask.from_dict(m) for m in masks]
-        self.masks = list(masks)
-        self.loops, self.location_loops = loops, location_loops
-        self.schedule, self.direction_layers = schedule, direction_layers
         self.dtype = dtype
         self.recompute = bool(recompute)
-        lkw = dict(staple_width=staple_width, staple_layers=staple_layers, context_hidden=tuple(context_hidden),
-                   context_kernel=context_kernel, context_loops=tuple(context_loops),
-                   context_activation=context_activation, spline_bins=spline_bins, spline_basis=spline_basis,
-                   spline_kind=spline_kind, save_memory=save_memory)
-        self._lkw = lkw
-        self.layers = [CouplingLayer(m, self.Nd, self.N, loops if m.kind == "direction" else location_loops, **lkw)
-                       for m in self.masks]
+        layers = list(layers)
+        for i, l in enumerate(layers):
+            missing = [m for m in LAYER_METHODS if not callable(getattr(l, m, None))]
+            if missing:
+                raise TypeError(f"layer {i} ({type(l).__name__}) does not implement the layer contract "
+                                f"(flows.protocol.GaugeLayer): missing {missing}")
+            for name, want in (("Nd", self.Nd), ("N", self.N)):
+                got = getattr(l, name, want)
+                if int(got) != want:
+                    raise ValueError(f"layer {i} ({type(l).__name__}) has {name} = {got}, the flow {name} = {want}")
+        self.layers = layers
 
     @property
     def n_layers(self) -> int:
@@ -134,17 +113,22 @@ class SpectralFlow(Module):
 
     # ------------------------------------------------------------------ parameters
     def config(self) -> dict:
-        k = dict(self._lkw)
-        k["context_hidden"] = list(k["context_hidden"])
-        k["context_loops"] = list(k["context_loops"])
-        return {"Nd": self.Nd, "N": self.N, "n_layers": self.n_layers, "loops": self.loops,
-                "location_loops": self.location_loops, "masks": [m.as_dict() for m in self.masks],
-                "dtype": self.dtype, "recompute": self.recompute, **k}
+        """``{"Nd", "N", "dtype", "recompute", "layers": [{"type": layer_type, "config": ...}]}``."""
+        out = []
+        for i, l in enumerate(self.layers):
+            t = getattr(l, "layer_type", None)
+            if not isinstance(t, str) or not t:
+                raise TypeError(f"layer {i} ({type(l).__name__}) has no layer_type; register it with "
+                                f"flows.register_layer to describe (and save) the flow")
+            out.append({"type": t, "config": l.config()})
+        return {"Nd": self.Nd, "N": self.N, "dtype": self.dtype, "recompute": self.recompute, "layers": out}
 
     @classmethod
-    def from_config(cls, cfg: dict) -> "SpectralFlow":
+    def from_config(cls, cfg: dict) -> "Flow":
+        """The flow of :meth:`config` (layers rebuilt with :func:`flows.protocol.layer_from_config`)."""
         cfg = dict(cfg)
-        return cls(cfg.pop("Nd"), cfg.pop("N"), cfg.pop("n_layers"), cfg.pop("loops"), **cfg)
+        layers = [layer_from_config(d) for d in cfg.pop("layers")]
+        return cls(layers, **cfg)
 
     def param_shapes(self) -> dict:
         out = {}
@@ -153,8 +137,9 @@ class SpectralFlow(Module):
         return out
 
     def init(self, seed: int = 0, gain: float = 0.5) -> dict:
-        """Initial parameters (float64, NumPy): identity flow (zero context heads); staple nets
-        at the plaquette-staple sum plus Xavier noise of ``gain``."""
+        """Initial parameters (float64, NumPy): layer i initialised from ``Rng(seed).child(i)``
+        with ``gain`` (for spectral layers: identity flow (zero context heads), staple nets at
+        the plaquette-staple sum plus Xavier noise of ``gain``)."""
         rng = Rng(seed)
         params = {}
         for i, l in enumerate(self.layers):
@@ -183,6 +168,10 @@ class SpectralFlow(Module):
     def _lp(self, params, i):
         return sub_params(f"layer{i}", params)
 
+    def _zero_logdet(self, X):
+        xp = namespace(X)
+        return xp.zeros(X.shape[:X.ndim - self.Nd - 3], dtype=xp.float64)
+
     # ------------------------------------------------------------------ plain maps
     def forward(self, params, U, layout: Layout | None = None):
         """V = f(U) and log J (float64, per batch element)."""
@@ -196,7 +185,6 @@ class SpectralFlow(Module):
 
     def _run(self, params, X, layout, inverse: bool, keep: bool):
         layout = self.layout_of(X, layout)
-        xp = namespace(X)
         in_dtype = X.dtype
         X = self._cast_in(X)
         logJ = None
@@ -212,7 +200,7 @@ class SpectralFlow(Module):
                 saved.append((i, lctx))
             logJ = ld if logJ is None else logJ + ld
         if logJ is None:
-            logJ = xp.zeros(X.shape[:X.ndim - self.Nd - 3], dtype=xp.float64)
+            logJ = self._zero_logdet(X)
         ctx = dict(layout=layout, saved=saved, inverse=inverse, in_dtype=in_dtype)
         return self._cast_out(X, in_dtype), logJ, ctx
 
@@ -265,7 +253,8 @@ class SpectralFlow(Module):
         ``gq`` the cotangent of x of the scalar  <z_bar, f^{-1}(x)> + <logJ_inv_bar, log J_inv(x)>
         (i.e. what ``inverse_vjp(inverse_ctx(x), z_bar, logJ_inv_bar)`` gives, with z = f^{-1}(x)
         taken as the z we started from). The inverse VJP of layer l runs right after its
-        forward, reusing the forward internals (frozen-link staples and context are the same
+        forward, on the layer's forward context (the contract lets a forward context serve
+        ``inverse_vjp``: for a coupling layer the frozen-link staples and context are the same
         for the layer's input and output), so no separate inverse pass is needed: cost one
         forward plus one inverse VJP per layer.
         """
@@ -285,33 +274,136 @@ class SpectralFlow(Module):
             (g,), _ = layer.inverse_vjp(self._lp(params, i), lctx, g, logJ_inv_bar, need_params=False)
             logJ = ld if logJ is None else logJ + ld
         if logJ is None:
-            logJ = xp.zeros(X.shape[:X.ndim - self.Nd - 3], dtype=xp.float64)
+            logJ = self._zero_logdet(X)
         ctx = dict(layout=layout, saved=saved, inverse=False, in_dtype=in_dtype)
         if g is None:
             g = xp.zeros_like(X)
         return self._cast_out(X, in_dtype), logJ, ctx, self._cast_out(g, in_dtype)
 
 
+class SpectralFlow(Flow):
+    """Gauge-equivariant spectral flow: a :class:`Flow` of :class:`flows.layers.CouplingLayer`
+    on the masks of a schedule (see the module docstring).
+
+    Parameters
+    ----------
+    Nd, N : lattice dimensions (2, 3, 4) and gauge group SU(N).
+    n_layers : number of coupling layers.
+    loops : "learned" (staple networks, eqs. 3-8), "plaquette" or "rectangle" (fixed loops,
+        orientation alternating across layers).
+    location_loops : active loops of the location updates (default: ``loops``). The paper's
+        learned model uses learned loops in its direction updates only; pass
+        ``location_loops="plaquette"`` for that.
+    schedule : "paper" (direction + location blocks) or "simple" (direction updates only).
+    direction_layers : direction updates per block of the paper schedule (default all).
+    masks : explicit list of :class:`flows.masks.LayerMask` (overrides schedule/n_layers).
+    staple_width, staple_layers : N_h = 8 and N_l = 2 (mixing layers, i.e. one hidden staple
+        field; the issue's "N_l = 2 hidden layers"). The paper's wording "2 hidden layers with
+        N_h = 8" would be ``staple_layers=3``.
+    context_hidden, context_kernel, context_loops, context_activation : context networks
+        (hidden convolution widths, odd kernel size, feature loops, nonlinearity).
+    context_channels : shorthand for ``context_hidden=(c, c)`` (two hidden convolutions of
+        width c); used when given.
+    spline_bins, spline_basis, spline_kind : spectral maps.
+    dtype : compute dtype ("complex128" default, or "complex64"); fields are cast on entry
+        and results returned in the input dtype; log-dets are float64 always.
+    recompute : keep only layer inputs in contexts (default) or every layer's internals.
+
+    ``config()`` / ``from_config`` use these constructor arguments (the format of parameter
+    files written for spectral flows); :meth:`Flow.config` gives the generic per-layer form.
+    """
+
+    def __init__(self, Nd: int, N: int, n_layers: int = 16, loops: str = "learned", *,
+                 location_loops: str | None = None, schedule: str = "paper", direction_layers: int | None = None,
+                 masks=None, staple_width: int = 8, staple_layers: int = 2, context_hidden=(16, 16),
+                 context_channels: int | None = None, context_kernel: int = 3, context_loops=("plaquette",),
+                 context_activation: str = "tanh",
+                 spline_bins: int = 8, spline_basis: int = 3, spline_kind: str = "spline",
+                 dtype: str | None = None, recompute: bool = True, save_memory: bool = False):
+        if loops not in LOOPS:
+            raise ValueError(f"loops must be one of {LOOPS}, got {loops!r}")
+        location_loops = loops if location_loops is None else location_loops
+        if location_loops not in LOOPS:
+            raise ValueError(f"location_loops must be one of {LOOPS}, got {location_loops!r}")
+        if dtype not in (None, "complex128", "complex64"):
+            raise ValueError(f"dtype must be 'complex128' or 'complex64', got {dtype!r}")
+        Nd, N = int(Nd), int(N)
+        if context_channels is not None:
+            context_hidden = (int(context_channels),) * 2
+        if masks is None:
+            masks = build_schedule(Nd, n_layers, schedule, loops, direction_layers)
+        else:
+            masks = [m if isinstance(m, LayerMask) else LayerMask.from_dict(m) for m in masks]
+        self.masks = list(masks)
+        self.loops, self.location_loops = loops, location_loops
+        self.schedule, self.direction_layers = schedule, direction_layers
+        lkw = dict(staple_width=staple_width, staple_layers=staple_layers, context_hidden=tuple(context_hidden),
+                   context_kernel=context_kernel, context_loops=tuple(context_loops),
+                   context_activation=context_activation, spline_bins=spline_bins, spline_basis=spline_basis,
+                   spline_kind=spline_kind, save_memory=save_memory)
+        self._lkw = lkw
+        layers = [CouplingLayer(m, Nd, N, loops if m.kind == "direction" else location_loops, **lkw)
+                  for m in self.masks]
+        super().__init__(layers, Nd=Nd, N=N, dtype=dtype, recompute=recompute)
+
+    # ------------------------------------------------------------------ parameters
+    def config(self) -> dict:
+        """The constructor arguments (the stored format of spectral flows)."""
+        k = dict(self._lkw)
+        k["context_hidden"] = list(k["context_hidden"])
+        k["context_loops"] = list(k["context_loops"])
+        return {"Nd": self.Nd, "N": self.N, "n_layers": self.n_layers, "loops": self.loops,
+                "location_loops": self.location_loops, "masks": [m.as_dict() for m in self.masks],
+                "dtype": self.dtype, "recompute": self.recompute, **k}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "SpectralFlow":
+        cfg = dict(cfg)
+        return cls(cfg.pop("Nd"), cfg.pop("N"), cfg.pop("n_layers"), cfg.pop("loops"), **cfg)
+
+
 # ---------------------------------------------------------------------- files
+#: classes that :func:`load` rebuilds, by the name stored in the file
+_CLASSES = {"Flow": Flow, "SpectralFlow": SpectralFlow}
+
+
 def save(path, model, params, extra: dict | None = None):
-    """Write ``params`` with the model's class and configuration (atomic, one HDF5 file)."""
+    """Write ``params`` with the model's class and configuration (atomic, one HDF5 file).
+
+    Stored config: ``{"class": name, "config": model.config(), **extra}`` with name the
+    model's class when :func:`load` knows it ("Flow", "SpectralFlow"); any other
+    :class:`Flow` subclass is stored as a plain "Flow" (its layers, via :meth:`Flow.config`).
+    """
     from .serialize import save_params
-    cfg = {"class": type(model).__name__, "config": model.config(), **(extra or {})}
+    name = type(model).__name__
+    if _CLASSES.get(name) is type(model):
+        mcfg = model.config()
+    elif isinstance(model, Flow):
+        name, mcfg = "Flow", Flow.config(model)
+    else:
+        raise TypeError(f"flows.save stores Flow models, got {type(model).__name__}")
+    cfg = {"class": name, "config": mcfg, **(extra or {})}
     return save_params(path, params, cfg)
-
-
-_CLASSES = {"SpectralFlow": SpectralFlow}
 
 
 def load(path, xp=None):
     """``(model, params)`` from a file written by :func:`save` (architecture rebuilt from the
-    stored configuration, parameters validated against it)."""
+    stored configuration, parameters validated against it). A layer type that is not
+    registered, or a configuration the class cannot be built from, raises
+    :class:`flows.ParamFileError`."""
     from .serialize import load_params, read_config, ParamFileError
     cfg = read_config(path)
     cls = _CLASSES.get(cfg.get("class"))
     if cls is None or "config" not in cfg:
         raise ParamFileError(f"{path!r} holds no flow model (class {cfg.get('class')!r}); it was not written "
-                             f"by flows.save")
-    model = cls.from_config(cfg["config"])
+                             f"by flows.save (known classes: {sorted(_CLASSES)})")
+    try:
+        model = cls.from_config(cfg["config"])
+    except UnknownLayerType as exc:
+        raise ParamFileError(f"{path!r}: the model uses layer type {exc.layer_type!r}, which is not registered; "
+                             f"known types: {list(exc.known)} (import the module that defines it)") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ParamFileError(f"{path!r}: cannot build a {cfg['class']} from the stored configuration: "
+                             f"{type(exc).__name__}: {exc}") from exc
     params, _ = load_params(path, template=model.param_shapes(), xp=xp)
     return model, params
