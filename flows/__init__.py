@@ -35,3 +35,9 @@ from .protocol import GaugeLayer, register_layer, layer_from_config, registered_
 from .active import ActiveSites
 from .model import Flow
 # --- end flowseq block ---
+
+# --- residual flows: the correlated-ensemble marginal model (paper section 3) ---
+from .masks import checker_mask, residual_schedule
+from .residual import ResidualLayer, ResidualInverseError, residual_flow, residual_terms, family_paths
+from .linear_response import LinearResponseFit, linear_response_fit, linear_response_features
+# --- end residual flows ---

@@ -57,7 +57,7 @@ class ActiveSites:
         V = layout.local_volume
         self.V = V
         if dirs is None:
-            dirs = [mask.mu] if mask.kind == "direction" else list(range(layout.Nd))
+            dirs = [mask.mu] if mask.kind in ("direction", "checker") else list(range(layout.Nd))
         self.dirs = [int(mu) for mu in dirs]
         self.idx, self.inv, self.sel = {}, {}, {}
         for mu in self.dirs:

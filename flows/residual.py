@@ -86,9 +86,11 @@ from .masks import LayerMask, paths_avoid_active
 from .module import Module, add_grads, prefixed, sub_params
 from .paths import paths_fwd, paths_vjp
 from .context import ContextNet
-from .layers import _Sites, _flat_sites, checked_layout
+from .layers import checked_layout
+from .active import ActiveSites, gather_active, scatter_active, scatter_density
+from .protocol import register_layer
 
-__all__ = ["ResidualLayer", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
+__all__ = ["ResidualLayer", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
            "phi_series", "phi_series_vjp", "TAYLOR_TERMS", "INVERSE_TOL"]
 
 LOOP_FAMILIES = ("plaquette", "rectangle", "chair")
@@ -270,23 +272,7 @@ def _matvec(A, v):
 
 
 # ---------------------------------------------------------------------- the layer
-def _scatter(vals, s: _Sites, mu, nb, base=None):
-    """Site field equal to ``vals`` (gathered (*batch, n_act, *inner)) at the active mu-links
-    and to ``base`` (a site field; None = zeros) elsewhere."""
-    xp = namespace(vals)
-    inner = tuple(vals.shape[nb + 1:])
-    full = xp.take(vals, s.inv[mu], axis=nb)
-    sel = xp.reshape(s.sel[mu], (s.V,) + (1,) * len(inner))
-    other = xp.zeros_like(full) if base is None else _flat_sites(base, nb, s.V, inner)
-    out = xp.where(sel, full, other)
-    return xp.reshape(out, tuple(vals.shape[:nb]) + tuple(s.layout.local_shape) + inner)
-
-
-def _gather(F, s: _Sites, mu, nb, inner):
-    xp = namespace(F)
-    return xp.take(_flat_sites(F, nb, s.V, inner), s.idx[mu], axis=nb)
-
-
+@register_layer
 class ResidualLayer(Module):
     """One residual layer (module docstring).
 
@@ -385,11 +371,11 @@ class ResidualLayer(Module):
         return xp.asarray(out, dtype=xp.float64), clipped
 
     # ------------------------------------------------------------------ geometry
-    def sites(self, layout: Layout, xp) -> _Sites:
+    def sites(self, layout: Layout, xp) -> ActiveSites:
         key = (layout, getattr(xp, "__name__", id(xp)))
         s = self._sites.get(key)
         if s is None:
-            s = _Sites(self.mask, layout, xp)
+            s = ActiveSites(self.mask, layout, xp, dirs=[self.mu])
             hit = paths_avoid_active(self.mask, self.mu, self.paths, layout, xp)
             if hit is not None:
                 raise ValueError(
@@ -414,13 +400,13 @@ class ResidualLayer(Module):
             for W2 in Ws[j + 1:j + len(t["paths"])]:
                 W = W + W2
             j += len(t["paths"])
-            Sd = _gather(layout.shift(W, mu, +1), s, mu, nb, (N, N))
+            Sd = gather_active(layout.shift(W, mu, +1), s, mu, nb, (N, N))
             Sig.append(xp.astype(su_n.dagger(Sd), xp.complex128))
         coef = xp.astype(params["coef"], xp.float64)
         cmax = xp.asarray(self.c_max, dtype=xp.float64)
         if self.context is not None:
             (h_full,), cctx = self.context.forward(sub_params("context", params), X, s.m, layout=layout)
-            h = xp.astype(_gather(h_full, s, mu, nb, (len(self.terms),)), xp.float64)
+            h = xp.astype(gather_active(h_full, s, mu, nb, (len(self.terms),)), xp.float64)
             z = coef + h                                            # (*batch, n_act, n_terms)
         else:
             cctx = None
@@ -460,7 +446,7 @@ class ResidualLayer(Module):
         fr = self._frozen(params, Xf, layout, s)
         nb, mu, N = fr["nb"], self.mu, self.N
         out_links = list(links(Xf, layout))
-        Xa = xp.astype(_gather(out_links[mu], s, mu, nb, (N, N)), xp.complex128)
+        Xa = xp.astype(gather_active(out_links[mu], s, mu, nb, (N, N)), xp.complex128)
         if inverse:
             V = Xa
             U = self._fixed_point(V, fr["Xi"])
@@ -471,8 +457,8 @@ class ResidualLayer(Module):
         if not inverse:
             V = E @ U
         Y = U if inverse else V
-        out_links[mu] = _scatter(xp.astype(Y, Xf.dtype), s, mu, nb, out_links[mu])
-        ld = layout.sum(_scatter(alg["ld"], s, mu, nb))
+        out_links[mu] = scatter_active(xp.astype(Y, Xf.dtype), s, mu, nb, out_links[mu])
+        ld = layout.sum(scatter_density(alg["ld"], s, mu, nb))
         if inverse:
             ld = -ld
         ctx = dict(layout=layout, sites=s, fr=fr, alg=alg, E=E, U=U, V=V, dtype=Xf.dtype, shape=tuple(Xf.shape))
@@ -503,7 +489,7 @@ class ResidualLayer(Module):
         if Y_bar is None:
             Y_bar = xp.zeros(ctx["shape"], dtype=ctx["dtype"])
         Ybl = list(links(Y_bar, layout))
-        Yb = xp.astype(_gather(Ybl[mu], s, mu, nb, (N, N)), xp.complex128)
+        Yb = xp.astype(gather_active(Ybl[mu], s, mu, nb, (N, N)), xp.complex128)
         lb = None
         if ld_bar is not None:
             lb = xp.astype(ld_bar, xp.float64)
@@ -528,7 +514,7 @@ class ResidualLayer(Module):
             Xi_i = -(su_n.dagger(M_impl) @ U)
             Xi_bar = Xi_i if Xi_bar is None else Xi_bar + Xi_i
         in_links = list(Ybl)
-        in_links[mu] = _scatter(xp.astype(X_bar, ctx["dtype"]), s, mu, nb, Ybl[mu])
+        in_links[mu] = scatter_active(xp.astype(X_bar, ctx["dtype"]), s, mu, nb, Ybl[mu])
         # Xi = sum_k c_k Sigma_k
         grads = {}
         c, Sig = fr["c"], fr["Sig"]
@@ -538,7 +524,7 @@ class ResidualLayer(Module):
         for k, t in enumerate(self.terms):
             ck = c[..., k][..., None, None]
             Sd_bar = su_n.dagger(ck * Xi_bar)                     # cotangent of Sigma_k^dag
-            Wb = layout.shift(_scatter(xp.astype(Sd_bar, dtype), s, mu, nb), mu, -1)
+            Wb = layout.shift(scatter_active(xp.astype(Sd_bar, dtype), s, mu, nb), mu, -1)
             W_bars += [Wb] * len(t["paths"])
             cb = xp.real(xp.sum(xp.conj(Xi_bar) * Sig[k], axis=(-2, -1)))   # Re tr(Xi_bar^dag Sigma_k)
             z_bar.append(cb * fr["dc"][..., k])
@@ -550,7 +536,7 @@ class ResidualLayer(Module):
             grads["coef"] = xp.sum(xp.reshape(zb, (-1, len(self.terms))), axis=0)
         out = stack_links(in_links, layout)
         if self.context is not None:
-            hb = _scatter(zb, s, mu, nb)
+            hb = scatter_active(zb, s, mu, nb)
             (Uc, _), g = self.context.vjp(sub_params("context", params), fr["cctx"], hb)
             if need_params:
                 add_grads(grads, g, "context")
@@ -567,12 +553,32 @@ class ResidualLayer(Module):
         s = self.sites(layout, xp)
         fr = self._frozen(params, U, layout, s)
         nb, mu, N = fr["nb"], self.mu, self.N
-        Ua = xp.astype(_gather(links(U, layout)[mu], s, mu, nb, (N, N)), xp.complex128)
-        Ga = xp.astype(_gather(links(force, layout)[mu], s, mu, nb, (N, N)), xp.complex128)
+        Ua = xp.astype(gather_active(links(U, layout)[mu], s, mu, nb, (N, N)), xp.complex128)
+        Ga = xp.astype(gather_active(links(force, layout)[mu], s, mu, nb, (N, N)), xp.complex128)
         CF = (N * N - 1) / (2.0 * N)
         B = Ga + CF * su_n.eye_like(Ga)
         cols = []
         for S in fr["Sig"]:
             per = 2.0 * xp.real(su_n.trace(B @ Ua @ su_n.dagger(S)))
-            cols.append(layout.sum(_scatter(per, s, mu, nb)))
+            cols.append(layout.sum(scatter_density(per, s, mu, nb)))
         return xp.stack(cols, axis=-1)
+
+
+def residual_flow(Nd: int, N: int, pattern=("M2", "M4", "M2", "M4"), families=("plaquette",), *,
+                  field_dependent: bool = False, context_hidden=(8,), context_kernel: int = 3,
+                  context_loops=("plaquette",), context_activation: str = "tanh", bound: float = 0.5,
+                  dtype: str | None = None):
+    """The residual marginal model: a :class:`flows.model.Flow` of :class:`ResidualLayer` s on
+    the masks of :func:`flows.masks.residual_schedule` (default the paper's 48 layers M2, M4,
+    M2, M4 in 4d). ``families`` are the staple terms of every layer; 2x1 rectangles are not
+    frozen on M2 layers (:mod:`flows.masks`), so M2 layers use ``families`` without them."""
+    from .masks import residual_schedule
+    from .model import Flow
+    families = tuple(families)
+    layers = []
+    for m in residual_schedule(Nd, pattern):
+        fams = tuple(f for f in families if not (f == "rectangle" and m.modulus == 2)) or ("plaquette",)
+        layers.append(ResidualLayer(m, Nd, N, fams, field_dependent=field_dependent, context_hidden=context_hidden,
+                                    context_kernel=context_kernel, context_loops=context_loops,
+                                    context_activation=context_activation, bound=bound))
+    return Flow(layers, Nd=Nd, N=N, dtype=dtype)

@@ -281,30 +281,6 @@ def test_config_round_trip():
 
 
 # ---------------------------------------------------------------------- linear response of a flow
-class _Stack:
-    """Minimal composition of layers with the model conventions (parameters 'layer{i}.*')."""
-
-    def __init__(self, layers):
-        self.layers = layers
-
-    def layout_of(self, U, layout):
-        return layout
-
-    def init(self):
-        out = {}
-        for i, l in enumerate(self.layers):
-            out.update({f"layer{i}.{k}": v for k, v in l.init(Rng(i)).items()})
-        return out
-
-    def forward(self, p, U, layout):
-        ld = 0.0
-        for i, l in enumerate(self.layers):
-            (U, d), _ = l.forward({k.split(".", 1)[1]: v for k, v in p.items() if k.startswith(f"layer{i}.")}, U,
-                                  layout=layout)
-            ld = ld + d
-        return U, ld
-
-
 def test_tied_linear_response_is_the_derivative_of_the_flow_log_w():
     """F_K of the fit = d/dc [log w(f(U))] when every layer's constant of class K is c (all
     other constants 0), for a two-pass M2 + M4 flow with plaquette and rectangle terms (2d
@@ -317,8 +293,8 @@ def test_tied_linear_response_is_the_derivative_of_the_flow_log_w():
     S1, S2 = GaugeTarget(Wilson(2.0)), GaugeTarget(Wilson(2.0, lam=0.2))
     layers = [ResidualLayer(m, 2, 3, ("plaquette",) if m.modulus == 2 else ("plaquette", "rectangle"))
               for m in residual_schedule(2, ("M2", "M4"))]
-    model = _Stack(layers)
-    p = model.init()
+    model = flows.Flow(layers, Nd=2, N=3)
+    p = model.init(0)
     U = random_gauge(shape, N=3, batch=(3,), seed=20)
     keys, F, y = linear_response_features(model, p, U, S1, S2, layout=lay)
     assert len(keys) == 4 and F.shape == (3, 4)
@@ -330,7 +306,7 @@ def test_tied_linear_response_is_the_derivative_of_the_flow_log_w():
             for i, l in enumerate(layers):
                 c = [t if k == key else 0.0 for k in l.term_keys]
                 q[f"layer{i}.coef"] = np.array([cm * np.arctanh(ck / cm) for ck, cm in zip(c, l.c_max)])
-            V, ld = model.forward(q, U, lay)
+            V, ld = model.forward(q, U, layout=lay)
             return S2.log_prob(V, lay) - S1.log_prob(U, lay) + ld
         h = 1e-4
         num = (-logw(2 * h) + 8 * logw(h) - 8 * logw(-h) + logw(-2 * h)) / (12 * h)
@@ -354,13 +330,83 @@ def test_linear_response_fit_lowers_the_variance_on_held_out_configurations():
         U, _ = run_hmc(S1, U, n_traj=1, n_steps=5, seed=3 + i, progress=False)
         cfgs.append(U)
     cfgs = np.stack(cfgs)
-    layers = [ResidualLayer(m, 4, 3, ("plaquette",)) for m in residual_schedule(4, ("M2",))]
-    model = _Stack(layers)
-    p, fit = linear_response_fit(model, model.init(), cfgs[:24], GaugeTarget(S1), GaugeTarget(S2), layout=lay)
+    model = flows.residual_flow(4, 3, ("M2",), ("plaquette",))
+    p, fit = linear_response_fit(model, model.init(0), cfgs[:24], GaugeTarget(S1), GaugeTarget(S2), layout=lay)
     assert fit.keys == ["plaquette/temporal-plane/spatial-link", "plaquette/spatial-plane/spatial-link",
                         "plaquette/temporal-plane/temporal-link"] and fit.share_removed > 0.5
     held = cfgs[24:]
-    V, ld = model.forward(p, held, lay)
+    V, ld = model.forward(p, held, layout=lay)
     lw_flow = -S2.action(V, layout=lay) + S1.action(held, layout=lay) + ld
     lw_id = -S2.action(held, layout=lay) + S1.action(held, layout=lay)
     assert np.var(lw_flow) < 0.5 * np.var(lw_id)
+
+
+# ---------------------------------------------------------------------- flows of mixed layers
+def _mixed_flow(Nd, seed=0):
+    """Spectral coupling layers (learned loops) interleaved with residual layers."""
+    from flow_testing import small_layer_kw
+    shape = (4, 4) if Nd == 2 else SHAPE4
+    res = residual_schedule(Nd, ("M2", "M4"))
+    spec = flows.simple_schedule(Nd, 2)
+    layers = [flows.CouplingLayer(spec[0], Nd, 3, "learned", **small_layer_kw(Nd)),
+              _layer(res[1], Nd, field_dependent=True, seed=seed)[0],
+              flows.CouplingLayer(spec[1], Nd, 3, "plaquette", **small_layer_kw(Nd)),
+              _layer(res[2 * Nd + 3], Nd, field_dependent=False, seed=seed)[0]]
+    model = flows.Flow(layers, Nd=Nd, N=3)
+    p = perturbed(model.init(seed), 0.3, seed + 1)
+    for i in (1, 3):
+        l = model.layers[i]
+        c = [0.7 * cm * (-1) ** k for k, cm in enumerate(l.c_max)]
+        p[f"layer{i}.coef"], _ = l.raw_from_coefficients(c, np)
+    return model, p, shape
+
+
+@given(seed=st.integers(0, 2**16), Nd=st.sampled_from([2, 4]))
+def test_mixed_flow_gauge_equivariance_and_inverse(seed, Nd):
+    model, p, shape = _mixed_flow(Nd, seed % 7)
+    lay = Layout(shape)
+    U = random_gauge(shape, N=3, batch=(1,), seed=seed)
+    Om = random_gauge_transformation(shape, N=3, batch=(1,), seed=seed + 1)
+    V, ld = model.forward(p, U, layout=lay)
+    Vg, ldg = model.forward(p, gauge_transform(U, Om, lay), layout=lay)
+    np.testing.assert_allclose(Vg, gauge_transform(V, Om, lay), atol=1e-11)
+    np.testing.assert_allclose(ldg, ld, atol=1e-10)
+    U2, ldi = model.inverse(p, V, layout=lay)
+    np.testing.assert_allclose(U2, U, atol=1e-10)
+    np.testing.assert_allclose(ldi, -ld, atol=1e-10)
+
+
+def test_mixed_flow_vjps_and_fused_path_gradient():
+    """Model VJPs of a mixed flow against finite differences; the fused path-gradient pass
+    equals inverse_ctx + inverse_vjp."""
+    model, p, shape = _mixed_flow(2)
+    lay = Layout(shape)
+    U = random_gauge(shape, N=3, batch=(2,), seed=3)
+    def fwd(pp, X):
+        x, logJ, ctx = model.forward_ctx(pp, X, layout=lay)
+        return (x, logJ), ctx
+
+    def vjp(pp, ctx, xb, lb):
+        zb, g = model.vjp(pp, ctx, xb, lb)
+        return (zb,), g
+    assert_vjp(fwd, vjp, p, (U,), group=(0,), h=2e-5, rtol=1e-6)
+    r = Rng(5)
+    zb, lb = r.complex_normal(U.shape), r.normal((2,))
+    x, logJ, ctx, gq = model.forward_path(p, U, zb, lb, layout=lay)
+    z, lji, ictx = model.inverse_ctx(p, x, layout=lay)
+    ref, _ = model.inverse_vjp(p, ictx, zb, lb)
+    np.testing.assert_allclose(z, U, atol=1e-11)
+    np.testing.assert_allclose(gq, ref, atol=1e-9)
+
+
+def test_residual_flow_files(tmp_path):
+    """A residual flow saved with flows.save loads as the same model (layer types by name)."""
+    model = flows.residual_flow(4, 3, ("M2", "M4"), ("plaquette", "rectangle", "chair"), field_dependent=True,
+                                context_hidden=(2,), context_kernel=1)
+    p = perturbed(model.init(1), 0.2, 2)
+    flows.save(tmp_path / "f.h5", model, p)
+    m2, p2 = flows.load(tmp_path / "f.h5")
+    assert m2.config() == model.config() and [type(l).__name__ for l in m2.layers].count("ResidualLayer") == 24
+    U = random_gauge(SHAPE4, N=3, batch=(1,), seed=4)
+    lay = Layout(SHAPE4)
+    np.testing.assert_array_equal(model.forward(p, U, layout=lay)[0], m2.forward(p2, U, layout=lay)[0])
