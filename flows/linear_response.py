@@ -21,7 +21,7 @@ var(log w) over the ensemble is then the least-squares problem
 
 solved in float64 on the host (:func:`analysis.control_variate_fit`); ``share_removed`` is the fraction of var(y) that (LR2)
 removes at linear order. The fitted c_K are written into the layers' constants
-(a = c_max atanh(c / c_max), clipped at 0.95 c_max with a report); reverse-KL training with
+(a = atanh(c / c_max), clipped at 0.95 c_max with a report); reverse-KL training with
 path gradients refines them (and any field-dependent part) afterwards.
 
 Cost: one target force and one staple evaluation per layer and configuration.

@@ -20,7 +20,7 @@ opposite signs. A temporal link has temporal terms only; so a plaquette-only lay
 term on temporal links and two on spatial links (three classes over a pass, the issue's
 "3 constants").
 
-**Coefficients.** c_k(x) = c_max,k tanh((a_k + h_k(x)) / c_max,k): a learned constant a_k
+**Coefficients.** c_k(x) = c_max,k tanh(a_k + h_k(x)): a learned dimensionless constant a_k
 per term and, with ``field_dependent=True``, h_k(x) from a :class:`flows.ContextNet` of
 gauge-invariant features of loops made of frozen links only (its exclusion mask is the
 layer's active mask, so h does not depend on any active link). The context head starts at
@@ -61,7 +61,7 @@ log-det term) in left coordinates g_U is carried to V by g_V = e^{ad X} J^{-T} g
 (R3)); the implicit dependence through Xi adds Xi_bar = -(dV/dXi)^T g_V. Inverse cotangents
 are valid for perturbations along the group (as for every layer).
 
-**Linear response.** At a = 0, d log w / d a_k = F_k with log w = log p(f(U)) - log r(U) +
+**Linear response.** At c = 0, d log w / d c_k = F_k with log w = log p(f(U)) - log r(U) +
 log J, and (first order of (R1) and (R4); tr D = 2 C_F Re tr M, C_F = (N^2 - 1)/2N)
 
     F_k(U) = sum_active [ 2 C_F Re tr(U Sigma_k^dag) - <grad S_target, P_TA(U Sigma_k^dag)> ]
@@ -353,13 +353,13 @@ class ResidualLayer(Module):
                 + (" field-dependent" if self.field_dependent else ""))
 
     def coefficients(self, params):
-        """The constant parts c_k = c_max,k tanh(a_k / c_max,k) (host floats)."""
+        """The constant parts c_k = c_max,k tanh(a_k) (host floats)."""
         from lattice.backend import to_host
         a = to_host(params["coef"])
-        return [cm * math.tanh(float(a[k]) / cm) for k, cm in enumerate(self.c_max)]
+        return [cm * math.tanh(float(a[k])) for k, cm in enumerate(self.c_max)]
 
     def raw_from_coefficients(self, c, xp, clip: float = 0.95):
-        """Parameters a_k with c_max tanh(a_k / c_max) = c_k (clipped to ``clip`` c_max);
+        """Parameters a_k with c_max tanh(a_k) = c_k (|c_k| clipped to ``clip`` c_max);
         returns (array, list of the k that were clipped)."""
         out, clipped = [], []
         for k, (ck, cm) in enumerate(zip(c, self.c_max)):
@@ -367,7 +367,7 @@ class ResidualLayer(Module):
             if abs(r) > clip:
                 clipped.append(k)
                 r = math.copysign(clip, r)
-            out.append(cm * math.atanh(r))
+            out.append(math.atanh(r))
         return xp.asarray(out, dtype=xp.float64), clipped
 
     # ------------------------------------------------------------------ geometry
@@ -411,7 +411,7 @@ class ResidualLayer(Module):
         else:
             cctx = None
             z = xp.reshape(coef, (1,) * (nb + 1) + (len(self.terms),))
-        th = xp.tanh(z / cmax)
+        th = xp.tanh(z)
         c = cmax * th                                               # c_k(x)
         Xi = None
         for k, S in enumerate(Sig):
@@ -419,7 +419,7 @@ class ResidualLayer(Module):
             Xi = term if Xi is None else Xi + term
         n_act = s.n_active[mu]
         Xi = xp.broadcast_to(Xi, tuple(X.shape[:nb]) + (n_act, N, N))
-        return dict(Sig=Sig, c=c, dc=1.0 - th * th, Xi=Xi, wctx=wctx, cctx=cctx, nb=nb)
+        return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, cctx=cctx, nb=nb)
 
     def _fixed_point(self, V, Xi):
         """U with exp(X(U)) U = V, X(U) = P_TA(U Xi^dag), by U <- exp(-X(U)) V."""
@@ -545,7 +545,7 @@ class ResidualLayer(Module):
 
     # ------------------------------------------------------------------ linear response
     def linear_response(self, params, U, force, layout: Layout | None = None):
-        """F_k(U) = d log w / d a_k at a = 0 (module docstring), float64 (*batch, n_terms):
+        """F_k(U) = d log w / d c_k at c = 0 (module docstring), float64 (*batch, n_terms):
         sum over the active links of 2 Re tr((C_F + G) U Sigma_k^dag), G = ``force`` the su(N)
         gradient of -log p_target at U (shape of U)."""
         layout = checked_layout(U, layout, self.Nd, self.N, "residual layer")

@@ -263,7 +263,7 @@ def test_linear_response_is_the_derivative_of_log_w():
             def logw(t):
                 q = dict(p)
                 q["coef"] = p["coef"].copy()
-                q["coef"][k] = t
+                q["coef"][k] = np.arctanh(t / layer.c_max[k])
                 (V, ld), _ = layer.forward(q, U, layout=lay)
                 return -S.action(V, layout=lay) + ld
             h = 1e-3 * layer.c_max[k]
@@ -305,7 +305,7 @@ def test_tied_linear_response_is_the_derivative_of_the_flow_log_w():
             q = dict(p)
             for i, l in enumerate(layers):
                 c = [t if k == key else 0.0 for k in l.term_keys]
-                q[f"layer{i}.coef"] = np.array([cm * np.arctanh(ck / cm) for ck, cm in zip(c, l.c_max)])
+                q[f"layer{i}.coef"] = np.array([np.arctanh(ck / cm) for ck, cm in zip(c, l.c_max)])
             V, ld = model.forward(q, U, layout=lay)
             return S2.log_prob(V, lay) - S1.log_prob(U, lay) + ld
         h = 1e-4
