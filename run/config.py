@@ -39,14 +39,17 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "hmc": {"n_traj": (int, 100), "n_therm": (int, 20), "tau": ((int, float), 1.0), "n_steps": (int, 10),
             "n_steps_gauge": (int, 4), "integrator": (str, "omelyan"), "save_every": (int, 1),
             "start": (str, "hot"), "lam": ((int, float), 0.0)},
-    "flow": {"loops": (str, "learned"), "n_layers": (int, 8), "schedule": (str, "simple"),
+    "flow": {"kind": (str, "spectral"), "masks": (list, ["M2", "M4", "M2", "M4"]),
+             "families": (list, ["plaquette", "rectangle"]), "field_dependent": (bool, False),
+             "bound": ((int, float), 0.5),
+             "loops": (str, "learned"), "n_layers": (int, 8), "schedule": (str, "simple"),
              "staple_layers": (int, 2), "staple_width": (int, 8), "context_channels": (int, 8),
              "context_kernel": (int, 3), "spline_bins": (int, 8), "dtype": (str, "complex128")},
     "train": {"lam1": ((int, float), 0.0), "lam2": ((int, float), 0.0), "base": (str, "haar"),
               "steps": (int, 100), "batch_size": (int, 16), "lr": ((int, float), 1e-3), "warmup": (int, 0),
               "schedule": (str, "cosine"), "clip": ((int, float), 10.0), "estimator": (str, "path"),
               "holdout": ((int, float), 0.25), "holdout_every": (int, 10), "checkpoint_every": (int, 10),
-              "shape": (list, []), "exact_fermions": (bool, False)},
+              "shape": (list, []), "exact_fermions": (bool, False), "init": (str, "identity")},
     "evaluate": {"n_shots": (int, 4)},
     "measure": {"n_sources": (int, 16), "flowed": (bool, True)},
     "analyze": {"t_min": (list, []), "t_max": (int, 0), "n_states": (int, 1), "bin_size": (int, 1),
@@ -151,6 +154,7 @@ def _check_consistency(c: dict, source: str):
         raise ConfigError(f"{source}: hmc.integrator must be 'omelyan' or 'leapfrog'")
     if c["hmc"]["start"] not in ("hot", "cold"):
         raise ConfigError(f"{source}: hmc.start must be 'hot' or 'cold'")
+    _check_flow(c, source)
     if c["flow"]["loops"] not in ("learned", "plaquette", "rectangle"):
         raise ConfigError(f"{source}: flow.loops must be learned, plaquette or rectangle")
     if c["flow"]["dtype"] not in ("complex128", "complex64"):
@@ -160,15 +164,48 @@ def _check_consistency(c: dict, source: str):
                           "needs two different Feynman-Hellmann couplings (set train.lam2)")
     if c["train"]["shape"] and shape is not None and len(c["train"]["shape"]) != len(shape):
         raise ConfigError(f"{source}: train.shape {c['train']['shape']} must have as many axes as lattice.shape {shape}")
-    if not 0 <= c["train"]["warmup"] < c["train"]["steps"]:
+    if not (0 <= c["train"]["warmup"] < c["train"]["steps"]
+            or (c["train"]["steps"] == 0 == c["train"]["warmup"] and c["train"]["init"] == "linear-response")):
         raise ConfigError(f"{source}: train.warmup = {c['train']['warmup']} must lie in [0, train.steps = "
-                          f"{c['train']['steps']})")
+                          f"{c['train']['steps']}) (train.steps = 0 only with train.init = 'linear-response')")
     if c["train"]["estimator"] not in ("path", "plain"):
         raise ConfigError(f"{source}: train.estimator must be 'path' or 'plain'")
     if c["train"]["base"] not in ("haar", "ensemble"):
         raise ConfigError(f"{source}: train.base must be 'haar' or 'ensemble'")
     if c["job"]["backend"] not in ("numpy", "cupy"):
         raise ConfigError(f"{source}: job.backend must be 'numpy' or 'cupy'")
+
+
+def _check_flow(c: dict, source: str):
+    """The flow architecture and its initialisation against the lattices it is used on."""
+    f, t = c["flow"], c["train"]
+    if f["kind"] not in ("spectral", "residual"):
+        raise ConfigError(f"{source}: flow.kind must be 'spectral' (coupling layers with spectral maps, the paper's "
+                          f"section 2) or 'residual' (U' = exp(X) U, the correlated-ensemble model of section 3), "
+                          f"got {f['kind']!r}")
+    if t["init"] not in ("identity", "linear-response"):
+        raise ConfigError(f"{source}: train.init must be 'identity' or 'linear-response', got {t['init']!r}")
+    if t["init"] == "linear-response" and (f["kind"] != "residual" or t["base"] != "ensemble"):
+        raise ConfigError(f"{source}: train.init = 'linear-response' fits the constants of a residual flow on the "
+                          f"lambda_1 ensemble: it needs flow.kind = 'residual' and train.base = 'ensemble'")
+    if f["kind"] != "residual":
+        return
+    if not f["masks"] or any(m not in ("M2", "M4") for m in f["masks"]):
+        raise ConfigError(f"{source}: flow.masks must be a non-empty list of 'M2' and 'M4' (one pass over all links "
+                          f"each; the paper: [\"M2\", \"M4\", \"M2\", \"M4\"]), got {f['masks']}")
+    fams = ("plaquette", "rectangle", "chair")
+    if not f["families"] or any(x not in fams for x in f["families"]) or len(set(f["families"])) != len(f["families"]):
+        raise ConfigError(f"{source}: flow.families must be distinct entries of {list(fams)}, got {f['families']}")
+    if not 0 < f["bound"] <= 0.5:
+        raise ConfigError(f"{source}: flow.bound must lie in (0, 0.5] (the residual coefficients' bound that keeps the "
+                          f"inverse a contraction), got {f['bound']}")
+    m = 4 if "M4" in f["masks"] else 2
+    shapes = [("lattice.shape", c["lattice"].get("shape"))] + ([("train.shape", t["shape"])] if t["shape"] else [])
+    for key, shape in shapes:
+        if shape and any(L % m for L in shape):
+            raise ConfigError(f"{source}: {key} = {shape}: residual flows with {'M4' if m == 4 else 'M2'} masks need "
+                              f"extents divisible by {m}" + ("; use flow.masks = [\"M2\", \"M2\"] on this lattice"
+                                                             if m == 4 and not any(L % 2 for L in shape) else ""))
 
 
 def dump_toml(cfg: dict) -> str:

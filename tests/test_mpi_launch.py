@@ -175,7 +175,7 @@ def test_mpirun_evaluate_reproduces_the_single_process_flow_evaluation(tmp_path)
     import shutil
     from lattice.io import RecordStore, EnsembleStore
     small = ("--set", "hmc.n_traj=4", "--set", "flow.n_layers=2", "--set", "train.steps=1", "--set", "train.warmup=0",
-             "--set", "train.batch_size=1", "--set", "train.holdout_every=0")
+             "--set", "train.batch_size=1", "--set", "train.holdout_every=0", "--set", "train.init=identity")
     s, p = tmp_path / "s", tmp_path / "p"
     for cmd in ("hmc", "train", "evaluate"):
         r = _launch(0, ["-m", "run", cmd] + _hmc_args(s)[3:] + list(small), tmp_path)

@@ -5,7 +5,8 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
   (correlated ensembles lambda_1 -> lambda_2) and with epsilon-reweighting (exact derivative
   -<C O> + <C><O>), one jackknife per method, correlated single-cosh fits;
 * the variance-reduction factor r = (err_eps / err_flow)^2 per t_min;
-* the ESS of the flow weights and of plain reweighting (identity flow, log w = -dlambda O);
+* the ESS of the flow weights and of plain reweighting (identity flow, log w = -dlambda O),
+  and the share of var(log w) that the flow removes, 1 - var(log w) / var(dlambda O);
 * the cost model of eq. 19: per-configuration costs measured in this run (timings.json)
   and the break-even number of configurations, next to the paper's own numbers;
 * plots `effective_mass.png` and `x_g_vs_tmin.png` (like Fig. 2); `results.json`.
@@ -66,9 +67,12 @@ def analyze(ctx: JobContext):
     r = (ee / ef) ** 2
     dlam = t["lam2"] - t["lam1"]
     ess_flow, ess_id = float(ess(lw)), float(ess(-dlam * (O - O.mean())))
+    var_id = float(np.var(dlam * O))
+    share = 1.0 - float(np.var(lw)) / var_id if var_id > 0 else 0.0
     res = {"n_configs": n, "lam1": t["lam1"], "lam2": t["lam2"], "t_min": [int(x) for x in t_mins], "t_max": t_max,
            "x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist(), "x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist(),
            "variance_reduction": r.tolist(), "ess_flow": ess_flow, "ess_identity": ess_id,
+           "var_log_w_removed": share,
            "mass": flow.mass[0].tolist(), "mass_err": flow.mass[1].tolist()}
     r_med = float(np.median(r))
     costs = _stage_costs(ctx)
@@ -107,7 +111,8 @@ def run(ctx: JobContext):
             f"{res['n_configs']} configurations, lambda {res['lam1']} -> {res['lam2']}, fits [t_min, {res['t_max']}]:")
     ctx.say(_table(res))
     ctx.say(f"median variance reduction r = {np.median(res['variance_reduction']):.2f}; "
-            f"ESS of flow weights {res['ess_flow']:.3f} (plain reweighting without a flow: {res['ess_identity']:.3f})")
+            f"ESS of flow weights {res['ess_flow']:.3f} (plain reweighting without a flow: {res['ess_identity']:.3f}); "
+            f"the flow removes {100 * res['var_log_w_removed']:.1f}% of var(log w)")
     cp = res["cost_paper"]
     ctx.say(f"cost model (eq. 19), paper's numbers: c_f = {cp['c_flow']:.2f}, c_eps = {cp['c_eps']:.2f} {cp['unit']}, "
             f"training {cp['training']:g} {cp['unit']}: break-even N = {cp['break_even']['5.0']:.0f} (r=5), "

@@ -5,7 +5,9 @@ ensemble (any volume, any rank count) and compute its reweighting factor to lamb
 
 the last term (Nf = 2 only) estimated with `evaluate.n_shots` pseudofermion noise vectors on
 the even-odd operator (`fermions.log_det_ratio`). Outputs `evaluate.h5` (per configuration:
-log J, the action difference, the per-shot determinant log-weights, log w) and `flowed.h5`
+log J, the action difference, the per-shot determinant log-weights, log w, and the log-weight
+of plain reweighting without a flow, S_lambda1(U) - S_lambda2(U), for the share of var(log w)
+that the flow removes) and `flowed.h5`
 (the flowed ensemble f(U), labelled with the lambda_2 action). Resumes after a kill.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def run(ctx: JobContext):
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
              "fermions": dict(f) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
     cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((max(n_shots, 1),)),
-            "log_det_W": Column(), "log_w": Column()}
+            "log_det_W": Column(), "log_w": Column(), "log_w_identity": Column()}
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
@@ -62,7 +64,9 @@ def run(ctx: JobContext):
         for i in range(start, n):
             U = src.read(i, xp=ctx.xp)[None]
             V, logJ = model.forward(params, U, layout=ctx.layout)
-            dS = float(S2.action(V, ctx.layout)[0] - S1.action(U, ctx.layout)[0])
+            s1 = S1.action(U, ctx.layout)[0]
+            dS = float(S2.action(V, ctx.layout)[0] - s1)
+            dS_id = float(S2.action(U, ctx.layout)[0] - s1)
             lj = float(logJ[0])
             if n_shots:
                 from fermions import log_det_ratio
@@ -75,15 +79,17 @@ def run(ctx: JobContext):
             if len(flowed) <= i:
                 flowed.append(V[0], index=i, logJ=lj)
             out.append({"index": i, "logJ": lj, "dS": dS, "log_det": shots, "log_det_W": lW,
-                        "log_w": -dS + lj + lW})
+                        "log_w": -dS + lj + lW, "log_w_identity": -dS_id})
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        lw = out.column("log_w")
+        lw, lw_id = out.column("log_w"), out.column("log_w_identity")
     elapsed = time.perf_counter() - t0
     if n > start:
         ctx.record_timing("evaluate", elapsed, n - start)
-    ctx.say(f"evaluated {len(lw)} configurations: ESS of the flow reweighting {ess(lw):.3f} "
-            f"(lambda {lam1} -> {lam2}{', %d noise shots' % n_shots if n_shots else ''})")
+    v, v0 = float(np.var(lw)), float(np.var(lw_id))
+    ctx.say(f"evaluated {len(lw)} configurations (lambda {lam1} -> {lam2}{', %d noise shots' % n_shots if n_shots else ''}): "
+            f"ESS {ess(lw_id):.3f} without the flow -> {ess(lw):.3f} with it; var(log w) {v0:.4g} -> {v:.4g}, "
+            f"{100 * (1 - v / v0) if v0 > 0 else 0.0:.1f}% removed")
     return ctx.path("evaluate.h5")

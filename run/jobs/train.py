@@ -36,8 +36,15 @@ def flow_path(ctx: JobContext):
 
 
 def make_model(cfg, Nd: int, N: int):
+    """The flow of ``[flow]``: the residual model (``kind = "residual"``, masks ``flow.masks``,
+    staple terms ``flow.families``, optional field-dependent coefficients from a context network
+    of width ``context_channels``) or the spectral coupling-layer flow."""
     import flows
     f = cfg["flow"]
+    if f["kind"] == "residual":
+        return flows.residual_flow(Nd, N, tuple(f["masks"]), tuple(f["families"]), field_dependent=f["field_dependent"],
+                                   context_hidden=(f["context_channels"],), context_kernel=f["context_kernel"],
+                                   bound=f["bound"], dtype=f["dtype"])
     return flows.SpectralFlow(Nd, N, f["n_layers"], loops=f["loops"], schedule=f["schedule"],
                               staple_width=f["staple_width"], staple_layers=f["staple_layers"],
                               context_channels=f["context_channels"], context_kernel=f["context_kernel"],
@@ -77,6 +84,29 @@ def _base_ensemble(ctx: JobContext, shape):
     with EnsembleStore.open(path, "r", layout=sctx.layout, expect={"action": make_action(cfg, lam1).params()}) as ens:
         U = ctx.xp.stack([ens.read(i, xp=ctx.xp) for i in range(len(ens))])
     return U, sctx.layout
+
+
+def _linear_response_init(ctx: JobContext, model, params, base, base_target, target, layout):
+    """Fit the residual flow's tied constants on the training configurations (first order of
+    log w, :mod:`flows.linear_response`) and report the held-out ESS and var(log w) of the
+    identity and of the fitted flow."""
+    import time
+    import flows
+    t0 = time.perf_counter()
+    bs = ctx.cfg["train"]["batch_size"]
+    configs = base.configs[:base.n_train]
+    fitted, fit = flows.linear_response_fit(model, params, configs, base_target, target, layout=layout,
+                                            batch_size=bs)
+    ctx.say(fit.describe())
+    out = {"linear_response": fit.as_dict()}
+    for name, p in (("identity", params), ("linear_response", fitted)):
+        e, _, lw = flows.evaluate_holdout(model, p, base, target, layout, base.n_holdout, bs)
+        out[f"holdout_{name}"] = {"ess": e, "var_log_w": float(np.var(lw))}
+    v0, v1 = out["holdout_identity"]["var_log_w"], out["holdout_linear_response"]["var_log_w"]
+    ctx.say(f"held out ({base.n_holdout} configurations): var(log w) {v0:.4g} (identity) -> {v1:.4g} (linear response), "
+            f"{100 * (1 - v1 / v0) if v0 > 0 else 0.0:.1f}% removed; ESS {out['holdout_identity']['ess']:.3f} -> "
+            f"{out['holdout_linear_response']['ess']:.3f} ({time.perf_counter() - t0:.1f} s)")
+    return fitted, out
 
 
 def _running_mean(x, n: int):
@@ -133,26 +163,35 @@ def run(ctx: JobContext):
     t0 = time.perf_counter()
     model = make_model(cfg, len(shape), N)
     params = model.init(cfg["job"]["seed"])
-    params, hist = flows.train(model, params, target, base, steps=t["steps"], batch_size=t["batch_size"],
-                               estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"], warmup=t["warmup"],
-                               schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
-                               holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
-                               checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
-                               layout=layout, log=ctx.log, run_info=run_info)
+    extra = {}
+    if t["init"] == "linear-response":
+        params, extra = _linear_response_init(ctx, model, params, base, base_target, target, layout)
+    hist = flows.TrainHistory()
+    if t["steps"] > 0:
+        params, hist = flows.train(model, params, target, base, steps=t["steps"], batch_size=t["batch_size"],
+                                   estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"], warmup=t["warmup"],
+                                   schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
+                                   holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
+                                   checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
+                                   layout=layout, log=ctx.log, run_info=run_info)
     ctx.record_timing("train", time.perf_counter() - t0, 0, lattice=shape)
     if ctx.root:
         flows.save(flow_path(ctx), model, params, extra={"run_info": run_info, "history": hist.as_dict(),
-                                                        "lattice": list(shape)})
+                                                        "lattice": list(shape), **extra})
         atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
-        from analysis import plot_training
-        curves = {f"{cfg['flow']['loops']} loops, batch (mean of 10 steps)":
-                  {"step": hist.step, "ess": _running_mean(hist.ess, 10), "loss": _running_mean(hist.loss, 10)}}
-        if hist.holdout_ess:
-            curves["held out"] = {"step": hist.holdout_step, "ess": hist.holdout_ess, "loss": hist.holdout_loss}
-        plot_training(curves, filename=str(ctx.path("training.png")))
-    ess0, essf = (hist.ess[0], hist.ess[-1]) if hist.ess else (float("nan"),) * 2
-    ho = (f", held-out ESS {hist.holdout_ess[0]:.3f} (untrained) -> {hist.holdout_ess[-1]:.3f}"
-          if len(hist.holdout_ess) > 1 else "")
-    ctx.say(f"trained {t['steps']} steps: batch ESS {ess0:.3f} -> {np.mean(hist.ess[-10:]):.3f}{ho}; "
-            f"flow written to {flow_path(ctx)}")
+        if hist.step:
+            from analysis import plot_training
+            name = (f"{cfg['flow']['loops']} loops" if cfg["flow"]["kind"] == "spectral" else "residual flow")
+            curves = {f"{name}, batch (mean of 10 steps)":
+                      {"step": hist.step, "ess": _running_mean(hist.ess, 10), "loss": _running_mean(hist.loss, 10)}}
+            if hist.holdout_ess:
+                curves["held out"] = {"step": hist.holdout_step, "ess": hist.holdout_ess, "loss": hist.holdout_loss}
+            plot_training(curves, filename=str(ctx.path("training.png")))
+    if hist.ess:
+        ho = (f", held-out ESS {hist.holdout_ess[0]:.3f} (start) -> {hist.holdout_ess[-1]:.3f}"
+              if len(hist.holdout_ess) > 1 else "")
+        ctx.say(f"trained {t['steps']} steps: batch ESS {hist.ess[0]:.3f} -> {np.mean(hist.ess[-10:]):.3f}{ho}; "
+                f"flow written to {flow_path(ctx)}")
+    else:
+        ctx.say(f"no training steps (train.steps = 0); flow written to {flow_path(ctx)}")
     return flow_path(ctx)
