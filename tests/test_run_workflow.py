@@ -371,3 +371,10 @@ def test_residual_flow_workflow_reduces_the_variance_of_log_w(tmp_path):
     model, _ = flows.load(out / "flow.h5")
     assert type(model).__name__ == "Flow" and len(model.layers) == 24
     assert flows.read_config(out / "flow.h5")["linear_response"]["share_removed"] > 0.5
+
+
+def test_spectral_flow_that_misses_links_is_warned_about(workflow):
+    """TINY's spectral flow has 2 direction layers on a 4d lattice (2 Nd = 8 needed to update
+    every link): `train` says so before training."""
+    _, logs = workflow[0]
+    assert "leave some links untouched" in logs["train"] and "raise flow.n_layers" in logs["train"]

@@ -86,6 +86,18 @@ def _base_ensemble(ctx: JobContext, shape):
     return U, sctx.layout
 
 
+def _warn_uncovered_links(ctx: JobContext, model, layout):
+    """A flow whose masks leave links untouched cannot move them (e.g. a spectral "simple"
+    schedule with fewer than 2 Nd layers): say so before training."""
+    import flows
+    try:
+        flows.check_covers_every_link(layout, [l.mask for l in model.layers])
+    except ValueError:
+        ctx.say(f"warning: the flow's {len(model.layers)} layers leave some links untouched (a spectral 'simple' "
+                f"schedule needs 2 Nd = {2 * layout.Nd} layers, 4 Nd with rectangle loops, to update every link "
+                f"once): those links keep their lambda_1 distribution; raise flow.n_layers")
+
+
 def _linear_response_init(ctx: JobContext, model, params, base, base_target, target, layout):
     """Fit the residual flow's tied constants on the training configurations (first order of
     log w, :mod:`flows.linear_response`) and report the held-out ESS and var(log w) of the
@@ -162,6 +174,7 @@ def run(ctx: JobContext):
     import time
     t0 = time.perf_counter()
     model = make_model(cfg, len(shape), N)
+    _warn_uncovered_links(ctx, model, layout)
     params = model.init(cfg["job"]["seed"])
     extra = {}
     if t["init"] == "linear-response":
