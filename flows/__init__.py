@@ -1,4 +1,6 @@
-"""gaugeflow.flows: gauge-equivariant spectral normalizing flows with hand-written adjoints."""
+"""gaugeflow.flows: gauge-equivariant normalizing flows for SU(N) lattice gauge fields -- spectral
+coupling layers with learned active loops (paper section 2) and residual layers for correlated
+ensembles (section 3), composed by :class:`Flow` -- with hand-written adjoints."""
 
 # --- staplenet block: projection, staple and context networks, paths, Adam, parameter files ---
 from .module import Module, Params
