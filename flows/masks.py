@@ -99,10 +99,13 @@ class LayerMask:
         return s + (f" loop={self.orientation}" if self.orientation else "")
 
     def as_dict(self) -> dict:
-        return {"kind": self.kind, "mu": self.mu, "parity": self.parity,
-                "offset": list(self.offset) if self.offset is not None else None,
-                "orientation": list(self.orientation) if self.orientation is not None else None,
-                "along": self.along, "modulus": self.modulus}
+        d = {"kind": self.kind, "mu": self.mu, "parity": self.parity,
+             "offset": list(self.offset) if self.offset is not None else None,
+             "orientation": list(self.orientation) if self.orientation is not None else None,
+             "along": self.along}
+        if self.modulus is not None:          # checker masks only (older files have no such key)
+            d["modulus"] = self.modulus
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerMask":
