@@ -80,6 +80,28 @@ def _action_dict(action) -> dict:
     return dict(action)
 
 
+def _existing_state(path, kind: str, expect: dict) -> str:
+    """How ``open_or_create`` treats ``path``: "create" (absent), "resume" (it holds records, or
+    it is empty and matches ``expect``: opening it checks the rest), "replace" (it holds no
+    committed record and was made with other settings, e.g. by a run that failed or was
+    refused before its first record: it blocks nothing and is recreated)."""
+    from .store import check_expected
+    if not os.path.exists(path):
+        return "create"
+    try:
+        with RecordStore.open(path, "r", check_conventions=False) as st:
+            if st.n:
+                return "resume"
+            if st.kind != kind:
+                return "replace"
+            check_expected(st.attrs, expect, path)
+    except MismatchError:
+        return "replace"
+    except CorruptFileError:
+        return "resume"      # opening it again reports the damage
+    return "resume"
+
+
 class EnsembleStore:
     """An HDF5 file of gauge configurations (see the module docstring).
 
@@ -182,12 +204,12 @@ class EnsembleStore:
         ``action``, ``storage`` and every entry of ``meta`` (else MismatchError: a restarted
         job never silently appends to a different ensemble); otherwise it is created.
         """
-        exists = on_root(layout, lambda: os.path.exists(path), bcast_result=True)
-        if not exists:
-            return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
-                              storage=storage, durable=durable)
         expect = {"lattice_shape": tuple(int(n) for n in lattice_shape), "N": int(N), "storage": storage,
                   "action": _action_dict(action), "meta": dict(meta or {})}
+        state = on_root(layout, lambda: _existing_state(path, KIND, expect), bcast_result=True)
+        if state != "resume":
+            return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
+                              storage=storage, durable=durable, overwrite=state == "replace")
         return cls.open(path, "a", layout=layout, expect=expect, durable=durable)
 
     # ----------------------------------------------------------------- header
@@ -327,7 +349,11 @@ class EnsembleStore:
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
-        on_root(self.layout, lambda: self._store.close() if self._store is not None else None)
+        """Close the file (rank 0; a no-op elsewhere). No collective call: ``close`` runs while an
+        exception unwinds through ``with`` blocks, possibly on one rank only, and must never wait
+        for the other ranks (an error while closing is raised on rank 0 alone)."""
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self):
         return self

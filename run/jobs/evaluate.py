@@ -41,7 +41,7 @@ def run(ctx: JobContext):
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
     seed = cfg["job"]["seed"] + 1000
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
-             "fermions": dict(f) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
+             "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
     cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((max(n_shots, 1),)),
             "log_det_W": Column(), "log_w": Column()}
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
@@ -67,7 +67,7 @@ def run(ctx: JobContext):
             if n_shots:
                 from fermions import log_det_ratio
                 r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, seed + i, tol=f["cg_tol"],
-                                  layout=ctx.layout, bc=f["bc_time"])
+                                  maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"])
                 shots = np.asarray(r.log_weights, float).reshape(n_shots)
                 lW = float(np.asarray(r.log_W).reshape(()))
             else:
