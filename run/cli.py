@@ -129,9 +129,8 @@ def _one_line(text: str) -> str:
 
 def _report(exc, args, comm) -> None:
     """Print the one-line message (stderr) and log the traceback (gaugeflow.log, if open)."""
-    import logging
     import traceback
-    from fermions import CGNotConverged
+    from .parallel import log_to_file
     if isinstance(exc, ConfigError):
         line = f"gaugeflow: configuration error: {_one_line(exc)}"
     else:
@@ -144,15 +143,9 @@ def _report(exc, args, comm) -> None:
     if comm is not None:
         line = f"[rank {comm.Get_rank()}] " + line
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-    log = logging.getLogger("gaugeflow")
-    files = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
-    for h in files:
-        try:
-            rec = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"{line}\n{tb}", None, None)
-            h.handle(rec)
-            h.flush()
-        except Exception:  # never let logging hide the error itself
-            pass
+    from lattice.io._parallel import raised_on_all_ranks
+    if comm is None or comm.Get_rank() == 0 or not raised_on_all_ranks(exc):
+        log_to_file(f"{line}\n{tb}")      # once per job, or from the rank that failed alone
     try:
         sys.stdout.flush()
     except Exception:  # pragma: no cover
@@ -176,6 +169,7 @@ def main(argv=None) -> int:
     from .parallel import world, install_abort_on_error
     comm = world()
     install_abort_on_error(comm)
+    _close_log()
     ctx = None
     try:
         try:
@@ -208,7 +202,22 @@ def main(argv=None) -> int:
             print(f"gaugeflow: command {args.command!r} is not available in this version", file=sys.stderr)
             return 2
         raise
+    else:
+        _close_log()
     return 0
+
+
+def _close_log():
+    """Forget the job log of an earlier main() in this process (tests call main repeatedly)."""
+    import logging
+    log = logging.getLogger("gaugeflow")
+    for h in list(log.handlers):
+        try:
+            h.close()
+        except Exception:  # pragma: no cover
+            pass
+    log.handlers.clear()
+    log.gaugeflow_logfile = None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,6 +85,7 @@ def _logger(out: Path, root: bool) -> logging.Logger:
     log.handlers.clear()
     log.setLevel(logging.INFO)
     log.propagate = False
+    log.gaugeflow_logfile = str(out / "gaugeflow.log")    # for errors on ranks without a handler
     if root:
         out.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(out / "gaugeflow.log")
@@ -130,11 +131,15 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
     out = Path(cfg["job"]["output"])
     xp = L.get_namespace(cfg["job"]["backend"])
     shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
-    try:
-        layout = L.Layout(shape, comm=comm)
-    except L.LayoutError as exc:
-        raise ConfigError(str(exc)) from exc
-    check_layout(cfg, command, layout, source=cfg.get("_source", "config"))
+    from lattice.io._parallel import mark_all_ranks
+    try:   # decided identically on every rank: each reports it and returns (no abort needed)
+        try:
+            layout = L.Layout(shape, comm=comm)
+        except L.LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
+        check_layout(cfg, command, layout, source=cfg.get("_source", "config"))
+    except ConfigError as exc:
+        raise mark_all_ranks(exc)
     root = layout.rank == 0
     lock = OutputLock(out, command)
     on_root(layout, lock.acquire)
