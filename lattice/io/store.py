@@ -227,6 +227,31 @@ def _chunks(rec_shape, itemsize, max_bytes=MAX_CHUNK_BYTES):
     return tuple(chunk)
 
 
+# --------------------------------------------------------------------------- free space
+SPACE_MARGIN = 1 << 20   # bytes kept free beyond a record's data (HDF5 metadata, chunk index)
+
+
+def _check_space(path, nbytes: int, index: int) -> None:
+    """Raise ``OSError(ENOSPC)`` unless the file system of ``path`` has room for a record of
+    ``nbytes`` (plus :data:`SPACE_MARGIN`), *before* anything is written.
+
+    HDF5 does not survive a write that fails for lack of space: the library is left with
+    dirty cached metadata it cannot write, h5py reports errors while freeing dataset ids and
+    the next flush or close crashes the interpreter (segmentation fault). Checking first keeps
+    every committed record readable and the store open and consistent; another process
+    filling the disk between the check and the write can still hit that crash."""
+    import errno
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs here
+        return
+    free = st.f_bavail * st.f_frsize
+    need = int(nbytes) + SPACE_MARGIN
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device: record {index} of {path} needs about {need} bytes, "
+                      f"{free} are free (nothing was written; the committed records are intact)", str(path))
+
+
 # --------------------------------------------------------------------------- the store
 class RecordStore:
     """An append-only HDF5 record store (see the module docstring). Use :meth:`create`
@@ -489,6 +514,8 @@ class RecordStore:
                              f"{sorted(record)} (missing {sorted(set(cols) - set(record))}, "
                              f"unexpected {sorted(set(record) - set(cols))})")
         prepared = {name: self._coerce(name, cols[name], record[name]) for name in cols}
+        _check_space(self.path, sum(len(a.encode("utf-8")) if isinstance(a, str) else np.asarray(a).nbytes
+                                    for a, _ in prepared.values()), self.n)
         if not self._session_logged:
             self._log_session()
         i = self.n
