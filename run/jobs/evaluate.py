@@ -14,13 +14,13 @@ import time
 
 import numpy as np
 
-from lattice.io import EnsembleStore
+from lattice.io import EnsembleStore, on_root
 
 from ..config import ConfigError
 from ..context import JobContext, make_action, file_digest
 from ..records import RankStore, Column
 from . import hmc as hmc_job
-from .train import flow_path
+from .train import flow_path, check_flow_matches
 
 __all__ = ["run", "KIND"]
 
@@ -47,6 +47,11 @@ def run(ctx: JobContext):
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
+    try:   # the flow must be the one this config trains (also in a fresh directory)
+        on_root(ctx.layout, lambda: check_flow_matches(cfg, flow_path(ctx)))
+    except BaseException:
+        src.close()
+        raise
     flowed = EnsembleStore.open_or_create(ctx.path("flowed.h5"), lattice_shape=shape, N=N, action=S2.params(),
                                           meta={"flow_sha256": digest, "lam1": lam1}, layout=ctx.layout)
     t0 = time.perf_counter()
