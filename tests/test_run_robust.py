@@ -518,3 +518,43 @@ def test_layout_functions_refuse_arrays_of_the_wrong_shape():
         lay.local_part(U, inner=2)
     with pytest.raises(L.LayoutError, match="does not fit"):
         lay.sum(dens[..., :4], inner=0)
+
+
+def test_a_bit_flip_in_hdf5_metadata_is_a_corrupt_file_error(made, tmp_path, capsys):
+    """Formerly a raw KeyError ('incorrect metadata checksum', 'bad object header ...')."""
+    from lattice.io import EnsembleStore, CorruptFileError
+    src = (made / "ensemble.h5").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    p = out / "ensemble.h5"
+    for off in range(0, 4096, 3):                      # the superblock and root object header
+        d = bytearray(src)
+        d[off] ^= 0x10
+        p.write_bytes(bytes(d))
+        try:
+            with EnsembleStore.open(p, "r") as e:
+                e.scalars()
+        except CorruptFileError as exc:
+            if "HDF5 metadata are damaged" in str(exc):
+                break
+    else:
+        pytest.skip("no metadata bit flip found that h5py reports as an h5py error")
+    rc, _, err = cli(capsys, "measure", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 2 and "CorruptFileError" in line and "ensemble.h5" in line and "metadata are damaged" in line, line
+
+
+def test_disk_full_while_train_writes_its_checkpoint(made, tmp_path, capsys, monkeypatch):
+    import errno
+    import flows  # noqa: F401  (flows.train is the function; the module is in sys.modules)
+    ftrain = sys.modules["flows.train"]
+    out = tmp_path / "out"
+    copy_inputs(made, out, ("ensemble.h5",))
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(ftrain, "save_checkpoint", full)
+    rc, _, err = cli(capsys, "train", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 2 and "No space left on device" in line and "train.ckpt.h5" in line and "free space" in line, line
+    assert len(ensemble_fields(out / "ensemble.h5")) == 4

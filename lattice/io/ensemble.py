@@ -42,7 +42,7 @@ from ..layout import Layout
 from .. import su_n
 from .errors import CorruptFileError, MismatchError
 from .provenance import provenance as _provenance
-from .store import RecordStore, Column, JSON
+from .store import RecordStore, Column, JSON, damaged_as_corrupt
 from ._parallel import on_root, collective, is_distributed
 
 __all__ = ["EnsembleStore", "Record", "KIND"]
@@ -187,7 +187,7 @@ class EnsembleStore:
                 raise
             return st
 
-        store = on_root(layout, op)
+        store = on_root(layout, lambda: damaged_as_corrupt(op, path, "its header"))
         header, n = layout.bcast((store.attrs, store.n) if store is not None else None) \
             if is_distributed(layout) else (store.attrs, store.n)
         if layout is None:
@@ -309,14 +309,15 @@ class EnsembleStore:
                                 what=f"{self.path} configuration {j}")
             return np.asarray(U, dtype=np.complex128)
 
-        Ug = on_root(self.layout, op)
+        Ug = on_root(self.layout, lambda: damaged_as_corrupt(op, self.path, f"configuration {i}"))
         if is_distributed(self.layout):
             return self.layout.scatter_field(Ug, inner=2, root=0, xp=xp)
         return Ug if xp is None else from_host(Ug, xp)
 
     def state(self, i: int):
         """The resume state stored with configuration ``i`` (all ranks)."""
-        return on_root(self.layout, lambda: self._live().read("state", i), bcast_result=True)
+        return on_root(self.layout, lambda: damaged_as_corrupt(lambda: self._live().read("state", i), self.path,
+                                                               f"the state of configuration {i}"), bcast_result=True)
 
     def scalars(self) -> dict:
         """Per-configuration scalars of all committed records: ``{name: array (n,)}`` (all ranks)."""
@@ -326,7 +327,7 @@ class EnsembleStore:
                 return {}
             a = st.column("scalars")
             return {k: np.asarray(a[k]) for k in a.dtype.names}
-        return on_root(self.layout, op, bcast_result=True)
+        return on_root(self.layout, lambda: damaged_as_corrupt(op, self.path, "the scalars"), bcast_result=True)
 
     def record(self, i: int, **kw) -> Record:
         """Configuration ``i`` with its scalars and state."""
@@ -338,7 +339,8 @@ class EnsembleStore:
                 s = st.read("scalars", j)
                 sc = {k: s[k].item() for k in s.dtype.names}
             return j, sc, st.read("state", j)
-        j, sc, stt = on_root(self.layout, meta, bcast_result=True)
+        j, sc, stt = on_root(self.layout, lambda: damaged_as_corrupt(meta, self.path, f"record {i}"),
+                             bcast_result=True)
         return Record(j, self.read(j, **kw), sc, stt)
 
     def last(self, **kw) -> Record:
