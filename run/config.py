@@ -136,6 +136,14 @@ def check_command(cfg: dict, command: str, source: str = "config") -> None:
         if any(n % 2 for n in shape):
             raise ConfigError(f"{source}: {key} = {shape}: the flow's masks are checkerboards and need even "
                               f"extents in every direction")
+    if command in ("analyze", "demo"):
+        T, a = cfg["lattice"]["shape"][-1], cfg["analyze"]
+        t_max = a["t_max"] or T // 2
+        if t_max > T // 2:
+            raise _bad(source, "analyze.t_max", a["t_max"], f"at most T/2 = {T // 2} (T = lattice.shape[-1] = {T}; "
+                       f"0 means T/2)")
+        if any(t >= t_max for t in a["t_min"]):
+            raise _bad(source, "analyze.t_min", a["t_min"], f"a list of fit starts below analyze.t_max = {t_max}")
     if needs["ildg"] and (len(cfg["lattice"]["shape"]) != 4 or N != 3):
         raise ConfigError(f"{source}: lattice.shape = {cfg['lattice']['shape']}, lattice.N = {N}: ILDG files hold "
                           f"SU(3) fields on 4d lattices")
@@ -308,15 +316,6 @@ def _check_ranges(c: dict, source: str):
     tm = c["analyze"]["t_min"]
     if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tm):
         raise _bad(source, "analyze.t_min", tm, "a list of integers >= 0 ([] = 1 ... t_max - 3)")
-    shape = c["lattice"].get("shape")
-    if shape:
-        T = shape[-1]
-        t_max = c["analyze"]["t_max"] or T // 2
-        if t_max > T // 2:
-            raise _bad(source, "analyze.t_max", c["analyze"]["t_max"], f"at most T/2 = {T // 2} (T = lattice.shape[-1]"
-                       f" = {T}; 0 means T/2)")
-        if any(t >= t_max for t in tm):
-            raise _bad(source, "analyze.t_min", tm, f"a list of fit starts below analyze.t_max = {t_max}")
 
 
 def _check_consistency(c: dict, source: str):
