@@ -93,7 +93,7 @@ def _user_errors() -> tuple:
 def _hint(exc) -> str:
     """What to do about a user error (appended to its one-line message)."""
     import errno
-    from lattice import InvalidGaugeField
+    from lattice import InvalidGaugeField, LayoutError
     from fermions import CGNotConverged, EvenOddError
     from lattice.io import MismatchError, CorruptFileError
     if isinstance(exc, CGNotConverged):
@@ -103,6 +103,8 @@ def _hint(exc) -> str:
                "hmc.n_steps if HMC diverged"
     if isinstance(exc, EvenOddError):
         return "use even extents with L_0 >= 4 and a rank count that keeps the local L_0 even"
+    if isinstance(exc, LayoutError):
+        return "check lattice.shape (and train.shape) against the number of MPI ranks"
     if isinstance(exc, MismatchError):
         return "use the settings the file was made with, or another job.output"
     if isinstance(exc, CorruptFileError):

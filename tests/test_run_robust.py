@@ -558,3 +558,34 @@ def test_disk_full_while_train_writes_its_checkpoint(made, tmp_path, capsys, mon
     line = one_error_line(err)
     assert rc == 2 and "No space left on device" in line and "train.ckpt.h5" in line and "free space" in line, line
     assert len(ensemble_fields(out / "ensemble.h5")) == 4
+
+
+def _user_error(kind):
+    import errno
+    from lattice import InvalidGaugeField, LayoutError
+    from fermions import CGNotConverged, EvenOddError
+    return {"InvalidGaugeField": InvalidGaugeField("configuration 3: link not in SU(3)"),
+            "CGNotConverged": CGNotConverged("CG did not converge after 7 iterations"),
+            "EvenOddError": EvenOddError("even-odd packing needs an even local L_0"),
+            "LayoutError": LayoutError("field of shape (3, 4) does not fit the lattice"),
+            "IsADirectoryError": IsADirectoryError(errno.EISDIR, "Is a directory", "/some/dir"),
+            "PermissionError": PermissionError(errno.EACCES, "Permission denied", "/some/file"),
+            "OSError": OSError(errno.EROFS, "Read-only file system", "/ro/out/gaugeflow.log")}[kind]
+
+
+@pytest.mark.parametrize("kind", ["InvalidGaugeField", "CGNotConverged", "EvenOddError", "LayoutError",
+                                  "IsADirectoryError", "PermissionError", "OSError"])
+def test_every_user_error_class_is_one_line_with_the_traceback_in_the_log(tmp_path, capsys, monkeypatch, kind):
+    import run.jobs.hmc as job
+    exc = _user_error(kind)
+
+    def failing(ctx):
+        raise exc
+    monkeypatch.setattr(job, "run", failing)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 2 and line.startswith(f"gaugeflow: error: {kind}: ") and " -- " in line, line   # with a hint
+    log = (out / "gaugeflow.log").read_text()
+    assert "Traceback" in log and kind in log
+    assert not (out / ".gaugeflow.lock").exists()
