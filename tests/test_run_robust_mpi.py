@@ -89,6 +89,21 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _open_when_released(path, wait=20.0):
+    """Open the ensemble for reading once the aborted ranks have released its HDF5 file lock
+    (the launcher may return while the killed processes are still being reaped)."""
+    import time
+    from lattice.io import EnsembleStore
+    t0 = time.time()
+    while True:
+        try:
+            return EnsembleStore.open(path, "r")
+        except OSError as e:
+            if "open by another process" not in str(e) or time.time() - t0 > wait:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """An ensemble (4 configurations) and a flow, by one process."""
@@ -115,8 +130,7 @@ def test_exception_on_one_rank_aborts_every_rank(made, tmp_path, stage):
     assert f"[rank 1] RuntimeError: deliberate failure on rank 1 in {stage}" in r.stderr, r.stderr
     log = (out / "gaugeflow.log").read_text()
     assert "rank 1 failed, aborting all 2 ranks" in log and "Traceback" in log and "deliberate failure" in log
-    from lattice.io import EnsembleStore
-    with EnsembleStore.open(out / "ensemble.h5", "r") as e:      # committed records intact
+    with _open_when_released(out / "ensemble.h5") as e:         # committed records intact
         assert len(e) == (2 if stage == "hmc" else 4)
         for i in range(len(e)):
             e.read(i)
@@ -133,8 +147,7 @@ def test_user_error_on_one_rank_is_one_line_and_aborts_every_rank(made, tmp_path
         and "free space" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
     assert "No space left on device" in (out / "gaugeflow.log").read_text()
-    from lattice.io import EnsembleStore
-    with EnsembleStore.open(out / "ensemble.h5", "r") as e:
+    with _open_when_released(out / "ensemble.h5") as e:
         assert len(e) == 4
 
 

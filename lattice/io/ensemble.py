@@ -170,6 +170,7 @@ class EnsembleStore:
             st = RecordStore.open(path, mode, kind=KIND, expect=expect, durable=durable,
                                   provenance=_provenance(layout=layout) if mode == "a" else None)
             try:
+                damaged_as_corrupt(lambda: (st.attrs, st.columns), path, "its header")
                 hdr = st.attrs
                 shape = tuple(hdr["lattice_shape"])
                 if layout is not None and tuple(layout.global_shape) != shape:
@@ -187,7 +188,7 @@ class EnsembleStore:
                 raise
             return st
 
-        store = on_root(layout, lambda: damaged_as_corrupt(op, path, "its header"))
+        store = on_root(layout, op)
         header, n = layout.bcast((store.attrs, store.n) if store is not None else None) \
             if is_distributed(layout) else (store.attrs, store.n)
         if layout is None:
