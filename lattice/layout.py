@@ -251,7 +251,12 @@ class Layout:
         """
         n = int(sign)
         if not 0 <= mu < self.Nd:
-            raise LayoutError(f"shift: direction mu = {mu} out of range for a {self.Nd}d lattice")
+            raise LayoutError(f"shift: field of shape {tuple(F.shape)} has no site axis {mu} (direction out of range "
+                              f"for a {self.Nd}d lattice)")
+        if F.ndim < inner + self.Nd:
+            raise LayoutError(f"shift: field of shape {tuple(F.shape)} has no site axis {mu}: expected shape "
+                              f"(*batch, {', '.join(map(str, self.local_shape))}{', *inner' if inner else ''}) with "
+                              f"{inner} inner axes (site axes {self.local_shape})")
         self.check_sites(F, inner, "shift: field")
         if n == 0:
             return F
