@@ -196,8 +196,8 @@ def main(argv=None) -> int:
         if comm is not None and comm.Get_size() > 1 and not raised_on_all_ranks(exc):
             # raised on this rank alone: the others may wait for it in a collective call
             sys.stderr.write(f"[rank {comm.Get_rank()}] aborting all {comm.Get_size()} ranks\n")
-            sys.stderr.flush()
-            comm.Abort(2)
+            from .parallel import abort
+            abort(comm, 2)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("run.jobs."):

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["world", "rank", "is_root", "install_abort_on_error", "log_to_file"]
+__all__ = ["world", "rank", "is_root", "install_abort_on_error", "log_to_file", "abort"]
 
 _LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK",
                 "HYDI_CONTROL_FD", "SLURM_STEP_NUM_TASKS")
@@ -64,6 +64,22 @@ def log_to_file(text: str) -> None:
         pass
 
 
+ABORT_GRACE = 0.5   # seconds between the last message and MPI_Abort
+
+
+def abort(comm, code: int) -> None:
+    """Flush stdout/stderr, give the launcher a moment to forward them (MPICH's proxies may
+    drop what is still in the pipe when MPI_Abort tears the job down), then abort all ranks."""
+    import time
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # pragma: no cover
+            pass
+    time.sleep(ABORT_GRACE)
+    comm.Abort(code)
+
+
 def install_abort_on_error(comm):
     """Abort every rank when one raises (no hang in collectives).
 
@@ -86,7 +102,6 @@ def install_abort_on_error(comm):
             pass
         sys.stderr.write("".join(f"[rank {r}] {line}\n" for line in msg.splitlines()))
         sys.stderr.write(f"[rank {r}] aborting all {comm.Get_size()} ranks\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort(comm, 1)
 
     sys.excepthook = hook
