@@ -227,12 +227,18 @@ class Layout:
             raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner})")
         return ax
 
-    def check_sites(self, F, inner: int, what: str = "field"):
-        """Raise unless F's site axes match this layout's local shape."""
-        sites = tuple(F.shape[F.ndim - inner - self.Nd: F.ndim - inner]) if F.ndim >= inner + self.Nd else None
-        if sites != self.local_shape:
-            raise LayoutError(f"{what} of shape {tuple(F.shape)} does not fit the lattice: expected site "
-                              f"axes {self.local_shape} followed by {inner} inner axes")
+    def check_sites(self, F, inner: int, what: str = "field", sites_shape=None):
+        """Raise unless F's site axes (the ``Nd`` axes before the ``inner`` trailing ones) are
+        this rank's ``local_shape`` (or ``sites_shape``). The message gives both shapes."""
+        want = self.local_shape if sites_shape is None else tuple(sites_shape)
+        inner = int(inner)
+        sites = tuple(F.shape[F.ndim - inner - self.Nd: F.ndim - inner]) \
+            if inner >= 0 and F.ndim >= inner + self.Nd else None
+        if sites != want:
+            raise LayoutError(f"{what} of shape {tuple(F.shape)} does not fit the lattice: expected shape "
+                              f"(*batch, {', '.join(map(str, want))}{', *inner' if inner else ''}) with "
+                              f"{inner} inner axes (site axes {want}), got site axes "
+                              f"{sites if sites is not None else 'none'}")
 
     # ------------------------------------------------------------------ neighbours
     def shift(self, F, mu: int, sign: int = +1, inner: int = 2):
@@ -244,11 +250,17 @@ class Layout:
         host buffers, non-blocking send/receive), for any ``n``.
         """
         n = int(sign)
+        if not 0 <= mu < self.Nd:
+            raise LayoutError(f"shift: field of shape {tuple(F.shape)} has no site axis {mu} (direction out of range "
+                              f"for a {self.Nd}d lattice)")
+        if F.ndim < inner + self.Nd:
+            raise LayoutError(f"shift: field of shape {tuple(F.shape)} has no site axis {mu}: expected shape "
+                              f"(*batch, {', '.join(map(str, self.local_shape))}{', *inner' if inner else ''}) with "
+                              f"{inner} inner axes (site axes {self.local_shape})")
+        self.check_sites(F, inner, "shift: field")
         if n == 0:
             return F
         ax = F.ndim - inner - self.Nd + mu
-        if ax < 0 or not 0 <= mu < self.Nd:
-            raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner}, Nd={self.Nd})")
         xp = _xp_of(F)
         if self.grid[mu] == 1:
             return xp.roll(F, -n, axis=ax)
@@ -419,6 +431,7 @@ class Layout:
     # ------------------------------------------------------------------ global <-> local
     def local_part(self, F_global, inner: int):
         """The block of a global field that this rank holds (a view/copy of the slice)."""
+        self.check_sites(F_global, inner, "local_part: global field", self.global_shape)
         ax0 = F_global.ndim - inner - self.Nd
         idx = [slice(None)] * F_global.ndim
         for mu in range(self.Nd):
@@ -439,6 +452,7 @@ class Layout:
         One buffer-based ``Gather`` (``Allgather``) of the equally shaped local blocks; the
         receiving rank holds ``size`` blocks, i.e. the global field, once on the host.
         """
+        self.check_sites(F_local, inner, "gather_field: local field")
         if not self.is_distributed:
             return F_local
         xp = _xp_of(F_local)

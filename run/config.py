@@ -19,7 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "SCHEMA", "load_config", "apply_overrides", "validate", "config_path",
-           "dump_toml"]
+           "dump_toml", "check_command", "RANGES", "CHOICES"]
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
 def config_path(name: str) -> Path:
     """Path of a bundled config (``run/configs/<name>.toml``) or of a user file."""
     p = Path(name)
-    if p.suffix == ".toml" and p.exists():
+    if p.is_dir():
+        raise ConfigError(f"config {name!r} is a directory: give a TOML file (e.g. {p / 'job.toml'}) or the name of "
+                          f"a bundled config")
+    if p.is_file():
         return p
     q = Path(__file__).with_name("configs") / (name if name.endswith(".toml") else name + ".toml")
     if q.exists():
@@ -70,18 +73,83 @@ def config_path(name: str) -> Path:
     raise ConfigError(f"config {name!r} not found (neither a file nor one of {sorted(x.stem for x in q.parent.glob('*.toml'))})")
 
 
-def load_config(source, overrides=()) -> dict:
-    """Read a TOML file (path or bundled name), apply ``key=value`` overrides, validate."""
+def load_config(source, overrides=(), command: str | None = None) -> dict:
+    """Read a TOML file (path or bundled name), apply ``key=value`` overrides, validate;
+    with ``command`` also the cross-checks of that stage (:func:`check_command`)."""
     path = config_path(str(source))
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text (TOML) file: {exc}") from exc
     cfg = apply_overrides(raw, overrides)
     cfg = validate(cfg, source=str(path))
+    if command is not None:
+        check_command(cfg, command, source=str(path))
     cfg["_source"] = str(path)
     return cfg
+
+
+# What each command runs: even-odd fermion solves (hmc with fermions, evaluate with
+# fermions, measure always), flows (train on train.shape, evaluate on lattice.shape).
+def _stage_needs(cfg: dict, command: str) -> dict:
+    """{"evenodd": [(key, shape), ...], "flow": [(key, shape), ...], "ildg": bool}."""
+    shape = list(cfg["lattice"]["shape"])
+    tshape = list(cfg["train"]["shape"]) or shape
+    tkey = "train.shape" if cfg["train"]["shape"] else "lattice.shape"
+    fermions = cfg["fermions"]["enabled"]
+    needs = {"evenodd": [], "flow": [], "ildg": False, "valence": False}
+    if command in ("hmc", "demo") and fermions:
+        needs["evenodd"].append(("lattice.shape", shape))
+    if command in ("train", "demo"):
+        needs["flow"].append((tkey, tshape))
+        if fermions and cfg["train"]["base"] == "ensemble":
+            needs["evenodd"].append((tkey, tshape))
+    if command in ("evaluate", "demo"):
+        needs["flow"].append(("lattice.shape", shape))
+        if fermions:
+            needs["evenodd"].append(("lattice.shape", shape))
+    if command in ("measure", "demo"):
+        needs["evenodd"].append(("lattice.shape", shape))
+        needs["valence"] = True
+    if command == "import":
+        needs["ildg"] = True
+    return needs
+
+
+def check_command(cfg: dict, command: str, source: str = "config") -> None:
+    """Cross-checks that depend on the command: the lattice of every even-odd solve (4d, SU(3),
+    even extents, L_0 >= 4), of every flow (even extents: the masks are checkerboards) and of
+    ILDG import (4d SU(3)). Raises ConfigError naming the key."""
+    needs = _stage_needs(cfg, command)
+    N = cfg["lattice"]["N"]
+    for key, shape in needs["evenodd"]:
+        what = "dynamical fermions" if not needs["valence"] or cfg["fermions"]["enabled"] else \
+            f"the valence quarks of `{command}`"
+        if len(shape) != 4:
+            raise ConfigError(f"{source}: {key} = {shape}: {what} need a 4d lattice")
+        if N != 3:
+            raise ConfigError(f"{source}: lattice.N = {N}: {what} are implemented for SU(3) only")
+        if any(n % 2 for n in shape) or shape[0] < 4:
+            raise ConfigError(f"{source}: {key} = {shape}: {what} use even-odd preconditioning, which needs "
+                              f"even extents in every direction and L_0 >= 4")
+    for key, shape in needs["flow"]:
+        if any(n % 2 for n in shape):
+            raise ConfigError(f"{source}: {key} = {shape}: the flow's masks are checkerboards and need even "
+                              f"extents in every direction")
+    if command in ("analyze", "demo"):
+        T, a = cfg["lattice"]["shape"][-1], cfg["analyze"]
+        t_max = a["t_max"] or T // 2
+        if t_max > T // 2:
+            raise _bad(source, "analyze.t_max", a["t_max"], f"at most T/2 = {T // 2} (T = lattice.shape[-1] = {T}; "
+                       f"0 means T/2)")
+        if any(t >= t_max for t in a["t_min"]):
+            raise _bad(source, "analyze.t_min", a["t_min"], f"a list of fit starts below analyze.t_max = {t_max}")
+    if needs["ildg"] and (len(cfg["lattice"]["shape"]) != 4 or N != 3):
+        raise ConfigError(f"{source}: lattice.shape = {cfg['lattice']['shape']}, lattice.N = {N}: ILDG files hold "
+                          f"SU(3) fields on 4d lattices")
 
 
 def apply_overrides(cfg: dict, overrides) -> dict:
@@ -132,8 +200,125 @@ def validate(cfg: dict, source: str = "config") -> dict:
             else:
                 o[key] = copy.deepcopy(default)
         out[sec] = o
+    _check_ranges(out, source)
     _check_consistency(out, source)
     return out
+
+
+# Ranges of numeric keys: (section, key) -> (test, what is allowed). Every number must also be
+# finite. Kept apart from SCHEMA (and from _check_consistency's cross-checks) so that new keys
+# only need a line here.
+def _int_at_least(lo):
+    return (lambda v: v >= lo), f"an integer >= {lo}"
+
+
+def _positive_float():
+    return (lambda v: v > 0), "a number > 0"
+
+
+def _any_number():
+    return (lambda v: True), "a finite number"
+
+
+RANGES: dict[tuple, tuple] = {
+    ("job", "seed"): ((lambda v: 0 <= v < 2**63), "an integer in [0, 2^63)"),
+    ("lattice", "N"): ((lambda v: 2 <= v <= 16), "an integer from 2 to 16 (the gauge group SU(N))"),
+    ("action", "beta"): _positive_float(),
+    ("action", "c1"): _any_number(),
+    ("fermions", "kappa"): ((lambda v: 0 < v < 0.25), "a number in (0, 0.25)"),
+    ("fermions", "mu"): _any_number(),
+    ("fermions", "cg_tol"): ((lambda v: 0 < v < 1), "a relative residual in (0, 1), e.g. 1e-10"),
+    ("fermions", "cg_maxiter"): _int_at_least(1),
+    ("hmc", "n_traj"): _int_at_least(1),
+    ("hmc", "n_therm"): _int_at_least(0),
+    ("hmc", "tau"): _positive_float(),
+    ("hmc", "n_steps"): _int_at_least(1),
+    ("hmc", "n_steps_gauge"): _int_at_least(1),
+    ("hmc", "save_every"): _int_at_least(1),
+    ("hmc", "lam"): _any_number(),
+    ("flow", "n_layers"): _int_at_least(1),
+    ("flow", "staple_layers"): _int_at_least(1),
+    ("flow", "staple_width"): _int_at_least(1),
+    ("flow", "context_channels"): _int_at_least(1),
+    ("flow", "context_kernel"): ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1"),
+    ("flow", "spline_bins"): ((lambda v: 1 <= v <= 999), "an integer from 1 to 999"),
+    ("train", "lam1"): _any_number(),
+    ("train", "lam2"): _any_number(),
+    ("train", "steps"): _int_at_least(1),
+    ("train", "batch_size"): _int_at_least(1),
+    ("train", "lr"): _positive_float(),
+    ("train", "warmup"): _int_at_least(0),
+    ("train", "clip"): _positive_float(),
+    ("train", "holdout"): ((lambda v: 0 < v < 1 if isinstance(v, float) else v >= 1),
+                           "a fraction in (0, 1) or a whole number of configurations >= 1"),
+    ("train", "holdout_every"): ((lambda v: v >= 0), "an integer >= 0 (0: no held-out evaluation)"),
+    ("train", "checkpoint_every"): _int_at_least(1),
+    ("evaluate", "n_shots"): _int_at_least(1),
+    ("measure", "n_sources"): _int_at_least(1),
+    ("analyze", "t_max"): ((lambda v: v >= 0), "an integer >= 0 (0: T/2)"),
+    ("analyze", "n_states"): _int_at_least(1),
+    ("analyze", "bin_size"): _int_at_least(1),
+    ("analyze", "eps"): ((lambda v: v >= 0), "a number >= 0 (0: exact derivative)"),
+    ("cost", "c_gen"): ((lambda v: v >= 0), "a number >= 0"),
+    ("cost", "c_meas"): ((lambda v: v >= 0), "a number >= 0"),
+    ("cost", "c_flow"): ((lambda v: v >= 0), "a number >= 0"),
+    ("cost", "c_rew"): ((lambda v: v >= 0), "a number >= 0"),
+    ("cost", "train_cost"): ((lambda v: v >= 0), "a number >= 0"),
+}
+
+# Keys with a fixed set of values (checked in _check_ranges).
+CHOICES: dict[tuple, tuple] = {
+    ("job", "backend"): ("numpy", "cupy"),
+    ("action", "type"): ("wilson", "luscher_weisz"),
+    ("fermions", "bc_time"): ("antiperiodic", "periodic"),
+    ("hmc", "integrator"): ("omelyan", "leapfrog"),
+    ("hmc", "start"): ("hot", "cold"),
+    ("flow", "loops"): ("learned", "plaquette", "rectangle"),
+    ("flow", "schedule"): ("simple", "paper"),
+    ("flow", "dtype"): ("complex128", "complex64"),
+    ("train", "base"): ("haar", "ensemble"),
+    ("train", "schedule"): ("cosine", "linear", "constant"),
+    ("train", "estimator"): ("path", "plain"),
+}
+
+
+def _bad(source, key, value, allowed):
+    return ConfigError(f"{source}: {key} must be {allowed}, got {value!r}")
+
+
+def _check_ranges(c: dict, source: str):
+    """Finiteness and range of every numeric key, the values of enumerated keys, list entries.
+    One ConfigError naming the key, the value and what is allowed."""
+    import math
+    for (sec, key), (ok, allowed) in RANGES.items():
+        if sec not in c or key not in c[sec]:
+            continue
+        v = c[sec][key]
+        if isinstance(v, float) and not math.isfinite(v):
+            raise _bad(source, f"{sec}.{key}", v, f"{allowed} (finite)")
+        if not ok(v):
+            raise _bad(source, f"{sec}.{key}", v, allowed)
+    for (sec, key), choices in CHOICES.items():
+        if sec in c and key in c[sec] and c[sec][key] not in choices:
+            raise _bad(source, f"{sec}.{key}", c[sec][key], "one of " + ", ".join(repr(x) for x in choices))
+    for key in ("name", "output"):
+        if not c["job"][key].strip():
+            raise _bad(source, f"job.{key}", c["job"][key], "a non-empty string")
+
+    def extents(key, shape, empty_ok):
+        if empty_ok and shape == []:
+            return
+        if not (2 <= len(shape) <= 4) or not all(isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 4096
+                                                 for n in shape):
+            raise _bad(source, key, shape, "a list of 2 to 4 integer extents from 2 to 4096 (time last)"
+                       + (", or [] for lattice.shape" if empty_ok else ""))
+
+    if c["lattice"].get("shape") is not None:
+        extents("lattice.shape", c["lattice"]["shape"], False)
+    extents("train.shape", c["train"]["shape"], True)
+    tm = c["analyze"]["t_min"]
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tm):
+        raise _bad(source, "analyze.t_min", tm, "a list of integers >= 0 ([] = 1 ... t_max - 3)")
 
 
 def _check_consistency(c: dict, source: str):

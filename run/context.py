@@ -11,10 +11,12 @@ from pathlib import Path
 import lattice as L
 from lattice.actions import Wilson, LuscherWeisz
 
+from lattice.io import atomic_write
+
 from .config import ConfigError, dump_toml
 from .parallel import world, install_abort_on_error
 
-__all__ = ["JobContext", "make_context", "make_action", "sub_context", "file_digest"]
+__all__ = ["JobContext", "make_context", "make_action", "sub_context", "file_digest", "check_layout"]
 
 
 @dataclass
@@ -25,6 +27,12 @@ class JobContext:
     xp: object
     log: logging.Logger
     comm: object = None
+    lock: object = None
+
+    def release(self):
+        """Release the output directory's lock (rank 0; no collective call)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def root(self) -> bool:
@@ -77,6 +85,7 @@ def _logger(out: Path, root: bool) -> logging.Logger:
     log.handlers.clear()
     log.setLevel(logging.INFO)
     log.propagate = False
+    log.gaugeflow_logfile = str(out / "gaugeflow.log")    # for errors on ranks without a handler
     if root:
         out.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(out / "gaugeflow.log")
@@ -90,23 +99,65 @@ def _logger(out: Path, root: bool) -> logging.Logger:
     return log
 
 
-def make_context(cfg: dict, command: str, shape=None) -> JobContext:
-    comm = world()
-    install_abort_on_error(comm)
+def check_layout(cfg: dict, command: str, layout: L.Layout, source: str = "config") -> None:
+    """The checks of :func:`run.config.check_command` that depend on the decomposition: the
+    local extents of an even-odd lattice (local L_0 even) and of a flow's masks (even)."""
+    from .config import _stage_needs
+    needs = _stage_needs(cfg, command)
+    for key, shape in needs["evenodd"]:
+        if tuple(shape) == tuple(layout.global_shape) and layout.is_distributed:
+            from fermions import EvenOddError, EvenOdd
+            try:
+                EvenOdd(layout)
+            except EvenOddError as exc:
+                raise ConfigError(f"{source}: {key} = {list(shape)} on {layout.size} ranks: {exc}") from exc
+    for key, shape in needs["flow"]:
+        if tuple(shape) == tuple(layout.global_shape) and any(n % 2 for n in layout.local_shape):
+            raise ConfigError(f"{source}: {key} = {list(shape)} on {layout.size} ranks (grid {layout.grid}) gives "
+                              f"local extents {layout.local_shape}; the flow's masks need even local extents: "
+                              f"use another rank count")
+
+
+def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
+    """The job's context. Validation first (layout, decomposition); then, on rank 0, the
+    exclusive lock on the output directory (:class:`run.lock.OutputLock`), the log and
+    ``<command>.config.toml``: a refused job writes nothing. Call :meth:`JobContext.release`
+    at the end (the command line does)."""
+    from lattice.io import on_root
+    from .lock import OutputLock
+    if comm is False:
+        comm = world()
+        install_abort_on_error(comm)
     out = Path(cfg["job"]["output"])
     xp = L.get_namespace(cfg["job"]["backend"])
     shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
-    try:
-        layout = L.Layout(shape, comm=comm)
-    except L.LayoutError as exc:
-        raise ConfigError(str(exc)) from exc
+    from lattice.io._parallel import mark_all_ranks
+    try:   # decided identically on every rank: each reports it and returns (no abort needed)
+        try:
+            layout = L.Layout(shape, comm=comm)
+        except L.LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
+        check_layout(cfg, command, layout, source=cfg.get("_source", "config"))
+    except ConfigError as exc:
+        raise mark_all_ranks(exc)
     root = layout.rank == 0
-    log = _logger(out, root)
-    if root:
-        log.info(f"gaugeflow {command}: config {cfg.get('_source', '?')}, output {out}/, lattice {shape}, "
-                 f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}")
-        (out / f"{command}.config.toml").write_text(dump_toml(cfg))
-    return JobContext(cfg=cfg, out=out, layout=layout, xp=xp, log=log, comm=comm)
+    lock = OutputLock(out, command)
+    on_root(layout, lock.acquire)
+    try:
+        log = on_root(layout, _logger, out, True)
+        if not root:
+            log = _logger(out, False)
+        if root:
+            if lock.took_over:
+                log.info(f"took over the stale lock of pid {lock.took_over.get('pid')} on host "
+                         f"{lock.took_over.get('host')} (that job is gone)")
+            log.info(f"gaugeflow {command}: config {cfg.get('_source', '?')}, output {out}/, lattice {shape}, "
+                     f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}")
+        on_root(layout, lambda: atomic_write(out / f"{command}.config.toml", dump_toml(cfg).encode()))
+    except BaseException:
+        lock.release()
+        raise
+    return JobContext(cfg=cfg, out=out, layout=layout, xp=xp, log=log, comm=comm, lock=lock)
 
 
 def sub_context(ctx: JobContext, shape) -> JobContext:
@@ -119,4 +170,4 @@ def sub_context(ctx: JobContext, shape) -> JobContext:
         layout = L.Layout(tuple(shape), comm=ctx.comm)
     except L.LayoutError as exc:
         raise ConfigError(str(exc)) from exc
-    return JobContext(cfg=cfg, out=ctx.out, layout=layout, xp=ctx.xp, log=ctx.log, comm=ctx.comm)
+    return JobContext(cfg=cfg, out=ctx.out, layout=layout, xp=ctx.xp, log=ctx.log, comm=ctx.comm)  # lock: ctx's

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-__all__ = ["world", "rank", "is_root", "install_abort_on_error"]
+__all__ = ["world", "rank", "is_root", "install_abort_on_error", "log_to_file", "abort"]
 
 _LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_RANK",
                 "HYDI_CONTROL_FD", "SLURM_STEP_NUM_TASKS")
@@ -40,6 +40,46 @@ def is_root(comm=None) -> bool:
     return rank(comm) == 0
 
 
+def log_to_file(text: str) -> None:
+    """Write an ERROR record to the job log only (not the console): through the log's file
+    handler on rank 0, appended to ``<output>/gaugeflow.log`` on the other ranks (which keep no
+    handler open, but may be the only ones to know why the job failed). Never raises."""
+    try:
+        import logging
+        import time
+        log = logging.getLogger("gaugeflow")
+        files = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
+        if files:
+            rec = log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None)
+            for h in files:
+                h.handle(rec)
+                h.flush()
+            return
+        path = getattr(log, "gaugeflow_logfile", None)
+        if path:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            with open(path, "a") as f:
+                f.write(f"{stamp} ERROR {text}\n")
+    except Exception:  # pragma: no cover - never let logging hide the error or prevent an abort
+        pass
+
+
+ABORT_GRACE = 0.5   # seconds between the last message and MPI_Abort
+
+
+def abort(comm, code: int) -> None:
+    """Flush stdout/stderr, give the launcher a moment to forward them (MPICH's proxies may
+    drop what is still in the pipe when MPI_Abort tears the job down), then abort all ranks."""
+    import time
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # pragma: no cover
+            pass
+    time.sleep(ABORT_GRACE)
+    comm.Abort(code)
+
+
 def install_abort_on_error(comm):
     """Abort every rank when one raises (no hang in collectives).
 
@@ -55,24 +95,13 @@ def install_abort_on_error(comm):
     def hook(etype, value, tb):
         r = comm.Get_rank()
         msg = "".join(traceback.format_exception(etype, value, tb)).rstrip()
-        try:
-            import logging
-            log = logging.getLogger("gaugeflow")
-            rec = log.makeRecord(log.name, logging.ERROR, __file__, 0,
-                                 f"rank {r} failed, aborting all {comm.Get_size()} ranks:\n{msg}", None, None)
-            for h in log.handlers:
-                if isinstance(h, logging.FileHandler):   # the console gets the stderr copy below
-                    h.handle(rec)
-                    h.flush()
-        except Exception:  # pragma: no cover - never let logging prevent the abort
-            pass
+        log_to_file(f"rank {r} failed, aborting all {comm.Get_size()} ranks:\n{msg}")
         try:
             sys.stdout.flush()
         except Exception:  # pragma: no cover
             pass
         sys.stderr.write("".join(f"[rank {r}] {line}\n" for line in msg.splitlines()))
         sys.stderr.write(f"[rank {r}] aborting all {comm.Get_size()} ranks\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort(comm, 1)
 
     sys.excepthook = hook

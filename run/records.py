@@ -26,9 +26,13 @@ class RankStore:
         self.path = Path(path)
 
         def op():
-            if self.path.exists():
+            from lattice.io.ensemble import _existing_state
+            state = _existing_state(self.path, kind, attrs)
+            if state == "resume":
                 return RecordStore.open(self.path, "a", kind=kind, expect=attrs)
-            return RecordStore.create(self.path, kind=kind, attrs=attrs, columns=columns)
+            # absent, or empty with other settings (a failed run's leftover): (re)create
+            return RecordStore.create(self.path, kind=kind, attrs=attrs, columns=columns,
+                                      overwrite=state == "replace")
 
         self._store = on_root(layout, op)
         self.n = int(on_root(layout, lambda: len(self._store), bcast_result=True))
@@ -41,7 +45,9 @@ class RankStore:
         return on_root(self.layout, lambda: np.asarray(self._store.column(name)), bcast_result=True)
 
     def close(self):
-        on_root(self.layout, lambda: self._store.close())
+        """Close the file on rank 0; no collective call (see ``EnsembleStore.close``)."""
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self):
         return self

@@ -10,7 +10,25 @@ from __future__ import annotations
 
 import pickle
 
-__all__ = ["is_distributed", "on_root", "collective", "rank_of"]
+__all__ = ["is_distributed", "on_root", "collective", "rank_of", "mark_all_ranks", "raised_on_all_ranks"]
+
+_ALL_RANKS = "_gaugeflow_raised_on_all_ranks"
+
+
+def mark_all_ranks(err: BaseException) -> BaseException:
+    """Mark ``err`` as raised identically on every MPI rank (so that a caller may report it
+    and return normally on every rank instead of aborting the job)."""
+    try:
+        setattr(err, _ALL_RANKS, True)
+    except Exception:  # pragma: no cover - exceptions without a __dict__
+        pass
+    return err
+
+
+def raised_on_all_ranks(err: BaseException) -> bool:
+    """True if ``err`` came out of :func:`on_root` / :func:`collective` (hence is being raised on
+    every rank) or was marked with :func:`mark_all_ranks`."""
+    return bool(getattr(err, _ALL_RANKS, False))
 
 
 def is_distributed(layout) -> bool:
@@ -49,8 +67,8 @@ def on_root(layout, fn, *args, root: int = 0, bcast_result: bool = False, **kwar
     status = comm.bcast(None if err is None else _portable(err), root=root)
     if status is not None:
         if err is not None:
-            raise err
-        raise status
+            raise mark_all_ranks(err)
+        raise mark_all_ranks(status)
     if bcast_result:
         result = comm.bcast(result, root=root)
     return result
@@ -72,8 +90,8 @@ def collective(layout, fn, *args, **kwargs):
         err = e
     errs = layout.comm.allgather(None if err is None else _portable(err))
     if err is not None:
-        raise err
+        raise mark_all_ranks(err)
     first = next((e for e in errs if e is not None), None)
     if first is not None:
-        raise first
+        raise mark_all_ranks(first)
     return result

@@ -42,7 +42,7 @@ from ..layout import Layout
 from .. import su_n
 from .errors import CorruptFileError, MismatchError
 from .provenance import provenance as _provenance
-from .store import RecordStore, Column, JSON
+from .store import RecordStore, Column, JSON, damaged_as_corrupt
 from ._parallel import on_root, collective, is_distributed
 
 __all__ = ["EnsembleStore", "Record", "KIND"]
@@ -78,6 +78,28 @@ def _action_dict(action) -> dict:
     if not isinstance(action, dict):
         raise TypeError(f"action must be a dict of parameters (e.g. LoopAction.params()), got {type(action).__name__}")
     return dict(action)
+
+
+def _existing_state(path, kind: str, expect: dict) -> str:
+    """How ``open_or_create`` treats ``path``: "create" (absent), "resume" (it holds records, or
+    it is empty and matches ``expect``: opening it checks the rest), "replace" (it holds no
+    committed record and was made with other settings, e.g. by a run that failed or was
+    refused before its first record: it blocks nothing and is recreated)."""
+    from .store import check_expected
+    if not os.path.exists(path):
+        return "create"
+    try:
+        with RecordStore.open(path, "r", check_conventions=False) as st:
+            if st.n:
+                return "resume"
+            if st.kind != kind:
+                return "replace"
+            check_expected(st.attrs, expect, path)
+    except MismatchError:
+        return "replace"
+    except CorruptFileError:
+        return "resume"      # opening it again reports the damage
+    return "resume"
 
 
 class EnsembleStore:
@@ -148,6 +170,7 @@ class EnsembleStore:
             st = RecordStore.open(path, mode, kind=KIND, expect=expect, durable=durable,
                                   provenance=_provenance(layout=layout) if mode == "a" else None)
             try:
+                damaged_as_corrupt(lambda: (st.attrs, st.columns), path, "its header")
                 hdr = st.attrs
                 shape = tuple(hdr["lattice_shape"])
                 if layout is not None and tuple(layout.global_shape) != shape:
@@ -182,12 +205,12 @@ class EnsembleStore:
         ``action``, ``storage`` and every entry of ``meta`` (else MismatchError: a restarted
         job never silently appends to a different ensemble); otherwise it is created.
         """
-        exists = on_root(layout, lambda: os.path.exists(path), bcast_result=True)
-        if not exists:
-            return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
-                              storage=storage, durable=durable)
         expect = {"lattice_shape": tuple(int(n) for n in lattice_shape), "N": int(N), "storage": storage,
                   "action": _action_dict(action), "meta": dict(meta or {})}
+        state = on_root(layout, lambda: _existing_state(path, KIND, expect), bcast_result=True)
+        if state != "resume":
+            return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
+                              storage=storage, durable=durable, overwrite=state == "replace")
         return cls.open(path, "a", layout=layout, expect=expect, durable=durable)
 
     # ----------------------------------------------------------------- header
@@ -287,14 +310,15 @@ class EnsembleStore:
                                 what=f"{self.path} configuration {j}")
             return np.asarray(U, dtype=np.complex128)
 
-        Ug = on_root(self.layout, op)
+        Ug = on_root(self.layout, lambda: damaged_as_corrupt(op, self.path, f"configuration {i}"))
         if is_distributed(self.layout):
             return self.layout.scatter_field(Ug, inner=2, root=0, xp=xp)
         return Ug if xp is None else from_host(Ug, xp)
 
     def state(self, i: int):
         """The resume state stored with configuration ``i`` (all ranks)."""
-        return on_root(self.layout, lambda: self._live().read("state", i), bcast_result=True)
+        return on_root(self.layout, lambda: damaged_as_corrupt(lambda: self._live().read("state", i), self.path,
+                                                               f"the state of configuration {i}"), bcast_result=True)
 
     def scalars(self) -> dict:
         """Per-configuration scalars of all committed records: ``{name: array (n,)}`` (all ranks)."""
@@ -304,7 +328,7 @@ class EnsembleStore:
                 return {}
             a = st.column("scalars")
             return {k: np.asarray(a[k]) for k in a.dtype.names}
-        return on_root(self.layout, op, bcast_result=True)
+        return on_root(self.layout, lambda: damaged_as_corrupt(op, self.path, "the scalars"), bcast_result=True)
 
     def record(self, i: int, **kw) -> Record:
         """Configuration ``i`` with its scalars and state."""
@@ -316,7 +340,8 @@ class EnsembleStore:
                 s = st.read("scalars", j)
                 sc = {k: s[k].item() for k in s.dtype.names}
             return j, sc, st.read("state", j)
-        j, sc, stt = on_root(self.layout, meta, bcast_result=True)
+        j, sc, stt = on_root(self.layout, lambda: damaged_as_corrupt(meta, self.path, f"record {i}"),
+                             bcast_result=True)
         return Record(j, self.read(j, **kw), sc, stt)
 
     def last(self, **kw) -> Record:
@@ -327,7 +352,11 @@ class EnsembleStore:
 
     # ----------------------------------------------------------------- lifetime
     def close(self) -> None:
-        on_root(self.layout, lambda: self._store.close() if self._store is not None else None)
+        """Close the file (rank 0; a no-op elsewhere). No collective call: ``close`` runs while an
+        exception unwinds through ``with`` blocks, possibly on one rank only, and must never wait
+        for the other ranks (an error while closing is raised on rank 0 alone)."""
+        if self._store is not None:
+            self._store.close()
 
     def __enter__(self):
         return self

@@ -61,7 +61,8 @@ from .checksum import crc32
 from .errors import CorruptFileError, TruncatedFileError, ChecksumError, MismatchError
 from .provenance import CONVENTIONS_VERSION, PREFIX, provenance as _provenance, write_provenance, read_provenance
 
-__all__ = ["RecordStore", "Column", "JSON", "FORMAT", "FORMAT_VERSION", "check_expected", "open_h5"]
+__all__ = ["RecordStore", "Column", "JSON", "FORMAT", "FORMAT_VERSION", "check_expected", "open_h5",
+           "damaged_as_corrupt"]
 
 FORMAT = "gaugeflow.records"
 FORMAT_VERSION = 1
@@ -123,6 +124,22 @@ def open_h5(path, mode: str):
             raise OSError(f"{path} is open by another process (HDF5 file lock; e.g. a running job "
                           f"appending to it): h5py: {msg}") from None
         raise CorruptFileError(f"{path} cannot be opened as HDF5 (corrupted?): h5py: {msg}", path) from None
+
+
+def damaged_as_corrupt(fn, path, what: str = "the file"):
+    """``fn()`` with the errors h5py raises for damaged HDF5 metadata (a flipped bit in an
+    object header, a heap or a B-tree: KeyError, RuntimeError, OSError, AttributeError,
+    ValueError such as undecodable JSON) turned into :class:`CorruptFileError` naming the file.
+    Errors that already say what is wrong (MismatchError, CorruptFileError, missing file,
+    IndexError, an invalid gauge field) pass unchanged."""
+    from ..su_n import InvalidGaugeField
+    try:
+        return fn()
+    except (MismatchError, CorruptFileError, FileNotFoundError, PermissionError, IndexError, InvalidGaugeField):
+        raise
+    except (KeyError, RuntimeError, AttributeError, OSError, ValueError, TypeError) as e:
+        raise CorruptFileError(f"{path}: cannot read {what}: the HDF5 metadata are damaged ({type(e).__name__}: "
+                               f"{' '.join(str(e).split())}); restore the file from a copy", path) from None
 
 
 # --------------------------------------------------------------------------- attributes
@@ -227,6 +244,31 @@ def _chunks(rec_shape, itemsize, max_bytes=MAX_CHUNK_BYTES):
     return tuple(chunk)
 
 
+# --------------------------------------------------------------------------- free space
+SPACE_MARGIN = 1 << 20   # bytes kept free beyond a record's data (HDF5 metadata, chunk index)
+
+
+def _check_space(path, nbytes: int, index: int) -> None:
+    """Raise ``OSError(ENOSPC)`` unless the file system of ``path`` has room for a record of
+    ``nbytes`` (plus :data:`SPACE_MARGIN`), *before* anything is written.
+
+    HDF5 does not survive a write that fails for lack of space: the library is left with
+    dirty cached metadata it cannot write, h5py reports errors while freeing dataset ids and
+    the next flush or close crashes the interpreter (segmentation fault). Checking first keeps
+    every committed record readable and the store open and consistent; another process
+    filling the disk between the check and the write can still hit that crash."""
+    import errno
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs here
+        return
+    free = st.f_bavail * st.f_frsize
+    need = int(nbytes) + SPACE_MARGIN
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device: record {index} of {path} needs about {need} bytes, "
+                      f"{free} are free (nothing was written; the committed records are intact)", str(path))
+
+
 # --------------------------------------------------------------------------- the store
 class RecordStore:
     """An append-only HDF5 record store (see the module docstring). Use :meth:`create`
@@ -294,25 +336,30 @@ class RecordStore:
             raise FileNotFoundError(f"{path} does not exist")
         f = open_h5(path, mode)
         try:
-            cls._validate_file(f, path)
-            store = cls(f, path, mode, durable=durable, prov=provenance)
-            if kind is not None and store.kind != kind:
-                raise MismatchError(f"{path}: 'kind' differs: the file is a {store.kind!r} store, expected {kind!r}",
-                                    field="kind", found=store.kind, expected=kind, path=path)
-            if check_conventions:
-                have = _decode_attr(f.attrs.get("conventions_version", "missing"), False)
-                if have != CONVENTIONS_VERSION:
-                    raise MismatchError(
-                        f"{path}: 'conventions_version' differs: the file was written under {have!r}, this code "
-                        f"uses {CONVENTIONS_VERSION!r} (see lattice.io.provenance.CONVENTIONS)",
-                        field="conventions_version", found=have, expected=CONVENTIONS_VERSION, path=path)
-            if expect:
-                check_expected(store.attrs, expect, path)
-            if mode == "a":
-                store._trim_uncommitted()
+            return damaged_as_corrupt(lambda: cls._open_checked(f, path, mode, kind, expect, check_conventions,
+                                                                durable, provenance), path, "its header")
         except BaseException:
             f.close()
             raise
+
+    @classmethod
+    def _open_checked(cls, f, path, mode, kind, expect, check_conventions, durable, provenance):
+        cls._validate_file(f, path)
+        store = cls(f, path, mode, durable=durable, prov=provenance)
+        if kind is not None and store.kind != kind:
+            raise MismatchError(f"{path}: 'kind' differs: the file is a {store.kind!r} store, expected {kind!r}",
+                                field="kind", found=store.kind, expected=kind, path=path)
+        if check_conventions:
+            have = _decode_attr(f.attrs.get("conventions_version", "missing"), False)
+            if have != CONVENTIONS_VERSION:
+                raise MismatchError(
+                    f"{path}: 'conventions_version' differs: the file was written under {have!r}, this code "
+                    f"uses {CONVENTIONS_VERSION!r} (see lattice.io.provenance.CONVENTIONS)",
+                    field="conventions_version", found=have, expected=CONVENTIONS_VERSION, path=path)
+        if expect:
+            check_expected(store.attrs, expect, path)
+        if mode == "a":
+            store._trim_uncommitted()
         return store
 
     @staticmethod
@@ -489,6 +536,8 @@ class RecordStore:
                              f"{sorted(record)} (missing {sorted(set(cols) - set(record))}, "
                              f"unexpected {sorted(set(record) - set(cols))})")
         prepared = {name: self._coerce(name, cols[name], record[name]) for name in cols}
+        _check_space(self.path, sum(len(a.encode("utf-8")) if isinstance(a, str) else np.asarray(a).nbytes
+                                    for a, _ in prepared.values()), self.n)
         if not self._session_logged:
             self._log_session()
         i = self.n
@@ -545,6 +594,9 @@ class RecordStore:
         if name not in self.columns:
             raise KeyError(f"{self.path}: no column {name!r} (columns: {sorted(self.columns)})")
         i = self._index(i)
+        return damaged_as_corrupt(lambda: self._read(name, i, verify), self.path, f"record {i} of '{name}'")
+
+    def _read(self, name, i, verify):
         ds = self._f[name]
         value = self._h5read(f"record {i} of '{name}'", lambda: ds[i])
         if verify:
@@ -558,6 +610,9 @@ class RecordStore:
         """All committed records of a column: an array ``(n, *shape)`` (a list for JSON)."""
         if name not in self.columns:
             raise KeyError(f"{self.path}: no column {name!r} (columns: {sorted(self.columns)})")
+        return damaged_as_corrupt(lambda: self._column(name, verify), self.path, f"column '{name}'")
+
+    def _column(self, name, verify):
         ds = self._f[name]
         n = self.n
         values = self._h5read(f"column '{name}'", lambda: ds[:n])

@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 
-from lattice.io import EnsembleStore
+from lattice.io import EnsembleStore, on_root
 
 from ..config import ConfigError
 from ..context import JobContext, make_action, file_digest
 from ..records import RankStore, Column
 from . import hmc as hmc_job
-from .train import flow_path
+from .train import flow_path, check_flow_matches
 
 __all__ = ["run", "KIND"]
 
@@ -43,12 +43,17 @@ def run(ctx: JobContext):
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
     seed = cfg["job"]["seed"] + 1000
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
-             "fermions": dict(f) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
+             "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
     cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((max(n_shots, 1),)),
             "log_det_W": Column(), "log_w": Column(), "log_w_identity": Column()}
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
+    try:   # the flow must be the one this config trains (also in a fresh directory)
+        on_root(ctx.layout, lambda: check_flow_matches(cfg, flow_path(ctx)))
+    except BaseException:
+        src.close()
+        raise
     flowed = EnsembleStore.open_or_create(ctx.path("flowed.h5"), lattice_shape=shape, N=N, action=S2.params(),
                                           meta={"flow_sha256": digest, "lam1": lam1}, layout=ctx.layout)
     t0 = time.perf_counter()
@@ -71,7 +76,7 @@ def run(ctx: JobContext):
             if n_shots:
                 from fermions import log_det_ratio
                 r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, seed + i, tol=f["cg_tol"],
-                                  layout=ctx.layout, bc=f["bc_time"])
+                                  maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"])
                 shots = np.asarray(r.log_weights, float).reshape(n_shots)
                 lW = float(np.asarray(r.log_W).reshape(()))
             else:

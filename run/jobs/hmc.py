@@ -24,6 +24,13 @@ def ensemble_path(ctx: JobContext, lam: float | None = None):
     return ctx.path("ensemble.h5" if lam == 0 else f"ensemble_lam{lam:g}.h5")
 
 
+def _fermion_settings(cfg) -> dict:
+    """The [fermions] settings that define an ensemble or a measurement (recorded in its file
+    and checked on resume): all but ``cg_maxiter``, which only bounds the work of a solve (a
+    rerun with a larger limit continues the same file)."""
+    return {k: v for k, v in cfg["fermions"].items() if k != "cg_maxiter"}
+
+
 def _monomials(ctx: JobContext, action):
     """Integration levels: gauge only, or fermions outside / gauge inside."""
     cfg = ctx.cfg
@@ -47,7 +54,7 @@ def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, pa
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     meta = {"seed": seed, "tau": h["tau"], "n_steps": h["n_steps"], "integrator": h["integrator"],
             "n_therm": h["n_therm"], "save_every": h["save_every"], "start": h["start"],
-            "fermions": {k: v for k, v in cfg["fermions"].items()} if cfg["fermions"]["enabled"] else "none"}
+            "fermions": _fermion_settings(cfg) if cfg["fermions"]["enabled"] else "none"}
     levels, monos = _monomials(ctx, action)
     total = h["n_therm"] + n_traj * h["save_every"]
     with EnsembleStore.open_or_create(path, lattice_shape=shape, N=N, action=action.params(), meta=meta,

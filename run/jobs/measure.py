@@ -57,7 +57,8 @@ def run(ctx: JobContext):
 
         def one(U, i):
             C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"], seed=seed + i,
-                                layout=ctx.layout, bc=f["bc_time"], tol=f["cg_tol"])
+                                layout=ctx.layout, bc=f["bc_time"], tol=f["cg_tol"],
+                                maxiter=f["cg_maxiter"])
             return (np.asarray(L.to_host(C), float).reshape(T), float(S1.operator(U, ctx.layout)),
                     float(L.plaquette(U, ctx.layout)))
 

@@ -13,6 +13,7 @@ job resumes from it), `training.png` (ESS and loss vs step, like the paper's Fig
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from ..config import ConfigError
 from ..context import JobContext, make_action, sub_context
 from . import hmc as hmc_job
 
-__all__ = ["run", "make_model", "train_shape", "flow_path"]
+__all__ = ["run", "make_model", "train_shape", "flow_path", "run_info", "check_flow_matches"]
 
 
 def train_shape(cfg) -> tuple:
@@ -130,18 +131,42 @@ def _running_mean(x, n: int):
     return (c[i] - c[i - k]) / k
 
 
-def _existing_flow(ctx: JobContext, run_info: dict) -> bool:
-    """True if `flow.h5` exists and was trained with exactly these settings; a flow trained
-    with other settings is an error (the later stages would mix two flows)."""
+def run_info(cfg) -> dict:
+    """The settings a trained flow depends on, stored as ``run_info`` in `flow.h5` and its
+    checkpoint: the [train] keys (but the bookkeeping intervals), the target and base
+    densities, the training lattice, the seed and the [flow] section."""
+    t = cfg["train"]
+    target, base_target = _targets(cfg)
+    return {"train": {k: v for k, v in t.items() if k not in ("checkpoint_every", "holdout_every")},
+            "target": target.describe(), "base": base_target.describe() if t["base"] == "ensemble" else "haar",
+            "lattice": list(train_shape(cfg)), "seed": cfg["job"]["seed"], "flow": dict(cfg["flow"])}
+
+
+def _differences(found, want, prefix="") -> list:
+    """Dotted keys where two run_info dicts differ, with both values."""
+    if isinstance(found, dict) and isinstance(want, dict):
+        out = []
+        for k in sorted(set(found) | set(want), key=str):
+            out += _differences(found.get(k), want.get(k), f"{prefix}{k}.")
+        return out
+    return [] if found == want else [f"{prefix[:-1] or 'run_info'} (file {found!r}, config {want!r})"]
+
+
+def check_flow_matches(cfg, path=None, ctx: JobContext | None = None) -> bool:
+    """True if the flow file ``path`` (default `<output>/flow.h5`) exists and was trained with
+    exactly the settings of ``cfg`` (:func:`run_info`); False if there is none. A flow trained
+    with other settings is a ConfigError naming what differs. The one check of a flow file
+    against a config: `train` (skip or refuse) and `evaluate` (refuse) both use it."""
     import flows
-    p = flow_path(ctx)
-    if not p.exists():
+    p = path if path is not None else flow_path(ctx)
+    if not os.path.exists(p):
         return False
     found = flows.read_config(p).get("run_info")
-    want = json.loads(json.dumps(run_info))
+    want = json.loads(json.dumps(run_info(cfg)))
     if found != want:
-        keys = sorted(k for k in set(found or {}) | set(want) if (found or {}).get(k) != want.get(k))
-        raise ConfigError(f"{p} was trained with other settings ({', '.join(keys) or 'unknown'} differ): delete it "
+        diff = _differences(found or {}, want)
+        shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+        raise ConfigError(f"{p} was trained with other settings ({shown or 'unknown'} differ): delete it "
                           f"(and the later stages' files) to retrain, or use another job.output")
     return True
 
@@ -156,14 +181,17 @@ def run(ctx: JobContext):
         raise ConfigError("train.exact_fermions uses dense determinants on one process: run `train` without "
                           "mpirun (the trained flow is then evaluated under mpirun), or set train.exact_fermions = false")
     target, base_target = _targets(cfg)
-    run_info = {"train": {k: v for k, v in t.items() if k not in ("checkpoint_every", "holdout_every")},
-                "target": target.describe(), "base": base_target.describe() if t["base"] == "ensemble" else "haar",
-                "lattice": list(shape), "seed": cfg["job"]["seed"], "flow": dict(cfg["flow"])}
-    if _existing_flow(ctx, run_info):
+    info = run_info(cfg)
+    if check_flow_matches(cfg, ctx=ctx):
         ctx.say(f"{flow_path(ctx)} exists and matches the config: training skipped")
         return flow_path(ctx)
     if t["base"] == "ensemble":
         U, layout = _base_ensemble(ctx, shape)
+        n, ho = int(U.shape[0]), t["holdout"]
+        h = int(round(ho * n)) if isinstance(ho, float) else int(ho)
+        if not 0 < h < n:
+            raise ConfigError(f"train.holdout = {ho} holds out {h} of the {n} base configurations: need at least one "
+                              f"held out and one to train on (raise hmc.n_traj or change train.holdout)")
         base = flows.EnsembleBase(U, base_target, holdout=t["holdout"], layout=layout)
         ctx.say(f"training base: {base.n_train} configurations at lambda1={t['lam1']} "
                 f"({base.n_holdout} held out), target lambda2={t['lam2']}")
@@ -186,10 +214,10 @@ def run(ctx: JobContext):
                                    schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
                                    holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
                                    checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
-                                   layout=layout, log=ctx.log, run_info=run_info)
+                                   layout=layout, log=ctx.log, run_info=info)
     ctx.record_timing("train", time.perf_counter() - t0, 0, lattice=shape)
     if ctx.root:
-        flows.save(flow_path(ctx), model, params, extra={"run_info": run_info, "history": hist.as_dict(),
+        flows.save(flow_path(ctx), model, params, extra={"run_info": info, "history": hist.as_dict(),
                                                         "lattice": list(shape), **extra})
         atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
         if hist.step:
