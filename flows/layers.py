@@ -79,7 +79,7 @@ from lattice import su_n
 from .active import ActiveSites, flat_sites, gather_active, scatter_active, scatter_density
 from .masks import LayerMask
 from .module import Module, add_grads, prefixed, sub_params
-from .protocol import register_layer
+from .protocol import MaskedLayer, register_layer
 from .paths import paths_fwd, paths_vjp
 from .projection import project_su_fwd, project_su_vjp
 from .spectral import SpectralMap
@@ -113,7 +113,7 @@ _flat_sites = flat_sites
 
 
 @register_layer
-class CouplingLayer(Module):
+class CouplingLayer(MaskedLayer, Module):
     """One spectral coupling layer (see the module docstring); layer type ``"spectral"``.
 
     Parameters
@@ -293,23 +293,6 @@ class CouplingLayer(Module):
     @staticmethod
     def _scatter_density(vals, s: ActiveSites, mu, nb):
         return scatter_density(vals, s, mu, nb)
-
-    # ------------------------------------------------------------------ module API
-    def forward(self, params, U, *, layout=None):
-        """(U', log det) and the context for :meth:`vjp` (or :meth:`inverse_vjp`)."""
-        return self._apply(params, U, layout, inverse=False)
-
-    def inverse(self, params, V, *, layout=None):
-        """(U, log det of the inverse at V) and the context for :meth:`inverse_vjp`."""
-        return self._apply(params, V, layout, inverse=True)
-
-    def vjp(self, params, ctx, U_out_bar=None, logdet_bar=None, *, need_params: bool = True):
-        """Cotangent of the input U of the forward map from those of (U', logdet)."""
-        return self._backward(params, ctx, U_out_bar, logdet_bar, inverse=False, need_params=need_params)
-
-    def inverse_vjp(self, params, ctx, U_bar=None, logdet_inv_bar=None, *, need_params: bool = True):
-        """Cotangent of the input V of the inverse map from those of (U, logdet_inv)."""
-        return self._backward(params, ctx, U_bar, logdet_inv_bar, inverse=True, need_params=need_params)
 
     def _backward(self, params, ctx, Y_bar, ld_bar, inverse: bool, need_params: bool):
         """Shared adjoint. Forward map f: U -> V = f(U) with logdet; inverse g: V -> U with

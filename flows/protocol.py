@@ -57,8 +57,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Protocol, Tuple, runtime_checkable
 
-__all__ = ["GaugeLayer", "register_layer", "layer_from_config", "registered_layers", "UnknownLayerType",
-           "LAYER_METHODS"]
+__all__ = ["GaugeLayer", "MaskedLayer", "register_layer", "layer_from_config", "registered_layers",
+           "UnknownLayerType", "LAYER_METHODS"]
 
 Params = Dict[str, Any]
 
@@ -111,6 +111,29 @@ class GaugeLayer(Protocol):
     def describe(self) -> str:
         """One line for model summaries."""
         ...
+
+
+class MaskedLayer:
+    """The four map methods of the contract for a layer that implements one shared pass
+    ``_apply(params, X, layout, inverse) -> ((Y, logdet), ctx)`` and one shared adjoint
+    ``_backward(params, ctx, Y_bar, logdet_bar, inverse, need_params) -> ((X_bar,), grads)``
+    (the adjoint of the map that ran: forward U -> U', or inverse U' -> U)."""
+
+    def forward(self, params, U, *, layout=None):
+        """(U', log det) and the context for :meth:`vjp` (or :meth:`inverse_vjp`)."""
+        return self._apply(params, U, layout, inverse=False)
+
+    def inverse(self, params, V, *, layout=None):
+        """(U, log det of the inverse at V = -log det at U) and the context for :meth:`inverse_vjp`."""
+        return self._apply(params, V, layout, inverse=True)
+
+    def vjp(self, params, ctx, U_out_bar=None, logdet_bar=None, *, need_params: bool = True):
+        """Cotangent of the input U of the forward map from those of (U', log det)."""
+        return self._backward(params, ctx, U_out_bar, logdet_bar, inverse=False, need_params=need_params)
+
+    def inverse_vjp(self, params, ctx, U_bar=None, logdet_inv_bar=None, *, need_params: bool = True):
+        """Cotangent of the input V of the inverse map from those of (U, log det of the inverse)."""
+        return self._backward(params, ctx, U_bar, logdet_inv_bar, inverse=True, need_params=need_params)
 
 
 class UnknownLayerType(ValueError):

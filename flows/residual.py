@@ -88,7 +88,7 @@ from .paths import paths_fwd, paths_vjp
 from .context import ContextNet
 from .layers import checked_layout
 from .active import ActiveSites, gather_active, scatter_active, scatter_density
-from .protocol import register_layer
+from .protocol import MaskedLayer, register_layer
 
 __all__ = ["ResidualLayer", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
            "phi_series", "phi_series_vjp", "TAYLOR_TERMS", "INVERSE_TOL"]
@@ -273,7 +273,7 @@ def _matvec(A, v):
 
 # ---------------------------------------------------------------------- the layer
 @register_layer
-class ResidualLayer(Module):
+class ResidualLayer(MaskedLayer, Module):
     """One residual layer (module docstring).
 
     Parameters
@@ -463,23 +463,6 @@ class ResidualLayer(Module):
             ld = -ld
         ctx = dict(layout=layout, sites=s, fr=fr, alg=alg, E=E, U=U, V=V, dtype=Xf.dtype, shape=tuple(Xf.shape))
         return (stack_links(out_links, layout), ld), ctx
-
-    # ------------------------------------------------------------------ module API
-    def forward(self, params, U, *, layout=None):
-        """(U', log det) and the context for :meth:`vjp` (or :meth:`inverse_vjp`)."""
-        return self._apply(params, U, layout, inverse=False)
-
-    def inverse(self, params, V, *, layout=None):
-        """(U, log det of the inverse at V = -log det J(U)) and the context."""
-        return self._apply(params, V, layout, inverse=True)
-
-    def vjp(self, params, ctx, U_out_bar=None, logdet_bar=None, *, need_params: bool = True):
-        """Cotangent of the input U from those of (U', log det)."""
-        return self._backward(params, ctx, U_out_bar, logdet_bar, inverse=False, need_params=need_params)
-
-    def inverse_vjp(self, params, ctx, U_bar=None, logdet_inv_bar=None, *, need_params: bool = True):
-        """Cotangent of the input V of the inverse from those of (U, log det inverse)."""
-        return self._backward(params, ctx, U_bar, logdet_inv_bar, inverse=True, need_params=need_params)
 
     def _backward(self, params, ctx, Y_bar, ld_bar, inverse: bool, need_params: bool):
         layout, s, fr, alg = ctx["layout"], ctx["sites"], ctx["fr"], ctx["alg"]
