@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from lattice.backend import namespace
 from lattice.layout import Layout, infer_gauge_layout, LayoutError
-from lattice.fields import link, links, stack_links
+from lattice.fields import links, stack_links
 from lattice import su_n
 
 from .active import ActiveSites, flat_sites, gather_active, scatter_active, scatter_density

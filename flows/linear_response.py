@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lattice.backend import to_host, host_concat, namespace
+from lattice.backend import host_concat, namespace
 
 __all__ = ["LinearResponseFit", "linear_response_features", "linear_response_fit"]
 

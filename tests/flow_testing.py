@@ -98,3 +98,16 @@ def y_margin(ictx):
         d = c["w"] * np.minimum(c["xi"], 1.0 - c["xi"]) if "xi" in c else 1.0
         m = min(m, float(np.min(c["dy"] * d)))
     return m
+
+
+def model_harness(fwd, bwd):
+    """Adapt a model's (x, logJ, ctx) = fwd(p, U) and (U_bar, grads) = bwd(p, ctx, x_bar, logJ_bar)
+    to the module contract of flows.gradcheck: ((x, logJ), ctx) and ((U_bar,), grads)."""
+    def f(p, U):
+        x, l, c = fwd(p, U)
+        return (x, l), c
+
+    def b(p, c, xb, lb):
+        ub, g = bwd(p, c, xb, lb)
+        return (ub,), g
+    return f, b

@@ -10,7 +10,7 @@ from flows.gradcheck import assert_vjp
 from lattice import Layout, su_n, random_gauge, gauge_transform, random_gauge_transformation
 from lattice.backend import Rng
 
-from flow_testing import perturbed, small_layer_kw
+from flow_testing import perturbed, small_layer_kw, model_harness
 
 SHAPE4 = (2, 2, 2, 2)
 
@@ -84,20 +84,8 @@ def test_model_vjps(loops, Nd):
     m, p = _setup(Nd, loops, kind="sine", scale=0.3)
     U = random_gauge(shape, N=3, batch=(2,), seed=3)
     for fwd, bwd in ((m.forward_ctx, m.vjp), (m.inverse_ctx, m.inverse_vjp)):
-        assert_vjp(*_harness(fwd, bwd), p, (U,), group=(0,), h=2e-5, rtol=1e-6)
+        assert_vjp(*model_harness(fwd, bwd), p, (U,), group=(0,), h=2e-5, rtol=1e-6)
 
-
-def _harness(fwd, bwd):
-    """Adapt (x, logJ, ctx) = fwd(p, U) and (U_bar, grads) = bwd(...) to the module contract
-    of flows.gradcheck: ((x, logJ), ctx) and ((U_bar,), grads)."""
-    def f(p, U):
-        x, l, c = fwd(p, U)
-        return (x, l), c
-
-    def b(p, c, xb, lb):
-        ub, g = bwd(p, c, xb, lb)
-        return (ub,), g
-    return f, b
 
 
 @pytest.mark.parametrize("loops", ["learned", "plaquette"])

@@ -2,7 +2,6 @@
 equivariance, triangularity, the exact log-det against numerical Jacobians (2d whole layer,
 4d per-link 8x8 blocks), every VJP against central finite differences, the phi(ad X) series,
 and the linear-response derivative."""
-import math
 
 import numpy as np
 import pytest
@@ -10,13 +9,13 @@ from hypothesis import given, strategies as st
 
 import flows
 from flows.masks import LayerMask, residual_schedule, check_covers_every_link, checker_mask
-from flows.residual import ResidualLayer, residual_terms, family_paths, phi_series, phi_series_vjp, link_algebra
+from flows.residual import ResidualLayer, residual_terms, family_paths, phi_series, phi_series_vjp
 from flows.gradcheck import assert_vjp
 from lattice import Layout, su_n, random_gauge, gauge_transform, random_gauge_transformation
 from lattice.backend import Rng
 from lattice.loops import path_product
 
-from flow_testing import perturbed, jacobian_columns, full_jacobian_logdet
+from flow_testing import perturbed, jacobian_columns, full_jacobian_logdet, model_harness
 
 SHAPE4 = (4, 4, 4, 4)
 
@@ -382,14 +381,8 @@ def test_mixed_flow_vjps_and_fused_path_gradient():
     model, p, shape = _mixed_flow(2)
     lay = Layout(shape)
     U = random_gauge(shape, N=3, batch=(2,), seed=3)
-    def fwd(pp, X):
-        x, logJ, ctx = model.forward_ctx(pp, X, layout=lay)
-        return (x, logJ), ctx
-
-    def vjp(pp, ctx, xb, lb):
-        zb, g = model.vjp(pp, ctx, xb, lb)
-        return (zb,), g
-    assert_vjp(fwd, vjp, p, (U,), group=(0,), h=2e-5, rtol=1e-6)
+    fwd = lambda pp, X: model.forward_ctx(pp, X, layout=lay)
+    assert_vjp(*model_harness(fwd, model.vjp), p, (U,), group=(0,), h=2e-5, rtol=1e-6)
     r = Rng(5)
     zb, lb = r.complex_normal(U.shape), r.normal((2,))
     x, logJ, ctx, gq = model.forward_path(p, U, zb, lb, layout=lay)

@@ -14,7 +14,7 @@ from flows.layers import CouplingLayer
 from lattice import random_gauge, su_n
 from lattice.backend import Rng, namespace
 
-from flow_testing import assert_vjp, perturbed, small_layer_kw
+from flow_testing import assert_vjp, perturbed, small_layer_kw, model_harness
 
 
 # ---------------------------------------------------------------------- a second layer type
@@ -340,18 +340,6 @@ def test_mixed_flow_fused_path_gradient():
         np.testing.assert_allclose(g1[1][k], g2[1][k], atol=1e-12)
 
 
-def _harness(fwd, bwd):
-    """(x, logJ, ctx) = fwd(p, U), (U_bar, grads) = bwd(...) -> the module contract of
-    flows.gradcheck: ((x, logJ), ctx) and ((U_bar,), grads)."""
-    def f(p, U):
-        x, l, c = fwd(p, U)
-        return (x, l), c
-
-    def b(p, c, xb, lb):
-        ub, g = bwd(p, c, xb, lb)
-        return (ub,), g
-    return f, b
-
 
 def test_mixed_flow_vjps_and_save_load(tmp_path):
     """Model VJPs (forward and inverse; links and all parameters) vs finite differences (smooth
@@ -360,7 +348,7 @@ def test_mixed_flow_vjps_and_save_load(tmp_path):
     p = perturbed(f.init(0), 0.3, 3)
     U = random_gauge((4, 4), N=3, batch=(2,), seed=11)
     for fwd, bwd in ((f.forward_ctx, f.vjp), (f.inverse_ctx, f.inverse_vjp)):
-        assert_vjp(*_harness(fwd, bwd), p, (U,), group=(0,), h=2e-5, rtol=1e-6)
+        assert_vjp(*model_harness(fwd, bwd), p, (U,), group=(0,), h=2e-5, rtol=1e-6)
     flows.save(tmp_path / "mixed.h5", f, p)
     f2, p2 = flows.load(tmp_path / "mixed.h5")
     assert [type(l) for l in f2.layers] == [CouplingLayer, LeftMul, CouplingLayer]

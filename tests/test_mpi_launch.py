@@ -8,10 +8,6 @@
   Feynman-Hellmann operator) on that ensemble writes the same measurement file;
 * a job failing on rank 0 aborts all ranks and leaves the traceback in the job log.
 """
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,30 +15,9 @@ import pytest
 pytest.importorskip("mpi4py")
 h5py = pytest.importorskip("h5py")
 
-ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
-TIMEOUT = 120          # seconds; a hang would otherwise stall the test run
+from mpi_launching import LAUNCH_MARKS, launch  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}"),
-    pytest.mark.skipif(any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")),
-                       reason="already inside an MPI launch"),
-]
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDI_", "MPIR_", "OMPI_", "PMIX_"))}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def _launch(ranks, args, cwd):
-    cmd = ([str(MPIEXEC), "-n", str(ranks)] if ranks else []) + [sys.executable] + list(args)
-    try:
-        return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as exc:   # the launcher's process group is killed by run()
-        pytest.fail(f"{' '.join(cmd)} hung for {TIMEOUT} s:\n{exc.stdout}\n{exc.stderr}")
+pytestmark = LAUNCH_MARKS
 
 
 RAISE_ON_ONE_RANK = """
@@ -58,7 +33,7 @@ print("unreachable")
 
 
 def test_exception_on_one_rank_aborts_all_ranks(tmp_path):
-    r = _launch(2, ["-c", RAISE_ON_ONE_RANK], tmp_path)
+    r = launch(2, ["-c", RAISE_ON_ONE_RANK], tmp_path)
     assert r.returncode != 0
     assert "[rank 1] RuntimeError: deliberate failure on one rank" in r.stderr
     assert "unreachable" not in r.stdout
@@ -70,7 +45,7 @@ def _hmc_args(out, *extra):
 
 
 def test_indivisible_lattice_is_a_configuration_error_on_every_rank(tmp_path):
-    r = _launch(2, _hmc_args(tmp_path / "o", "--set", "lattice.shape=[3,3,3,5]"), tmp_path)
+    r = launch(2, _hmc_args(tmp_path / "o", "--set", "lattice.shape=[3,3,3,5]"), tmp_path)
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if "configuration error" in l]
     assert len(lines) == 2 and all("cannot decompose lattice (3, 3, 3, 5) over 2 ranks" in l for l in lines), r.stderr
@@ -102,9 +77,9 @@ def _datasets(path):
 def hmc_runs(tmp_path_factory):
     """``gaugeflow hmc`` on 2 ranks and on one process (shared by the tests below)."""
     d = tmp_path_factory.mktemp("hmc")
-    r2 = _launch(2, _hmc_args(d / "p"), d)
+    r2 = launch(2, _hmc_args(d / "p"), d)
     assert r2.returncode == 0, r2.stderr
-    r1 = _launch(0, _hmc_args(d / "s"), d)
+    r1 = launch(0, _hmc_args(d / "s"), d)
     assert r1.returncode == 0, r1.stderr
     return d, r1, r2
 
@@ -145,7 +120,7 @@ main(sys.argv[1:])
 
 def test_job_failing_on_rank0_aborts_and_is_logged(tmp_path):
     out = tmp_path / "o"
-    r = _launch(2, ["-c", RAISE_ON_ROOT_IN_A_JOB] + _hmc_args(out)[2:], tmp_path)
+    r = launch(2, ["-c", RAISE_ON_ROOT_IN_A_JOB] + _hmc_args(out)[2:], tmp_path)
     assert r.returncode != 0
     assert "[rank 0] FloatingPointError: deliberate failure on rank 0" in r.stderr
     assert "aborting all 2 ranks" in r.stderr
@@ -158,9 +133,9 @@ def test_mpirun_measure_writes_the_single_process_file(hmc_runs):
     tmp_path, _, _ = hmc_runs
     extra = ("--set", "measure.flowed=false", "--set", "measure.n_sources=1", "--set", "fermions.kappa=0.12",
              "--set", "fermions.mu=0.1")
-    r2 = _launch(2, ["-m", "run", "measure"] + _hmc_args(tmp_path / "p")[3:] + list(extra), tmp_path)
+    r2 = launch(2, ["-m", "run", "measure"] + _hmc_args(tmp_path / "p")[3:] + list(extra), tmp_path)
     assert r2.returncode == 0, r2.stderr
-    r1 = _launch(0, ["-m", "run", "measure"] + _hmc_args(tmp_path / "s")[3:] + list(extra), tmp_path)
+    r1 = launch(0, ["-m", "run", "measure"] + _hmc_args(tmp_path / "s")[3:] + list(extra), tmp_path)
     assert r1.returncode == 0, r1.stderr
     d2, n2 = _datasets(tmp_path / "p" / "measure.h5")
     d1, n1 = _datasets(tmp_path / "s" / "measure.h5")
@@ -178,12 +153,12 @@ def test_mpirun_evaluate_reproduces_the_single_process_flow_evaluation(tmp_path)
              "--set", "train.batch_size=1", "--set", "train.holdout_every=0", "--set", "train.init=identity")
     s, p = tmp_path / "s", tmp_path / "p"
     for cmd in ("hmc", "train", "evaluate"):
-        r = _launch(0, ["-m", "run", cmd] + _hmc_args(s)[3:] + list(small), tmp_path)
+        r = launch(0, ["-m", "run", cmd] + _hmc_args(s)[3:] + list(small), tmp_path)
         assert r.returncode == 0, r.stderr
     p.mkdir()
     for f in ("ensemble.h5", "flow.h5"):
         shutil.copy(s / f, p / f)
-    r2 = _launch(2, ["-m", "run", "evaluate"] + _hmc_args(p)[3:] + list(small), tmp_path)
+    r2 = launch(2, ["-m", "run", "evaluate"] + _hmc_args(p)[3:] + list(small), tmp_path)
     assert r2.returncode == 0, r2.stderr
     cols = ("index", "logJ", "dS", "log_w")
     with RecordStore.open(s / "evaluate.h5", "r", kind="flow-evaluation") as a, \

@@ -5,42 +5,17 @@ failing rank, unwinding through ``with EnsembleStore(...)``, waited in ``close()
 broadcast that the other rank, busy in the next trajectory's halo exchange, never joined.)
 A user error raised on one rank only (a file-system error on rank 0) is reported in one line
 and also aborts every rank."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("h5py")
 
-ROOT = Path(__file__).resolve().parents[1]
-MPIEXEC = Path(sys.executable).with_name("mpiexec")
-TIMEOUT = 120
+from mpi_launching import LAUNCH_MARKS, launch  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not MPIEXEC.exists(), reason=f"no mpiexec next to {sys.executable}"),
-    pytest.mark.skipif(any(v in os.environ for v in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")),
-                       reason="already inside an MPI launch"),
-]
+pytestmark = LAUNCH_MARKS
 
 from test_run_robust import TINY  # noqa: E402
-
-
-def _env():
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "HYDI_", "MPIR_", "OMPI_", "PMIX_"))}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + str(ROOT / "tests") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
-
-
-def _launch(ranks, args, cwd):
-    cmd = ([str(MPIEXEC), "-n", str(ranks)] if ranks else []) + [sys.executable] + list(map(str, args))
-    try:
-        return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(cmd)} hung for {TIMEOUT} s (deadlock):\n{exc.stdout}\n{exc.stderr}")
 
 
 # Runs `gaugeflow STAGE CONFIG` with one function made to fail on one rank only.
@@ -111,7 +86,7 @@ def made(tmp_path_factory):
     cfg = d / "tiny.toml"
     cfg.write_text(TINY.format(out=d / "out"))
     for c in ("hmc", "train"):
-        r = _launch(0, ["-m", "run", c, cfg], d)
+        r = launch(0, ["-m", "run", c, cfg], d)
         assert r.returncode == 0, r.stderr
     return d / "out"
 
@@ -125,7 +100,7 @@ def test_exception_on_one_rank_aborts_every_rank(made, tmp_path, stage):
             (out / f).write_bytes((made / f).read_bytes())
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(out=out))
-    r = _launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg], tmp_path)
+    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg], tmp_path)
     assert r.returncode != 0
     assert f"[rank 1] RuntimeError: deliberate failure on rank 1 in {stage}" in r.stderr, r.stderr
     log = (out / "gaugeflow.log").read_text()
@@ -140,7 +115,7 @@ def test_user_error_on_one_rank_is_one_line_and_aborts_every_rank(made, tmp_path
     out = tmp_path / "out"
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(out=out))
-    r = _launch(2, ["-c", FAIL_ON_ONE_RANK, "nospace", "hmc", cfg], tmp_path)
+    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "nospace", "hmc", cfg], tmp_path)
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if "gaugeflow: error:" in l]
     assert len(lines) == 1 and lines[0].startswith("[rank 0] gaugeflow: error: OSError") and "timings.json" in lines[0] \
@@ -157,7 +132,7 @@ def test_odd_local_extents_of_a_flow_are_a_configuration_error_before_work(tmp_p
     out = tmp_path / "out"
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(out=out))
-    r = _launch(2, ["-m", "run", "train", cfg, "--set", "lattice.shape=[4,4,4,6]", "--set", "analyze.t_max=3"], tmp_path)
+    r = launch(2, ["-m", "run", "train", cfg, "--set", "lattice.shape=[4,4,4,6]", "--set", "analyze.t_max=3"], tmp_path)
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if "configuration error" in l]
     assert len(lines) == 2 and all("lattice.shape" in l and "even local extents" in l for l in lines), r.stderr
