@@ -111,3 +111,14 @@ def model_harness(fwd, bwd):
         ub, g = bwd(p, c, xb, lb)
         return (ub,), g
     return f, b
+
+
+def assert_layer_gauge_equivariant(layer, p, U, Om, lay, atol=1e-11):
+    """f(U^Omega) = f(U)^Omega with the same log-det, and the inverse of f(U)^Omega is U^Omega."""
+    from lattice import gauge_transform
+    (V, ld), _ = layer.forward(p, U, layout=lay)
+    (Vg, ldg), _ = layer.forward(p, gauge_transform(U, Om, lay), layout=lay)
+    np.testing.assert_allclose(Vg, gauge_transform(V, Om, lay), atol=atol)
+    np.testing.assert_allclose(ldg, ld, atol=10 * atol)
+    (W, _), _ = layer.inverse(p, gauge_transform(V, Om, lay), layout=lay)
+    np.testing.assert_allclose(W, gauge_transform(U, Om, lay), atol=10 * atol)
