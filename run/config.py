@@ -244,7 +244,7 @@ RANGES: dict[tuple, tuple] = {
     ("flow", "spline_bins"): ((lambda v: 1 <= v <= 999), "an integer from 1 to 999"),
     ("train", "lam1"): _any_number(),
     ("train", "lam2"): _any_number(),
-    ("train", "steps"): _int_at_least(1),
+    ("train", "steps"): _int_at_least(0),          # 0 only with train.init = "linear-response" (below)
     ("train", "batch_size"): _int_at_least(1),
     ("train", "lr"): _positive_float(),
     ("train", "warmup"): _int_at_least(0),
@@ -349,8 +349,10 @@ def _check_consistency(c: dict, source: str):
                           "needs two different Feynman-Hellmann couplings (set train.lam2)")
     if c["train"]["shape"] and shape is not None and len(c["train"]["shape"]) != len(shape):
         raise ConfigError(f"{source}: train.shape {c['train']['shape']} must have as many axes as lattice.shape {shape}")
-    if not (0 <= c["train"]["warmup"] < c["train"]["steps"]
-            or (c["train"]["steps"] == 0 == c["train"]["warmup"] and c["train"]["init"] == "linear-response")):
+    if c["train"]["steps"] == 0 and c["train"]["init"] != "linear-response":
+        raise ConfigError(f"{source}: train.steps = 0 trains nothing: give train.steps >= 1, or fit a residual flow "
+                          f"without gradient steps with train.init = 'linear-response'")
+    if not (0 <= c["train"]["warmup"] < c["train"]["steps"] or c["train"]["steps"] == 0 == c["train"]["warmup"]):
         raise ConfigError(f"{source}: train.warmup = {c['train']['warmup']} must lie in [0, train.steps = "
                           f"{c['train']['steps']}) (train.steps = 0 only with train.init = 'linear-response')")
     if c["train"]["estimator"] not in ("path", "plain"):
