@@ -139,6 +139,10 @@ def check_command(cfg: dict, command: str, source: str = "config") -> None:
         if any(n % 2 for n in shape):
             raise ConfigError(f"{source}: {key} = {shape}: the flow's masks are checkerboards and need even "
                               f"extents in every direction")
+        f = cfg["flow"]
+        if f["kind"] == "residual" and "M4" in f["masks"] and any(n % 4 for n in shape):
+            raise ConfigError(f"{source}: {key} = {shape}: residual flows with M4 masks need extents divisible by 4; "
+                              f"use flow.masks = [\"M2\", \"M2\"] on this lattice")
     if command in ("analyze", "demo"):
         T, a = cfg["lattice"]["shape"][-1], cfg["analyze"]
         t_max = a["t_max"] or T // 2
@@ -386,13 +390,6 @@ def _check_flow(c: dict, source: str):
     if not 0 < f["bound"] <= 0.5:
         raise ConfigError(f"{source}: flow.bound must lie in (0, 0.5] (the residual coefficients' bound that keeps the "
                           f"inverse a contraction), got {f['bound']}")
-    m = 4 if "M4" in f["masks"] else 2
-    shapes = [("lattice.shape", c["lattice"].get("shape"))] + ([("train.shape", t["shape"])] if t["shape"] else [])
-    for key, shape in shapes:
-        if shape and any(L % m for L in shape):
-            raise ConfigError(f"{source}: {key} = {shape}: residual flows with {'M4' if m == 4 else 'M2'} masks need "
-                              f"extents divisible by {m}" + ("; use flow.masks = [\"M2\", \"M2\"] on this lattice"
-                                                             if m == 4 and not any(L % 2 for L in shape) else ""))
 
 
 def dump_toml(cfg: dict) -> str:

@@ -92,9 +92,10 @@ def test_residual_flow_settings_are_checked(overrides, match):
     """The demo's residual flow settings, each broken in one way: one ConfigError naming the
     key, the value and what would work."""
     with pytest.raises(ConfigError, match=match):
-        load_config("demo", overrides)
+        load_config("demo", overrides, command="train")
 
 
 def test_m2_only_residual_flows_run_on_extents_divisible_by_2():
-    c = load_config("demo", ["lattice.shape=[4,4,4,6]", "flow.masks=[\"M2\", \"M2\"]"])
+    c = load_config("demo", ["lattice.shape=[4,4,4,6]", "flow.masks=[\"M2\", \"M2\"]"], command="train")
     assert c["flow"]["masks"] == ["M2", "M2"]
+    load_config("demo", ["lattice.shape=[4,4,4,6]"], command="hmc")       # hmc runs no flow
