@@ -27,5 +27,6 @@ def run(ctx: JobContext):
         wall[name] = time.perf_counter() - t0
     ctx.say("\nwall time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
             + f" (total {sum(wall.values()):.0f} s)")
-    ctx.say(f"files in {ctx.out}/: ensemble.h5, flow.h5, training.png, flowed.h5, evaluate.h5, measure.h5, "
-            "results.json, x_g_vs_tmin.png, effective_mass.png, gaugeflow.log")
+    files = ["ensemble.h5", "flow.h5", "training.png", "flowed.h5", "evaluate.h5", "measure.h5", "results.json",
+             "x_g_vs_tmin.png", "effective_mass.png", "gaugeflow.log"]
+    ctx.say(f"files in {ctx.out}/: " + ", ".join(f for f in files if ctx.path(f).exists()))
