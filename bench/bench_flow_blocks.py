@@ -10,6 +10,11 @@ measured in the same run:
   its time in units of that product (the staple net and the loops are chains of such products).
 
 Staple net: N_l = 2 mixing layers, N_h = 8, active direction 0 on the even sites.
+Residual layers (complex128): one M2 layer with plaquette terms and one M4 layer with plaquette,
+rectangle and chair terms (constants), forward and forward+VJP, and the per-link 8 x 8
+algebra alone (X, ad X, phi(ad X) by 20 Horner terms, D, J, J^-1, log det J) on the M2
+layer's active links; ``algebra_share`` of a residual record is t_algebra / t_record (the rest
+is the staple path products on the whole lattice).
 Context net: plaquette + rectangle features, hidden (16, 16), kernel 3, 16 outputs per site.
 Time per site = time / (batch x volume); ``ratio`` = time / time of the copy reference.
 """
@@ -113,4 +118,34 @@ def run(quick: bool = False):
         rec("context features (18 loops, 36 features)", t_feat)
         rec("context net (16,16) k=3 forward", t_f)
         rec("context net (16,16) k=3 forward+vjp", t_fb)
+
+        if dname == "complex128":
+            _residual(U, lay, reps, rec, recs)
     return recs
+
+
+def _residual(U, lay, reps, rec, recs):
+    from flows.residual import link_algebra
+    from lattice import su_n
+    xp = default_xp()
+    t_alg = None
+    for modulus, fams in ((2, ("plaquette",)), (4, ("plaquette", "rectangle", "chair"))):
+        mask = flows.LayerMask("checker", mu=1, parity=0, modulus=modulus)
+        layer = flows.ResidualLayer(mask, 4, 3, fams)
+        p = layer.init(Rng(5))
+        p["coef"] = xp.asarray([0.5] * len(layer.terms))
+        if t_alg is None:
+            (_, _), ctx = layer.forward(p, U, layout=lay)
+            M = ctx["U"] @ su_n.dagger(ctx["fr"]["Xi"])
+            t_alg = _best(lambda: link_algebra(M), reps)
+            rec(f"residual 8x8 link algebra ({M.shape[-3]} links)", t_alg)
+        t_f = _best(lambda: layer.forward(p, U, layout=lay), reps)
+
+        def fb():
+            (V, ld), c = layer.forward(p, U, layout=lay)
+            layer.vjp(p, c, V, ld)
+        t_fb = _best(fb, reps)
+        for name, t in ((f"residual M{modulus} {'+'.join(fams)} forward", t_f),
+                        (f"residual M{modulus} {'+'.join(fams)} forward+vjp", t_fb)):
+            rec(name, t)
+            recs[-1]["algebra_share"] = t_alg / t
