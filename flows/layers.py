@@ -107,11 +107,6 @@ def fixed_staple_path(kind: str, mu: int, orientation, Nd: int):
     raise ValueError(f"unknown fixed loop {kind!r}; use 'plaquette' or 'rectangle'")
 
 
-# Backward-compatible private names (other modules import them from here).
-_Sites = ActiveSites
-_flat_sites = flat_sites
-
-
 @register_layer
 class CouplingLayer(MaskedLayer, Module):
     """One spectral coupling layer (see the module docstring); layer type ``"spectral"``.
@@ -284,15 +279,6 @@ class CouplingLayer(MaskedLayer, Module):
         logdet = layout.sum(dens)
         ctx = dict(layout=layout, sites=s, per=per, cctx=cctx, nb=nb, dtype=X.dtype, shape=tuple(X.shape))
         return (Y, logdet), ctx
-
-    # thin aliases of the shared helpers (flows.active)
-    @staticmethod
-    def _scatter(vals, s: ActiveSites, mu, nb, base):
-        return scatter_active(vals, s, mu, nb, base)
-
-    @staticmethod
-    def _scatter_density(vals, s: ActiveSites, mu, nb):
-        return scatter_density(vals, s, mu, nb)
 
     def _backward(self, params, ctx, Y_bar, ld_bar, inverse: bool, need_params: bool):
         """Shared adjoint. Forward map f: U -> V = f(U) with logdet; inverse g: V -> U with

@@ -165,8 +165,8 @@ def residual_terms(mu: int, Nd: int, families=("plaquette",)):
 # ---------------------------------------------------------------------- su(N) algebra tables
 @lru_cache(maxsize=None)
 def _tables(N: int, xp_name: str):
-    """Generators T (n, N, N), ad matrices F (n, n*n) with (ad T^c)_ab = F[c, a*n + b], and the
-    products Q = T^a T^b flattened (n*n, N*N) and their daggers (n*n, N*N)."""
+    """The ad matrices F (n, n*n) with (ad T^c)_ab = F[c, a*n + b], and the products
+    Q = T^a T^b flattened (n*n, N*N) and their daggers (n*n, N*N), n = N^2 - 1."""
     from lattice.backend import get_namespace
     xp = get_namespace(xp_name)
     T = su_n.generators(N, xp)                                # complex128
@@ -177,13 +177,12 @@ def _tables(N: int, xp_name: str):
     F = xp.reshape(xp.permute_dims(coords, (0, 2, 1)), (n, n * n))
     Q = xp.reshape(TT, (n * n, N * N))                        # (a, b) -> T^a T^b
     Qd = xp.reshape(su_n.dagger(TT), (n * n, N * N))
-    return T, F, Q, Qd
+    return F, Q, Qd
 
 
 def _tab(N, xp):
-    name = getattr(xp, "__name__", "numpy").split(".")[-1]
-    name = {"numpy": "numpy", "cupy": "cupy", "array_api_strict": "array_api_strict"}.get(name, name)
-    return _tables(N, name)
+    """:func:`_tables` in the namespace ``xp`` (cached by its short name)."""
+    return _tables(N, getattr(xp, "__name__", "numpy").split(".")[-1])
 
 
 def phi_series(A, terms: int = TAYLOR_TERMS):
@@ -224,19 +223,18 @@ def _vec_t(M):
 def link_algebra(M):
     """Per-link quantities of (R1)-(R4) from M = U Xi^dag (complex128, (..., N, N)):
     coordinates x of X = P_TA(M), A = ad X, phi(A) with its Horner intermediates, D, the
-    matrix J = 1 + phi(A) D, J^{-1} and log det J (float64)."""
+    inverse of J = 1 + phi(A) D and log det J (float64)."""
     xp = namespace(M)
     N = M.shape[-1]
     n = N * N - 1
-    T, F, Q, Qd = _tab(N, xp)
+    F, Q, Qd = _tab(N, xp)
     x = su_n.to_coords(M)                                             # (..., n)
     A = xp.reshape(x @ F, x.shape[:-1] + (n, n))
     Phi, Ps = phi_series(A)
     D = -2.0 * xp.real(xp.reshape(_vec_t(M) @ xp.matrix_transpose(Q), x.shape[:-1] + (n, n)))
-    J = xp.eye(n, dtype=xp.float64) + Phi @ D
-    sign, ld = xp.linalg.slogdet(J)
-    Jinv = xp.linalg.inv(J)
-    return dict(x=x, A=A, Phi=Phi, Ps=Ps, D=D, J=J, Jinv=Jinv, ld=ld, X=su_n.from_coords(x, N))
+    J = xp.eye(n, dtype=xp.float64) + Phi @ D                         # det J > 0 (||phi D|| <= rho < 1)
+    ld = xp.linalg.slogdet(J)[1]
+    return dict(x=x, A=A, Phi=Phi, Ps=Ps, D=D, Jinv=xp.linalg.inv(J), ld=ld, X=su_n.from_coords(x, N))
 
 
 def link_algebra_vjp(alg, x_bar=None, ld_bar=None):
@@ -245,7 +243,7 @@ def link_algebra_vjp(alg, x_bar=None, ld_bar=None):
     xp = namespace(alg["A"])
     N = alg["X"].shape[-1]
     n = N * N - 1
-    T, F, Q, Qd = _tab(N, xp)
+    F, Q, Qd = _tab(N, xp)
     M_bar = None
     if ld_bar is not None:
         Jb = ld_bar[..., None, None] * xp.matrix_transpose(alg["Jinv"])
@@ -426,8 +424,7 @@ class ResidualLayer(MaskedLayer, Module):
         xp = namespace(V)
         U = V
         for it in range(INVERSE_MAXITER):
-            Xm = su_n.from_coords(su_n.to_coords(U @ su_n.dagger(Xi)), self.N)
-            Un = su_n.expm(-Xm) @ V
+            Un = su_n.expm(-su_n.project_algebra(U @ su_n.dagger(Xi))) @ V
             err = float(xp.max(xp.abs(Un - U)))
             U = Un
             if err < INVERSE_TOL:

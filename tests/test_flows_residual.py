@@ -63,9 +63,9 @@ def test_checker_mask_errors():
         checker_mask(Layout((4, 4)), 0, 2, 2)
     with pytest.raises(ValueError, match="M2 or M4"):
         LayerMask("checker", mu=0, parity=0, modulus=3).active(Layout((4, 4)))
-    with pytest.raises(ValueError, match="M4"):                 # rectangles on M2 are not triangular
-        ResidualLayer(M2_2D, 2, 3, ("rectangle",)).forward(ResidualLayer(M2_2D, 2, 3, ("rectangle",)).init(Rng(0)),
-                                                            random_gauge((4, 4), N=3, batch=(1,)), layout=Layout((4, 4)))
+    rect_on_m2 = ResidualLayer(M2_2D, 2, 3, ("rectangle",))       # rectangles on M2 are not triangular
+    with pytest.raises(ValueError, match="2x1 rectangles need M4 masks"):
+        rect_on_m2.forward(rect_on_m2.init(Rng(0)), random_gauge((4, 4), N=3, batch=(1,)), layout=Layout((4, 4)))
 
 
 def test_staple_paths_close_the_loops():
