@@ -1,28 +1,44 @@
-"""Stochastic estimator of the Nf=2 determinant ratio det(M^dag M[U']) / det(M^dag M[U]).
+"""Stochastic estimator of the Nf=2 determinant ratio det K(U') / det K(U), K = M^dag M^,
+with an optional invertible pseudofermion map h (the conditional flow of the paper's section 3).
 
 Since det M = det M_ee det M^ with det M_ee independent of U (:mod:`fermions.twisted_mass`),
+the Nf = 2 ratio det(M^dag M[U'])/det(M^dag M[U]) equals det K(U')/det K(U) with
+K(U) = M^(U)^dag M^(U) on the odd sites (n = 2 N V complex components).
 
-    R = det(M^dag M^[U']) / det(M^dag M^[U]) = 1 / det(B^dag B),    B = M^[U']^{-1} M^[U],
+Derivation (docs/design.md section 6). For eta complex Gaussian on the odd sites, density
+pi^{-n} exp(-|eta|^2) (E|eta_i|^2 = 1), the pseudofermion phi = M^(U)^dag eta has density
 
-and for complex Gaussian noise eta on the odd sites with density pi^{-n} exp(-|eta|^2)
-(E|eta_i|^2 = 1, n = 2 N V spin-colour-site components)
+    p(phi | U) = pi^{-n} exp(-phi^dag K(U)^{-1} phi) / det K(U),                      (P1)
 
-    R = E[ w ],   w = exp(-|B eta|^2 + |eta|^2)      (DESIGN.md section 6).
+because |M^^{-dag} phi|^2 = phi^dag (M^^dag M^)^{-1} phi. Normalisation of (P1) at U' gives
+det K(U') = int d^{2n}phi' pi^{-n} exp(-phi'^dag K(U')^{-1} phi'). Substitute phi' = h(phi)
+for any invertible (real-differentiable) map h, with real Jacobian J = |det_R d phi'/d phi|,
+and multiply and divide by p(phi | U):
 
-The estimator has finite variance only if E[w^2] = det(2 B^dag B - 1)^{-1} exists, i.e. only if
-**B^dag B > 1/2** (every singular value of B above 1/sqrt 2). That holds for U' close to U
-and fails for distant configurations: then the per-shot log-weights scatter widely and log W
-is dominated by rare shots. (Z_2 noise is biased for this estimator; do not use it.)
+    det K(U') / det K(U) = E_eta[ w ],
+    log w = -phi'^dag K(U')^{-1} phi' + |eta|^2 + log J,   phi = M^(U)^dag eta, phi' = h(phi).   (P2)
 
-Accuracy. Each exponent -|B eta|^2 + |eta|^2 is a difference of two numbers of size ~n
-(~5e5 at 12^3 x 24). With chi = M^[U] eta and zeta from CG on A = M^[U'] M^[U']^dag,
-A zeta = chi, we use the *energy functional*
+(phi^dag K(U)^{-1} phi = |eta|^2 exactly, so no solve on U is needed.) h = identity is the
+plain estimator; the map h* = M^(U')^dag M^(U)^{-dag} gives phi' = M^(U')^dag eta, log J =
+log det K(U') - log det K(U) (det_R of a complex-linear A is |det A|^2) and hence zero
+variance: log w = log det K(U')/det K(U) for every eta. h* hops through both U and U', which is
+why a learned h transports with both fields (:mod:`flows.pseudofermion`).
 
-    |B eta|^2 = chi^dag A^{-1} chi  ~=  2 Re <chi, zeta> - <zeta, A zeta>,
+With h = identity, log w = |eta|^2 - |B eta|^2 with B = M^(U')^{-dag} M^(U)^dag. The
+estimator has finite variance only if E[w^2] = det(2 B^dag B - 1)^{-1} exists, i.e. only if
+**B^dag B > 1/2** (every singular value of B above 1/sqrt 2; :func:`ratio_variance_condition`).
+That holds for U' close to U and fails for distant configurations: then the per-shot
+log-weights scatter widely and log W is dominated by rare shots. (Z_2 noise is biased for this
+estimator; do not use it.)
 
-whose error is -<r, A^{-1} r> <= 0 for the CG residual r: quadratic in the residual
-(<= tol^2 |chi|^2 / lambda_min(A), ~1e-10 at the paper's parameters with tol = 1e-10), where
-|M^'^{-1} chi|^2 would carry a first-order error. The per-site terms are combined before
+Accuracy. Each exponent is a difference of two numbers of size ~n (~5e5 at 12^3 x 24). With
+zeta from CG on K' = M^(U')^dag M^(U'), K' zeta = phi', we use the *energy functional*
+
+    phi'^dag K'^{-1} phi'  ~=  2 Re <phi', zeta> - |M^(U') zeta|^2,
+
+whose error is -<r, K'^{-1} r> <= 0 for the CG residual r: quadratic in the residual
+(<= tol^2 |phi'|^2 / lambda_min(K'), ~1e-10 at the paper's parameters with tol = 1e-10), where
+|M^'^{-dag} phi'|^2 would carry a first-order error. The per-site terms are combined before
 the (float64, decomposition-independent) global sum.
 
 Results are log-weights, never weights: log W = log-mean-exp(log w_k).
@@ -53,7 +69,7 @@ def log_mean_exp(logw, axis: int = 0):
 class DetRatio:
     """Result of :func:`log_det_ratio`.
 
-    log_weights : float64 (n_shots, *batch): log w_k = |eta_k|^2 - |B eta_k|^2.
+    log_weights : float64 (n_shots, *batch): log w_k of (P2), |eta_k|^2 - phi_k'^dag K(U')^{-1} phi_k' + log J_k.
     log_W : float64 (*batch): log of the estimate of det(M^dag M[U'])/det(M^dag M[U]).
     log_W_err : float64 (*batch): standard error of log_W (delta method, std(w)/(sqrt(n) mean w)).
     cg : CG info of the solve (all shots and batch elements in one batched solve).
@@ -73,7 +89,7 @@ def draw_odd_noise(rng: Rng, half: Layout, lead, N: int):
 
 def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, tol: float = 1e-10,
                   maxiter: int | None = None, layout: Layout | None = None, bc="antiperiodic",
-                  precision: str = "double", on_failure: str = "raise") -> DetRatio:
+                  precision: str = "double", on_failure: str = "raise", pf_map=None) -> DetRatio:
     """Stochastic estimate of log[det(M^dag M[U']) / det(M^dag M[U])] with ``n_shots`` noise vectors.
 
     Parameters
@@ -81,9 +97,13 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
     U, U_prime : gauge fields of the same shape (*batch, 4, L0..L3, N, N).
     kappa, mu : twisted-mass parameters (same for both).
     n_shots : number of complex Gaussian noise vectors per batch element.
-    seed : noise seed (the noise is independent of the MPI decomposition).
+    seed : noise seed (the noise is independent of the MPI decomposition; the same seed gives
+        the same eta with or without ``pf_map``, so the two estimates are correlated).
     tol : true relative CG residual (default 1e-10; see the module docstring on accuracy).
     precision : "double" or "mixed" (complex64 inner CG with float64 defect correction).
+    pf_map : the pseudofermion map h of (P2), a callable phi -> (phi', log J) on packed odd
+        spinors (n_shots, *batch, L0/2, L1, L2, L3, 4, N), log J real of shape broadcastable to
+        (n_shots, *batch) (e.g. :meth:`flows.PseudofermionFlow.bind`); None is the identity.
 
     Returns a :class:`DetRatio` (per-shot log-weights, log W, its error, the CG info).
     """
@@ -99,18 +119,23 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
     half = op.half_layout
     batch = tuple(U.shape[: U.ndim - 7])
     eta = xp.astype(draw_odd_noise(Rng(seed, xp=xp), half, (n_shots,) + batch, op.N), op.dtype)
-    chi = op.apply_schur(eta)
+    phi = op.apply_schur_dagger(eta)                                    # phi = M^(U)^dag eta, (P1)
+    log_jac = 0.0
+    if pf_map is not None:
+        phi, log_jac = pf_map(phi)
+        if tuple(phi.shape) != tuple(eta.shape):
+            raise ValueError(f"pf_map returned phi' of shape {tuple(phi.shape)}, expected {tuple(eta.shape)}")
     kw = {}
     if precision == "mixed":
-        kw["apply_A_low"] = opp.astype(xp.complex64).apply_schur_mmdag
+        kw["apply_A_low"] = opp.astype(xp.complex64).apply_schur_normal
     elif precision != "double":
         raise ValueError(f"precision must be 'double' or 'mixed', got {precision!r}")
-    zeta, info = cg(opp.apply_schur_mmdag, chi, tol=tol, maxiter=maxiter, layout=half, on_failure=on_failure,
-                    what="CG on M^' M^'^dag (determinant ratio)", **kw)
-    y = opp.apply_schur_dagger(zeta)
-    # log w = |eta|^2 - (2 Re<chi, zeta> - |M^'^dag zeta|^2), combined per site before the sum
-    dens = (xp.real(eta * xp.conj(eta)) - 2.0 * xp.real(xp.conj(chi) * zeta) + xp.real(y * xp.conj(y)))
-    logw = half.sum(xp.astype(dens, xp.float64), inner=2)            # (n_shots, *batch)
+    zeta, info = cg(opp.apply_schur_normal, phi, tol=tol, maxiter=maxiter, layout=half, on_failure=on_failure,
+                    what="CG on M^'^dag M^' (determinant ratio)", **kw)
+    y = opp.apply_schur(zeta)
+    # log w = |eta|^2 - (2 Re<phi', zeta> - |M^' zeta|^2) + log J, combined per site before the sum
+    dens = (xp.real(eta * xp.conj(eta)) - 2.0 * xp.real(xp.conj(phi) * zeta) + xp.real(y * xp.conj(y)))
+    logw = half.sum(xp.astype(dens, xp.float64), inner=2) + log_jac          # (n_shots, *batch)
     logW = log_mean_exp(logw, axis=0)
     # delta-method error of log mean w
     w = xp.exp(logw - xp.max(logw, axis=0, keepdims=True))
@@ -122,22 +147,28 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
         err = xp.full_like(mw, float("nan"))
     params = {"kappa": float(kappa), "mu": float(mu), "bc": [str(b) for b in op.bc], "n_shots": n_shots,
               "seed": int(seed), "tol": float(tol), "precision": precision,
-              "estimator": "complex Gaussian noise on odd sites, w = exp(|eta|^2 - |B eta|^2), "
-                           "B = Mhat[U']^-1 Mhat[U]"}
+              "pf_map": "identity" if pf_map is None else str(getattr(pf_map, "name", type(pf_map).__name__)),
+              "estimator": "complex Gaussian noise on odd sites, phi = Mhat[U]^dag eta, phi' = h(phi), "
+                           "w = exp(|eta|^2 - phi'^dag K[U']^-1 phi') J, K = Mhat^dag Mhat"}
     return DetRatio(log_weights=logw, log_W=logW, log_W_err=err, cg=info, params=params)
+
+
+def _dag(A):
+    xp = namespace(A)
+    return xp.conj(xp.matrix_transpose(A))
 
 
 def ratio_variance_condition(U, U_prime, kappa: float, mu: float, layout: Layout | None = None,
                              bc="antiperiodic") -> object:
-    """lambda_min(B^dag B) for B = M^[U']^{-1} M^[U] from dense matrices (small lattices only).
+    """lambda_min(B^dag B) for B = M^[U']^{-dag} M^[U]^dag from dense matrices (small lattices only).
 
-    The stochastic ratio has finite variance iff this exceeds 1/2.
+    The stochastic ratio with the identity map has finite variance iff this exceeds 1/2.
     """
     from .dense import dense_schur
     xp = namespace(U)
     S = dense_schur(U, kappa, mu, layout=layout, bc=bc)
     Sp = dense_schur(U_prime, kappa, mu, layout=layout, bc=bc)
-    B = xp.linalg.solve(Sp, S)
+    B = xp.linalg.solve(_dag(Sp), _dag(S))
     s = xp.linalg.svdvals(B)
     return xp.min(s, axis=-1) ** 2
 
