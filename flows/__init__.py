@@ -43,3 +43,7 @@ from .masks import checker_mask, residual_schedule
 from .residual import ResidualLayer, ResidualInverseError, residual_flow, residual_terms, family_paths
 from .linear_response import LinearResponseFit, linear_response_fit, linear_response_features
 # --- end residual flows ---
+
+# the conditional pseudofermion model (flows -> fermions; fermions never imports flows)
+from .pseudofermion import (PseudofermionFlow, PseudofermionObjective, PFMask, pf_schedule, save_pf_flow,
+                            load_pf_flow)

@@ -14,6 +14,11 @@ measure on every link). Reverse KL, up to the constant log Z:
   Haar, the lambda_1 force for an ensemble base. For a Haar target and an identity flow G
   vanishes per sample.
 
+A base object may carry its own objective instead (``base.loss_and_grad(model, params, z,
+estimator, layout)`` and ``base.holdout_log_weights(model, params, seed)``): the conditional
+pseudofermion flow trains through the same loop, checkpoints and history that way
+(:class:`flows.pseudofermion.PseudofermionObjective`).
+
 Both estimators are unbiased for grad KL; the path gradient has lower variance near the
 optimum. Log-weights log w = log p(x) - log q(x) and the ESS (eq. 11) are accumulated in
 float64.
@@ -87,6 +92,9 @@ def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path"
     """
     if estimator not in ("path", "plain"):
         raise ValueError(f"unknown estimator {estimator!r}; use 'path' or 'plain'")
+    if hasattr(base, "loss_and_grad"):     # a base that carries its own objective (pseudofermion flows)
+        loss, grads, log_w = base.loss_and_grad(model, params, z, estimator, layout)
+        return loss, grads, log_w, None
     layout = _layout(model, z, layout)
     xp = namespace(z)
     if z.ndim != layout.Nd + 4:
@@ -145,6 +153,12 @@ def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_siz
     """ESS and mean loss on held-out samples: fresh Haar draws (seed stream disjoint from
     training) or the held-out configurations of an ensemble base."""
     lws = []
+    if hasattr(base, "holdout_log_weights"):     # its own objective: per-shot log w, centred per configuration
+        from .pseudofermion import _centred
+        raw = base.holdout_log_weights(model, params, seed)
+        lw = to_host(_centred(raw)).astype("float64")
+        from analysis import ess
+        return float(ess(lw)), float(-to_host(raw).mean()), lw
     if getattr(base, "kind", None) == "ensemble":
         cfgs = base.holdout(n)
         for i in range(0, int(cfgs.shape[0]), batch_size):
