@@ -139,6 +139,32 @@ def _structures(d1, s1, d2, s2):
     return [mm(mm(mm(q1, G1), q2), G2) for G1 in (eye, ig5) for G2 in (eye, ig5)]
 
 
+class _Spin:
+    """Elementwise spin algebra on spinors (..., 4, N): gamma_mu is monomial (one phase per row),
+    so gamma_mu v, (1 + s gamma_mu) v and i gamma_5 v are row selections and phase multiplies."""
+
+    def __init__(self, xp, dtype):
+        self.xp = xp
+        self.perm, self.phase = [], []
+        for g in GAMMA:
+            cols = [next(c for c in range(4) if g[r][c] != 0) for r in range(4)]
+            self.perm.append(xp.asarray(cols, dtype=xp.int64))
+            self.phase.append(xp.asarray([[complex(g[r][cols[r]])] for r in range(4)], dtype=dtype))
+        self.ig5 = xp.asarray([[1j], [1j], [-1j], [-1j]], dtype=dtype)
+
+    def Q(self, v, mu, s):
+        """(1 + s gamma_mu) v (Hermitian)."""
+        gv = self.xp.take(v, self.perm[mu], axis=v.ndim - 2) * self.phase[mu]
+        return v + gv if s > 0 else v - gv
+
+    def G(self, v, a):
+        """G_a v with G_0 = 1, G_1 = i gamma_5."""
+        return v if a == 0 else v * self.ig5
+
+    def Gdag(self, v, a):
+        return v if a == 0 else v * self.xp.conj(self.ig5)
+
+
 def _dag(M):
     xp = namespace(M)
     return xp.conj(xp.matrix_transpose(M))
@@ -242,21 +268,11 @@ class PFContext:
             coef = xp.reshape(out[..., 1:], tuple(out.shape[:-1]) + (2, 2 * (4 - 1), N_STRUCTURES))
             self.layers.append({"mask": m, "active": act, "s": s, "coef": coef, "z": z,
                                 "es": xp.astype(xp.exp(s), self.dtype)})
-        self._gam = {}
+        self.spin = _Spin(xp, self.dtype)
 
-    def gammas(self, path):
-        """Gamma_{p,g} of (C1) as a (4, 16) array (structure, spin x spin)."""
-        g = self._gam.get(path)
-        if g is None:
-            g = self._gam[path] = self.xp.reshape(self.xp.asarray(_structures(*path), dtype=self.dtype), (4, 16))
-        return g
-
-    def c_matrix(self, lay, f, k, path):
-        """C^f_p(x) of (C1): (*batch, sites, 4, 4)."""
-        xp = self.xp
-        c = xp.astype(lay["coef"][..., f, k, :], self.dtype)               # (*batch, sites, 4)
-        C = xp.matmul(c, self.gammas(path))
-        return xp.reshape(C, tuple(C.shape[:-1]) + (4, 4))
+    def coef(self, lay, f, k, g):
+        """c^f_{k,g}(x) broadcastable to spinors (*batch, sites, 1, 1), in the field dtype."""
+        return self.xp.astype(lay["coef"][..., f, k, g], self.dtype)[..., None, None]
 
 
 class PseudofermionFlow:
@@ -350,30 +366,54 @@ class PseudofermionFlow:
         if tuple(phi.shape[-2:]) != (4, ctx.links[0].fwd[0][0].shape[-1]):
             raise ValueError(f"pseudofermion field must end in (4, N), got {tuple(phi.shape)}")
 
-    def _transport(self, ctx, lay, phi_B):
-        """sum_f sum_p C^f_p T^f_p phi_B on the odd sites (C1)."""
-        xp = ctx.xp
-        out = None
+    def _class_terms(self, ctx, lay, phi_B):
+        """W^f_{k,g} = sum_{p in k} Gamma_{p,g} T^f_p phi_B for every field f, class k and
+        structure g = 2 a + b (Gamma = Q1 G_a Q2 G_b): yields (f, k, [W_g for g in 0..3])."""
+        sp = ctx.spin
         for f, links in enumerate(ctx.links):
             first = {}
             for k, paths in _paths(lay["mask"].axis):
+                W = [None] * N_STRUCTURES
                 for (d1, s1, d2, s2) in paths:
                     if (d2, s2) not in first:
                         first[(d2, s2)] = links.hop(phi_B, d2, s2, 0)
                     v = links.hop(first[(d2, s2)], d1, s1, 1)
-                    t = xp.matmul(ctx.c_matrix(lay, f, k, (d1, s1, d2, s2)), v)
-                    out = t if out is None else out + t
+                    u = [sp.Q(sp.G(v, b), d2, s2) for b in (0, 1)]
+                    for a in (0, 1):
+                        for b in (0, 1):
+                            t = sp.Q(sp.G(u[b], a), d1, s1)
+                            g = 2 * a + b
+                            W[g] = t if W[g] is None else W[g] + t
+                yield f, k, W
+
+    def _transport(self, ctx, lay, phi_B):
+        """sum_f sum_p C^f_p T^f_p phi_B on the odd sites (C1)."""
+        out = None
+        for f, k, W in self._class_terms(ctx, lay, phi_B):
+            for g in range(N_STRUCTURES):
+                t = ctx.coef(lay, f, k, g) * W[g]
+                out = t if out is None else out + t
         return out
 
     def _transport_adjoint(self, ctx, lay, g_A):
-        """Adjoint of :meth:`_transport` applied to g_A (zero off A); the result lives on all odd sites."""
-        xp = ctx.xp
+        """Adjoint of :meth:`_transport` applied to g_A (zero off A); the result lives on all odd
+        sites. C_p^dag = sum_{a,b} c_{ab} G_b^dag Q2 G_a^dag Q1, then the reversed hops."""
+        sp = ctx.spin
         out = None
+        q1 = {}
         for f, links in enumerate(ctx.links):
             acc = {}
             for k, paths in _paths(lay["mask"].axis):
+                c = [ctx.coef(lay, f, k, g) for g in range(N_STRUCTURES)]
                 for (d1, s1, d2, s2) in paths:
-                    u = xp.matmul(_dag(ctx.c_matrix(lay, f, k, (d1, s1, d2, s2))), g_A)
+                    if (d1, s1) not in q1:
+                        q1[(d1, s1)] = sp.Q(g_A, d1, s1)
+                    t = [sp.Gdag(q1[(d1, s1)], a) for a in (0, 1)]
+                    u = None
+                    for b in (0, 1):
+                        r = c[b] * t[0] + c[2 + b] * t[1]
+                        w = sp.Gdag(sp.Q(r, d2, s2), b)
+                        u = w if u is None else u + w
                     e = links.hop(u, d1, -s1, 0)
                     acc[(d2, s2)] = e if (d2, s2) not in acc else acc[(d2, s2)] + e
             for (d2, s2), e in acc.items():
@@ -443,20 +483,9 @@ class PseudofermionFlow:
             phi_B = xp.where(A, xp.zeros_like(phi), phi)
             sh = tuple(lay["coef"].shape)                                    # (*batch, sites, 2, 6, 4)
             cbar = [[None] * 6 for _ in range(2)]
-            for f, links in enumerate(ctx.links):
-                first = {}
-                for k, paths in _paths(lay["mask"].axis):
-                    acc = None
-                    for (d1, s1, d2, s2) in paths:
-                        if (d2, s2) not in first:
-                            first[(d2, s2)] = links.hop(phi_B, d2, s2, 0)
-                        v = links.hop(first[(d2, s2)], d1, s1, 1)
-                        O = xp.matmul(xp.conj(g_A), xp.matrix_transpose(v))    # (..., 4, 4)
-                        O = _sum_lead(O, O.ndim - 2 - 4 - nb)
-                        O = xp.reshape(O, tuple(O.shape[:-2]) + (16,))
-                        r = xp.real(xp.matmul(O, xp.matrix_transpose(ctx.gammas((d1, s1, d2, s2)))))
-                        acc = r if acc is None else acc + r
-                    cbar[f][k] = acc                                         # (*batch, sites, 4)
+            for f, k, W in self._class_terms(ctx, lay, phi_B):
+                r = [_sum_lead(xp.real(xp.sum(xp.conj(g_A) * w, axis=(-2, -1))), w.ndim - 2 - 4 - nb) for w in W]
+                cbar[f][k] = xp.stack(r, axis=-1)                                # (*batch, sites, 4)
             coef_bar = xp.stack([xp.stack(c, axis=-2) for c in cbar], axis=-3)
             # s: from e^s phi on A and from log J = 2 * 4N * sum_A s
             sbar = xp.real(xp.sum(xp.conj(g_A) * (lay["es"][..., None, None] * phi), axis=(-2, -1)))
