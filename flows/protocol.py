@@ -51,7 +51,8 @@ Details:
   :func:`layer_from_config`, so a layer type that is saved must be registered
   (:func:`register_layer`) under a ``layer_type`` that never changes.
 
-Registered types: ``"spectral"`` (:class:`flows.layers.CouplingLayer`).
+Registered types: ``"spectral"`` (:class:`flows.layers.CouplingLayer`) and ``"residual"``
+(:class:`flows.residual.ResidualLayer`).
 """
 from __future__ import annotations
 

@@ -66,7 +66,9 @@ CONVENTIONS = {
     "fermions": ("twisted-mass Wilson, hopping normalisation (tmLQCD): M = 1 + i mu~ gamma_5 - kappa H, "
                  "mu~ = 2 kappa mu, (H psi)(x) = sum_mu [(1 - gamma_mu) U_mu(x) psi(x+mu^) + "
                  "(1 + gamma_mu) U_mu(x-mu^)^dag psi(x-mu^)], antiperiodic in time"),
-    "gamma_basis": "placeholder: the gamma-matrix basis is fixed and documented by fermions.gamma",
+    "gamma_basis": ("chiral basis of tmLQCD, gamma_5 = gamma_t gamma_x gamma_y gamma_z = diag(1, 1, -1, -1); "
+                    "gamma_0, gamma_1, gamma_2 (x, y, z) are tmLQCD's gamma_1, gamma_2, gamma_3 and gamma_3 "
+                    "(t, the last axis) is tmLQCD's gamma_0 (fermions.gamma)"),
 }
 
 
