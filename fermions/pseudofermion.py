@@ -128,11 +128,3 @@ class PseudofermionNf2:
         Y = op.apply_schur(X)
         return -2.0 * force_from_omega(op.schur_omega(Y, X))
 
-    # convenience for tests / diagnostics
-    def set_phi(self, phi, U=None):
-        """Set the pseudofermion field directly (packed odd spinor)."""
-        self.phi = phi
-        self._U_ref = None
-        self._eta2 = None
-        self._last_x = None
-

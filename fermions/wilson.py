@@ -323,8 +323,3 @@ class WilsonLinks:
         new._full = None
         new._eo = None
         return new
-
-
-def hopping_flops(volume: int) -> float:
-    return float(FLOPS_PER_SITE_HOPPING) * volume
-

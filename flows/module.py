@@ -38,7 +38,7 @@ from typing import Any, Dict, Tuple
 
 Params = Dict[str, Any]
 
-__all__ = ["Module", "Params", "prefixed", "sub_params", "add_grads", "scale_grads", "zeros_like_params"]
+__all__ = ["Module", "Params", "prefixed", "sub_params", "add_grads"]
 
 
 class Module:
@@ -81,12 +81,3 @@ def add_grads(acc: Params, new: Params, prefix: str | None = None) -> Params:
             continue
         acc[key] = v if key not in acc or acc[key] is None else acc[key] + v
     return acc
-
-
-def scale_grads(g: Params, s: float) -> Params:
-    return {k: (v * s if v is not None else None) for k, v in g.items()}
-
-
-def zeros_like_params(params: Params) -> Params:
-    from lattice.backend import namespace
-    return {k: namespace(v).zeros_like(v) for k, v in params.items()}

@@ -45,8 +45,6 @@ in float64 also for complex64 matrices (it is cheap); the matrix work stays in W
 """
 from __future__ import annotations
 
-import math
-
 from lattice.backend import namespace
 from lattice import su_n
 

@@ -137,7 +137,7 @@ class StapleNet(Module):
     def identity_params(self, xp=None) -> dict:
         """The gain-0 coefficients: hidden layers identity on channel 0, last layer = plaquette
         staple sum of channel 0."""
-        from lattice.backend import default_xp, from_host
+        from lattice.backend import default_xp
         xp = default_xp() if xp is None else xp
         out = {}
         for i, shape in enumerate(self.param_shapes().values()):

@@ -25,7 +25,6 @@ from typing import Sequence
 
 from lattice.backend import Rng, namespace
 from lattice.layout import Layout, infer_gauge_layout
-from lattice import su_n
 
 __all__ = ["GaugeTarget", "Target", "HaarBase", "EnsembleBase", "as_target"]
 
@@ -138,7 +137,6 @@ class EnsembleBase:
         return xp.take(self.configs, idx, axis=0)
 
     def holdout(self, max_n: int | None = None):
-        xp = namespace(self.configs)
         start = self.n_train
         stop = self.n_train + (self.n_holdout if max_n is None else min(self.n_holdout, int(max_n)))
         return self.configs[start:stop]

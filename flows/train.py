@@ -49,7 +49,7 @@ from lattice.backend import Rng, namespace, to_host, host_array, host_concat
 from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
-__all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory", "flow_log_weights",
+__all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory",
            "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint",
            "reweighted_observable"]
 
@@ -72,9 +72,6 @@ def log_weights(model, params, base, target, z, layout: Layout | None = None):
     x, logJ = model.forward(params, z, layout=layout)
     lw = target.log_prob(x, layout=layout) - base.log_prob(z, layout=layout) + logJ
     return x, lw
-
-
-flow_log_weights = log_weights
 
 
 def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path",

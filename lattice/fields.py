@@ -12,7 +12,7 @@ from .layout import Layout, infer_gauge_layout
 from . import su_n
 
 __all__ = ["random_gauge", "unit_gauge", "random_gauge_transformation", "gauge_transform",
-           "link", "links", "stack_links", "mu_axis", "check_gauge_field", "gauge_layout"]
+           "link", "links", "stack_links", "mu_axis", "check_gauge_field"]
 
 
 def _layout_from_shape(shape, layout):
@@ -82,11 +82,6 @@ def gauge_transform(U, Omega, layout: Layout | None = None):
     for mu, Umu in enumerate(links(U, layout)):
         out.append(Omega @ Umu @ su_n.dagger(layout.shift(Omega, mu, +1)))
     return stack_links(out, layout)
-
-
-def gauge_layout(U, layout: Layout | None = None) -> Layout:
-    """Alias of :func:`lattice.layout.infer_gauge_layout`."""
-    return infer_gauge_layout(U, layout)
 
 
 def check_gauge_field(U, layout: Layout | None = None, N: int | None = None, tol=None,

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, asdict
-from typing import Callable, Sequence
+from dataclasses import dataclass, asdict
+from typing import Callable
 
 from .backend import Rng, namespace, to_host
 from .layout import Layout, infer_gauge_layout
-from .fields import links
 from .loops import plaquette
 from . import su_n
 

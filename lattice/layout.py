@@ -221,12 +221,6 @@ class Layout:
         return hash((self.global_shape, self.grid, self.rank))
 
     # ------------------------------------------------------------------ axes
-    def site_axis(self, F, mu: int, inner: int) -> int:
-        ax = F.ndim - inner - self.Nd + mu
-        if ax < 0:
-            raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner})")
-        return ax
-
     def check_sites(self, F, inner: int, what: str = "field", sites_shape=None):
         """Raise unless F's site axes (the ``Nd`` axes before the ``inner`` trailing ones) are
         this rank's ``local_shape`` (or ``sites_shape``). The message gives both shapes."""
