@@ -1,6 +1,6 @@
 """gaugeflow.fermions: Nf=2 twisted-mass Wilson fermions.
 
-Conventions (DESIGN.md section 6): M = 1 + i mu~ gamma_5 - kappa H, mu~ = 2 kappa mu (hopping
+Conventions (docs/design.md §6): M = 1 + i mu~ gamma_5 - kappa H, mu~ = 2 kappa mu (hopping
 normalisation), H = sum_mu [(1 - gamma_mu) U_mu(x) psi(x+mu) + (1 + gamma_mu) U_mu(x-mu)^dag psi(x-mu)],
 antiperiodic in time (the last axis); chiral gamma basis of tmLQCD with gamma_5 = diag(1,1,-1,-1)
 (:mod:`fermions.gamma`); spinors (*batch, L0, L1, L2, L3, 4, N); even-odd fields packed along

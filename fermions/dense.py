@@ -22,7 +22,7 @@ G(y, x) = M^{-1}(y, x) (4N x 4N, index (spin, colour)):
     B1_mu(x)_{ji} = sum_{s,s'} (1 - gamma_mu)_{s s'} G(x + mu^, x)_{(s' j), (s i)},
     B2_mu(x)_{ji} = sum_{s,s'} (1 + gamma_mu)_{s s'} G(x, x + mu^)_{(s' j), (s i)}.
 
-Hence grad log det M^dag M = kappa T[(Omega - Omega^dag)/2] (DESIGN section 4). The blocks
+Hence grad log det M^dag M = kappa T[(Omega - Omega^dag)/2] (docs/design.md §4). The blocks
 between neighbours (always of opposite parity) come from the even-odd inverse
 M^{-1}_oo = M^{-1}, M^{-1}_eo = kappa A^{-1} H_eo M^{-1}, M^{-1}_oe = kappa M^{-1} H_oe A^{-1}.
 
@@ -183,7 +183,7 @@ def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None
     """(log det M^dag M, grad log det M^dag M) exactly, for small lattices.
 
     Returns the float64 log-determinant per batch element and the su(N) force field of shape U
-    (DESIGN section 4: d/dt log det M^dag M(e^{tX}U) = sum <F, X>). For the Nf = 2 effective
+    (docs/design.md §4: d/dt log det M^dag M(e^{tX}U) = sum <F, X>). For the Nf = 2 effective
     action S_F = -log det M^dag M the HMC force is -F.
     """
     op = _op(U, kappa, mu, layout, bc)

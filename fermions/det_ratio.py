@@ -7,7 +7,7 @@ Since det M = det M_ee det M^ with det M_ee independent of U (:mod:`fermions.twi
 and for complex Gaussian noise eta on the odd sites with density pi^{-n} exp(-|eta|^2)
 (E|eta_i|^2 = 1, n = 2 N V spin-colour-site components)
 
-    R = E[ w ],   w = exp(-|B eta|^2 + |eta|^2)      (DESIGN.md section 6).
+    R = E[ w ],   w = exp(-|B eta|^2 + |eta|^2)      (docs/design.md §6).
 
 The estimator has finite variance only if E[w^2] = det(2 B^dag B - 1)^{-1} exists, i.e. only if
 **B^dag B > 1/2** (every singular value of B above 1/sqrt 2). That holds for U' close to U

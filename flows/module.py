@@ -26,7 +26,7 @@ Further conventions used by the lattice modules (``StapleNet``, ``ContextNet``):
   :func:`flows.serialize.load_params` (which validates keys and shapes);
 * ``init(rng, ...)`` draws from a :class:`lattice.Rng`; the arrays live in ``rng.xp``.
 
-Cotangent convention (DESIGN.md section 7): for a real loss L and a complex array z the
+Cotangent convention (docs/design.md §7): for a real loss L and a complex array z the
 cotangent is  z_bar = dL/dRe z + i dL/dIm z, so that dL = sum Re(conj(z_bar) dz). Real
 arrays have ordinary gradients. For SU(N)-valued inputs the cotangent is that of the complex
 matrix entries; :func:`lattice.su_n.force_from_cotangent` turns it into an su(N) force.

@@ -1,4 +1,4 @@
-"""Gauge actions with hand-written forces (DESIGN.md section 5).
+"""Gauge actions with hand-written forces (docs/design.md §5).
 
 All actions here are sums of real traces of closed loops,
 

@@ -1,7 +1,7 @@
 """Gauge fields: creation, access to the links of one direction, gauge transformations.
 
 Shape convention: ``U[..., mu, x_0, ..., x_{Nd-1}, a, b]`` is the link from x to x + mu^
-(DESIGN.md section 3), complex128 by default. A gauge transformation Omega has shape
+(docs/design.md §3), complex128 by default. A gauge transformation Omega has shape
 ``(*batch, L_0, ..., L_{Nd-1}, N, N)`` and acts as
 U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu^)^dag, psi(x) -> Omega(x) psi(x).
 """

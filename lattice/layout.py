@@ -14,7 +14,7 @@ coordinates and parities. Code elsewhere is written once against it.
 
 Reductions are *reproducible*: sums run first inside fixed global blocks (``tile``), then
 over the blocks in global order, so the result is bit-for-bit the same for every
-decomposition of the lattice over MPI ranks (DESIGN.md section 8).
+decomposition of the lattice over MPI ranks (docs/design.md §8).
 
 Halo exchange (MPI)
 -------------------

@@ -15,7 +15,7 @@
 ``platform``           ``platform.platform()``
 ``mpi_ranks``          number of MPI ranks of the job (1 without MPI)
 ``conventions_version`` identifier of the conventions below (:data:`CONVENTIONS_VERSION`)
-``conventions``        the project conventions (DESIGN.md sections 3-6) as text
+``conventions``        the project conventions (docs/design.md §3-§6) as text
 =====================  ==============================================================
 
 :func:`write_provenance` stores it as attributes ``provenance.<key>`` of any HDF5 object
@@ -43,7 +43,7 @@ PREFIX = "provenance."
 
 CONVENTIONS_VERSION = "gaugeflow-conventions-1"
 
-#: The project conventions, one entry per topic (DESIGN.md sections 3-6).
+#: The project conventions, one entry per topic (docs/design.md §3-§6).
 CONVENTIONS = {
     "arrays": ("gauge field U[..., mu, x_0, ..., x_{Nd-1}, a, b], shape (*batch, Nd, L_0, ..., "
                "L_{Nd-1}, N, N), complex128; U_mu(x) is the link from x to x + mu^; direction mu "
