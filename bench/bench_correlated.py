@@ -126,8 +126,7 @@ def quenched(quick: bool):
 def nf2_exact(quick: bool):
     """Nf = 2 at 4^4: base and target include the exact log det(M^dag M) (dense)."""
     import flows
-    from fermions import run_hmc_nf2
-    from run.fermion_terms import ExactNf2Determinant
+    from fermions import run_hmc_nf2, ExactNf2Determinant
     shape = (4, 4, 4, 4)
     kappa, mu = 0.15, 0.05
     lam2 = math.sqrt(PAPER_LAM2V / math.prod(shape)) / 2

@@ -22,7 +22,7 @@ G(y, x) = M^{-1}(y, x) (4N x 4N, index (spin, colour)):
     B1_mu(x)_{ji} = sum_{s,s'} (1 - gamma_mu)_{s s'} G(x + mu^, x)_{(s' j), (s i)},
     B2_mu(x)_{ji} = sum_{s,s'} (1 + gamma_mu)_{s s'} G(x, x + mu^)_{(s' j), (s i)}.
 
-Hence grad log det M^dag M = kappa T[(Omega - Omega^dag)/2] (DESIGN section 4). The blocks
+Hence grad log det M^dag M = kappa T[(Omega - Omega^dag)/2] (docs/design.md §4). The blocks
 between neighbours (always of opposite parity) come from the even-odd inverse
 M^{-1}_oo = M^{-1}, M^{-1}_eo = kappa A^{-1} H_eo M^{-1}, M^{-1}_oe = kappa M^{-1} H_oe A^{-1}.
 
@@ -32,6 +32,7 @@ for time and peak memory.
 from __future__ import annotations
 
 import math
+import warnings
 
 from lattice.backend import namespace
 from lattice.layout import Layout, infer_gauge_layout
@@ -41,7 +42,7 @@ from .twisted_mass import TwistedMassWilson
 from .wilson import to_soa, omega_to_gauge, force_from_omega
 
 __all__ = ["dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force",
-           "dense_inverse_blocks", "log_det_ee"]
+           "dense_inverse_blocks", "log_det_ee", "ExactNf2Determinant"]
 
 _DEFAULT_CHUNK = 384
 
@@ -182,7 +183,7 @@ def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None
     """(log det M^dag M, grad log det M^dag M) exactly, for small lattices.
 
     Returns the float64 log-determinant per batch element and the su(N) force field of shape U
-    (DESIGN section 4: d/dt log det M^dag M(e^{tX}U) = sum <F, X>). For the Nf = 2 effective
+    (docs/design.md §4: d/dt log det M^dag M(e^{tX}U) = sum <F, X>). For the Nf = 2 effective
     action S_F = -log det M^dag M the HMC force is -F.
     """
     op = _op(U, kappa, mu, layout, bc)
@@ -213,3 +214,45 @@ def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None
     B2f = [to_soa(eo.unpack(B2[m][0], B2[m][1], inner=2)) for m in range(4)]
     Om = omega_to_gauge(op.links.omega_from_blocks(B1f, B2f))
     return logdet, (-2.0 * kappa) * force_from_omega(Om)
+
+
+def dense_force(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",
+                chunk=_DEFAULT_CHUNK):
+    """Deprecated alias of :func:`dense_log_det_force` (emits a ``DeprecationWarning``).
+
+    Despite its name it returns ``(log det M^dag M, +grad log det M^dag M)``, and the gradient
+    is *minus* the force of the Nf = 2 effective action S_F = -log det M^dag M. Use
+    :func:`dense_log_det_force` for the same result, or ``ExactNf2Determinant(kappa,
+    mu).force(U)`` for the force grad S_F.
+    """
+    warnings.warn("fermions.dense_force is deprecated: it returns (log det M^dag M, +grad log det M^dag M), "
+                  "which is minus the force of S_F = -log det M^dag M. Use fermions.dense_log_det_force "
+                  "(same result) or fermions.ExactNf2Determinant(kappa, mu).force(U) (the force).",
+                  DeprecationWarning, stacklevel=2)
+    return dense_log_det_force(U, kappa, mu, layout=layout, bc=bc, chunk=chunk)
+
+
+class ExactNf2Determinant:
+    """The Nf = 2 twisted-mass determinant as a density term, exactly (dense, small lattices).
+
+    p_F(U) = det M^dag M[U]: ``log_prob(U)`` = log det M^dag M (:func:`dense_log_det`, float64
+    per batch element) and ``force(U)`` = grad(-log p_F) = -grad log det M^dag M
+    (:func:`dense_log_det_force`), the su(N) force of the effective action
+    S_F = -log det M^dag M. This is the interface of the target terms of :mod:`flows.targets`
+    (``log_prob``, ``force``, ``describe``), so a flow target or an ensemble base adds it to a
+    gauge action, e.g. ``flows.Target([flows.GaugeTarget(S), ExactNf2Determinant(kappa, mu)])``
+    (``flows`` does not import ``fermions``; the caller joins them). Used for training on the
+    paper's 4^4 volume (``gaugeflow train`` with ``train.exact_fermions``).
+    """
+
+    def __init__(self, kappa: float, mu: float, bc="antiperiodic"):
+        self.kappa, self.mu, self.bc = float(kappa), float(mu), bc
+
+    def log_prob(self, U, layout: Layout | None = None):
+        return dense_log_det(U, self.kappa, self.mu, layout=layout, bc=self.bc)
+
+    def force(self, U, layout: Layout | None = None):
+        return -dense_log_det_force(U, self.kappa, self.mu, layout=layout, bc=self.bc)[1]
+
+    def describe(self) -> dict:
+        return {"type": "exact_nf2_determinant", "kappa": self.kappa, "mu": self.mu, "bc": str(self.bc)}

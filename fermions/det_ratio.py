@@ -5,7 +5,7 @@ Since det M = det M_ee det M^ with det M_ee independent of U (:mod:`fermions.twi
 the Nf = 2 ratio det(M^dag M[U'])/det(M^dag M[U]) equals det K(U')/det K(U) with
 K(U) = M^(U)^dag M^(U) on the odd sites (n = 2 N V complex components).
 
-Derivation (docs/design.md section 6). For eta complex Gaussian on the odd sites, density
+Derivation (docs/design.md §6). For eta complex Gaussian on the odd sites, density
 pi^{-n} exp(-|eta|^2) (E|eta_i|^2 = 1), the pseudofermion phi = M^(U)^dag eta has density
 
     p(phi | U) = pi^{-n} exp(-phi^dag K(U)^{-1} phi) / det K(U),                      (P1)

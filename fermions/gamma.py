@@ -38,8 +38,7 @@ as arrays of any backend.
 """
 from __future__ import annotations
 
-__all__ = ["GAMMA", "GAMMA5", "gammas", "gamma5", "projector", "PROJ", "SpinBlock", "identity4",
-           "matmul4"]
+__all__ = ["GAMMA", "GAMMA5", "gammas", "gamma5", "projector", "PROJ", "SpinBlock"]
 
 _i = 1j
 
@@ -53,15 +52,6 @@ GAMMA = (
 
 #: gamma_5 = diag(1, 1, -1, -1).
 GAMMA5 = ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, -1, 0), (0, 0, 0, -1))
-
-
-def identity4():
-    return tuple(tuple(1 if i == j else 0 for j in range(4)) for i in range(4))
-
-
-def matmul4(A, B):
-    """Product of two 4x4 matrices given as nested tuples (host side)."""
-    return tuple(tuple(sum(A[i][k] * B[k][j] for k in range(4)) for j in range(4)) for i in range(4))
 
 
 def gammas(xp=None, dtype=None):

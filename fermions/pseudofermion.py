@@ -13,7 +13,7 @@ X = (M^^dag M^)^{-1} phi and Y = M^ X,
 
 where Omega^ is the link derivative of Re[y^dag M^ x] (:meth:`TwistedMassWilson.schur_omega`,
 built from the derivative of the even-odd hopping terms) and F[Omega] = -1/2 T[(Omega - Omega^dag)/2]
-the su(N) conversion of DESIGN section 4 (:func:`fermions.wilson.force_from_omega`).
+the su(N) conversion of docs/design.md §4 (:func:`fermions.wilson.force_from_omega`).
 
 The action is evaluated with the energy functional S = 2 Re<phi, X> - |M^ X|^2, whose error is
 quadratic in the CG residual (so dH of an HMC trajectory is not spoiled by a finite solver
@@ -119,7 +119,7 @@ class PseudofermionNf2:
         return op.half_layout.sum(xp.astype(dens, xp.float64), inner=2)
 
     def force(self, U, layout: Layout | None = None):
-        """grad S_pf (su(N) field of U's shape, DESIGN section 4)."""
+        """grad S_pf (su(N) field of U's shape, docs/design.md §4)."""
         self._check(U)
         op = self.operator(U, layout)
         X = self._solve(op, self.force_tol, x0=self._last_x if self.chrono else None)
@@ -127,12 +127,4 @@ class PseudofermionNf2:
             self._last_x = X
         Y = op.apply_schur(X)
         return -2.0 * force_from_omega(op.schur_omega(Y, X))
-
-    # convenience for tests / diagnostics
-    def set_phi(self, phi, U=None):
-        """Set the pseudofermion field directly (packed odd spinor)."""
-        self.phi = phi
-        self._U_ref = None
-        self._eta2 = None
-        self._last_x = None
 

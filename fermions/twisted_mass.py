@@ -34,7 +34,7 @@ from lattice.backend import namespace, to_host
 from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
-from .wilson import WilsonLinks, to_soa, from_soa, normalise_bc, omega_to_gauge, FLOPS_PER_SITE_HOPPING
+from .wilson import WilsonLinks, to_soa, from_soa, normalise_bc, omega_to_gauge
 from .evenodd import even_odd
 from .cg import cg
 
@@ -319,8 +319,3 @@ class TwistedMassWilson:
         a = eo.unpack(w, ys, inner=0)
         b = eo.unpack(z, xs, inner=0)
         return (-self.kappa * self.kappa) * omega_to_gauge(self.links.omega(a, b))
-
-    # ------------------------------------------------------------------ costs
-    def flops_hopping(self) -> float:
-        """Conventional flops of one H application on the full lattice (1320 per site)."""
-        return float(FLOPS_PER_SITE_HOPPING) * self.layout.volume

@@ -2,7 +2,7 @@
 
     (H psi)(x) = sum_mu [ (1 - gamma_mu) U_mu(x) psi(x + mu^) + (1 + gamma_mu) U_mu(x - mu^)^dag psi(x - mu^) ]
 
-(DESIGN.md section 6; gamma basis in :mod:`fermions.gamma`). Boundary conditions are phases
+(docs/design.md §6; gamma basis in :mod:`fermions.gamma`). Boundary conditions are phases
 e^{i theta_mu} on the links that cross the boundary, U_mu(x) -> e^{i theta_mu} U_mu(x) for
 x_mu = L_mu - 1 (global coordinate); the default ``bc = (1, 1, 1, -1)`` is periodic in space
 and antiperiodic in time (the last axis). The backward hop uses U^dag, so it picks up the
@@ -34,7 +34,7 @@ For fixed spinor fields a, b and U_mu(x) -> exp(t X_mu(x)) U_mu(x),
 
 where P^s psi = psi_up + s B_mu psi_dn is the half-spinor projection (this uses
 (1 + s gamma)^dag (1 + s gamma) = 2 (1 + s gamma) and the unitarity of B_mu). The su(N) force
-of the DESIGN section 4 convention is then -1/2 T[(Omega - Omega^dag)/2]
+of the docs/design.md §4 convention is then -1/2 T[(Omega - Omega^dag)/2]
 (:func:`force_from_omega`): <F, X> = -2 tr(F X) = Re tr(X Omega) for all X in su(N).
 """
 from __future__ import annotations
@@ -323,8 +323,3 @@ class WilsonLinks:
         new._full = None
         new._eo = None
         return new
-
-
-def hopping_flops(volume: int) -> float:
-    return float(FLOPS_PER_SITE_HOPPING) * volume
-

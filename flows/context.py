@@ -33,8 +33,8 @@ i = 0 .. len(hidden), with C_0 = number of features and C_last = n_out. Hidden l
 Xavier-normal (gain 1, fan_in = k^Nd C_i, fan_out = k^Nd C_{i+1}) with zero biases.
 
 VJP: with respect to all parameters and to the links U (through the features:
-d Re tr W / dU, via :func:`flows.paths.paths_vjp`), complex cotangents as in DESIGN.md
-section 7. Parameter cotangents are accumulated in float64.
+d Re tr W / dU, via :func:`flows.paths.paths_vjp`), complex cotangents as in
+docs/design.md §7. Parameter cotangents are accumulated in float64.
 """
 from __future__ import annotations
 

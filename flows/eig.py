@@ -154,7 +154,7 @@ def eigen_angles(W):
 
 
 def eigen_angles_vjp(W, V, theta_bar):
-    """Cotangent of W for a real loss L(theta(W)) (DESIGN section 7 convention).
+    """Cotangent of W for a real loss L(theta(W)) (docs/design.md §7 convention).
 
     With Y = V^dag X V for a group perturbation W -> e^{tX} W, d theta_k = -i Y_kk, hence the
     su(N) gradient F = V diag(i theta_bar / 2) V^dag (traceless part) and W_bar = 2 F W

@@ -23,7 +23,7 @@ location updates) and keeps every other link. For each active direction mu:
    otherwise: the layer would not be triangular and its log-det wrong).
 
 2. **Active loop** (eq. 1) L = P_SU(N)(U S^dag) computed as L = U S_hat^dag with
-   S_hat = P_SU(N)(S) (the identity P_SU(U S^dag) = U P_SU(S)^dag, DESIGN section 7). For the
+   S_hat = P_SU(N)(S) (the identity P_SU(U S^dag) = U P_SU(S)^dag, docs/design.md §7). For the
    fixed loops S is already in SU(N) and S_hat = S (no projection).
 
 3. **Spectral map** L' = h(L; c) (:class:`flows.SpectralMap`) conditioned on the context
@@ -33,7 +33,7 @@ location updates) and keeps every other link. For each active direction mu:
 
 4. **Push back** U'_mu(x) = h(L) L^dag U = L' S_hat. Frozen links are unchanged.
 
-Log-det (DESIGN section 7): the map U -> h(U S_hat^dag) S_hat is, for fixed S_hat, a left
+Log-det (docs/design.md §7): the map U -> h(U S_hat^dag) S_hat is, for fixed S_hat, a left
 and right translation of the spectral map, both Haar-measure preserving, so per active link
 the log-Jacobian is the spectral one (Weyl term + angle Jacobian), and the layer's log-det is
 their sum over the active links (float64, reduced with ``layout.sum``). The Jacobian is block
@@ -48,7 +48,7 @@ The staple and context networks run on the whole lattice (their outputs at activ
 depend on neighbours).
 
 Layer contract (:class:`flows.protocol.GaugeLayer`, registered as ``layer_type = "spectral"``),
-complex cotangents as in DESIGN section 7:
+complex cotangents as in docs/design.md §7:
 
 * ``forward(params, U, *, layout=None) -> ((U', logdet), ctx)``
 * ``vjp(params, ctx, U'_bar, logdet_bar, *, need_params=True) -> ((U_bar,), grads)``

@@ -52,7 +52,7 @@ array namespace ``xp``; under MPI the layout's local block of the global mask is
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 from lattice.backend import default_xp, namespace

@@ -223,7 +223,7 @@ class Flow(Module):
         return i, lctx
 
     def vjp(self, params, ctx, x_bar=None, logJ_bar=None):
-        """(z_bar, param_grads) from cotangents of x (complex, DESIGN section 7) and log J."""
+        """(z_bar, param_grads) from cotangents of x (complex, docs/design.md §7) and log J."""
         return self._backward(params, ctx, x_bar, logJ_bar, inverse=False)
 
     def inverse_vjp(self, params, ctx, z_bar=None, logJ_inv_bar=None):

@@ -26,7 +26,7 @@ Further conventions used by the lattice modules (``StapleNet``, ``ContextNet``):
   :func:`flows.serialize.load_params` (which validates keys and shapes);
 * ``init(rng, ...)`` draws from a :class:`lattice.Rng`; the arrays live in ``rng.xp``.
 
-Cotangent convention (DESIGN.md section 7): for a real loss L and a complex array z the
+Cotangent convention (docs/design.md §7): for a real loss L and a complex array z the
 cotangent is  z_bar = dL/dRe z + i dL/dIm z, so that dL = sum Re(conj(z_bar) dz). Real
 arrays have ordinary gradients. For SU(N)-valued inputs the cotangent is that of the complex
 matrix entries; :func:`lattice.su_n.force_from_cotangent` turns it into an su(N) force.
@@ -38,7 +38,7 @@ from typing import Any, Dict, Tuple
 
 Params = Dict[str, Any]
 
-__all__ = ["Module", "Params", "prefixed", "sub_params", "add_grads", "scale_grads", "zeros_like_params"]
+__all__ = ["Module", "Params", "prefixed", "sub_params", "add_grads"]
 
 
 class Module:
@@ -81,12 +81,3 @@ def add_grads(acc: Params, new: Params, prefix: str | None = None) -> Params:
             continue
         acc[key] = v if key not in acc or acc[key] is None else acc[key] + v
     return acc
-
-
-def scale_grads(g: Params, s: float) -> Params:
-    return {k: (v * s if v is not None else None) for k, v in g.items()}
-
-
-def zeros_like_params(params: Params) -> Params:
-    from lattice.backend import namespace
-    return {k: namespace(v).zeros_like(v) for k, v in params.items()}

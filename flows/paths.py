@@ -12,7 +12,7 @@ masked field (1 - m) U). The adjoint runs the recursion forwards:
     F_k_bar = W_k_bar shift(W_{k+1})^dag,   W_{k+1}_bar = shift^{-1}(F_k^dag W_k_bar),
 
 and a backward factor F = shift(U_mu^dag, mu, -1) sends its cotangent to U_mu as
-shift(F_bar, mu, +1)^dag. Complex cotangents follow DESIGN.md section 7.
+shift(F_bar, mu, +1)^dag. Complex cotangents follow docs/design.md §7.
 
 Shapes: links are a list of Nd site fields ``(*lead, *sites, N, N)``; W likewise.
 """

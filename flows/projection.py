@@ -6,7 +6,7 @@ Forward (the project's one projection, :mod:`lattice.su_n`):
                = M (M^dag M)^(-1/2)        (polar decomposition M = Q H, H = V diag(s) V^dag);
     P_SU(N)(M) = Q / det(Q)^(1/N)          (principal branch of the N-th root).
 
-(The paper's printed eq. 9, (M^dag M)^(-1/2) M, is not unitary; see DESIGN.md section 7.)
+(The paper's printed eq. 9, (M^dag M)^(-1/2) M, is not unitary; see docs/design.md §7.)
 P_SU(N) is conjugation equivariant, P(g M g^dag) = g P(M) g^dag (eq. 2), and
 P_U(N)(g M) = g P_U(N)(M) for unitary g. For U in SU(N), P_SU(N)(U S^dag) = U P_SU(N)(S)^dag
 away from the branch cut of the N-th root (det P_U(N)(S) = -1).
@@ -20,7 +20,7 @@ solved in the eigenbasis of H: X~_ij = A~_ij / (s_i + s_j) with A~ = V^dag A V. 
 denominators s_i + s_j appear, so repeated singular values are harmless (the formula does not
 depend on the basis chosen inside a degenerate subspace). The N-th-root phase removal adds
 dP = P T[X] (T the traceless part). For a real loss with cotangent G on the output
-(convention dL = Re tr(G^dag dP), DESIGN.md section 7) the input cotangent is
+(convention dL = Re tr(G^dag dP), docs/design.md §7) the input cotangent is
 
     M_bar = W [(B~ - B~^dag) o K] V^dag,   K_ij = 1/(s_i + s_j),
     B~ = W^dag G V                        (U(N)),

@@ -28,7 +28,7 @@ Details:
 
 * ``inverse`` is the exact inverse of ``forward``: ``inverse(forward(U)) = U`` up to rounding,
   and ``logdet_inv(V) = -logdet(U)``.
-* VJPs follow the cotangent convention of :mod:`flows.module` (DESIGN section 7): for a real
+* VJPs follow the cotangent convention of :mod:`flows.module` (docs/design.md §7): for a real
   loss L and a complex array z, z_bar = dL/dRe z + i dL/dIm z. ``vjp`` takes the cotangents of
   the forward outputs (V, logdet) and returns that of U; ``inverse_vjp`` takes the cotangents
   of the inverse outputs (U, logdet_inv) and returns that of V. ``None`` means a zero
@@ -51,7 +51,8 @@ Details:
   :func:`layer_from_config`, so a layer type that is saved must be registered
   (:func:`register_layer`) under a ``layer_type`` that never changes.
 
-Registered types: ``"spectral"`` (:class:`flows.layers.CouplingLayer`).
+Registered types: ``"spectral"`` (:class:`flows.layers.CouplingLayer`) and ``"residual"``
+(:class:`flows.residual.ResidualLayer`).
 """
 from __future__ import annotations
 

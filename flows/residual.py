@@ -51,7 +51,7 @@ which the layer does not change), a contraction with constant <= rho (e - 1) < 1
 rho <= 0.5; iterated to max |dU| < ``INVERSE_TOL`` = 1e-13, a :class:`ResidualInverseError`
 when it does not converge.
 
-**VJPs** (complex cotangents as in DESIGN section 7). Forward: with g'^b = Re tr(T^b U' Ubar'^dag)
+**VJPs** (complex cotangents as in docs/design.md §7). Forward: with g'^b = Re tr(T^b U' Ubar'^dag)
 the left-trivialised cotangent of U', x_bar = phi(ad X) g' (since [(e^A - 1)/A]^T = phi(A)
 for antisymmetric A), the log-det adds J_bar = ldbar J^{-T}, Phi_bar = J_bar D^T,
 D_bar = Phi^T J_bar and A_bar by the Horner recursion backwards; then
@@ -238,7 +238,7 @@ def link_algebra(M):
 
 
 def link_algebra_vjp(alg, x_bar=None, ld_bar=None):
-    """Cotangent of M (complex, DESIGN section 7) from those of x (coordinates of X) and of
+    """Cotangent of M (complex, docs/design.md §7) from those of x (coordinates of X) and of
     log det J (per link, real)."""
     xp = namespace(alg["A"])
     N = alg["X"].shape[-1]

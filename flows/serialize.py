@@ -8,7 +8,7 @@ File layout (format ``gaugeflow-params``, version 1)::
 
 Writes are atomic: the file is written under a temporary name in the same directory,
 flushed and fsync-ed, then renamed over the target (``os.replace``), so a job killed while
-saving leaves the previous file intact (DESIGN.md section 9).
+saving leaves the previous file intact (docs/design.md §9).
 
 Loading validates: with a ``template`` (a dict of arrays or of shapes, e.g. ``model.init(...)``
 or ``module.param_shapes()``) a missing key, an unexpected key or a shape mismatch raises

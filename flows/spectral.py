@@ -1,4 +1,4 @@
-"""Spectral maps of SU(N) matrices with one fused, hand-written adjoint (DESIGN section 7).
+"""Spectral maps of SU(N) matrices with one fused, hand-written adjoint (docs/design.md §7).
 
     h(W) = V diag(e^{i theta'}) V^dag,   W = V diag(e^{i theta}) V^dag,   theta' = g(theta; cond),
 
@@ -28,7 +28,7 @@ by an eigenvalue gap. With F' the su(N) gradient of the loss at h(W) and A = V^d
 gradient at W is F = V B V^dag with B_ij = A_ij conj(Gamma_ij) (i != j) and
 B_ii = (i/2) theta_bar_i, where theta_bar (and cond_bar) come from the angle map's VJP with
 cotangents 2 Im A_ii on theta' and logdet_bar on log J. The inverse uses 1/Gamma and the
-implicit-function VJP of g^{-1}. Complex cotangents follow DESIGN section 7
+implicit-function VJP of g^{-1}. Complex cotangents follow docs/design.md §7
 (dL/dRe W + i dL/dIm W); the returned W_bar is the tangent representative 2 F W
 (:func:`lattice.su_n.cotangent_from_force`).
 
@@ -44,8 +44,6 @@ leading shape broadcastable with W's; logdet (...) float64 always. The angle ari
 in float64 also for complex64 matrices (it is cheap); the matrix work stays in W's dtype.
 """
 from __future__ import annotations
-
-import math
 
 from lattice.backend import namespace
 from lattice import su_n

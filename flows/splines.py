@@ -407,7 +407,6 @@ class SineMap(IntervalMap):
     def vjp(self, ctx, y_bar=None, logdy_bar=None, lr0_bar=None, lr1_bar=None):
         c = ctx
         x = c["x"]
-        xp = namespace(x)
         tp = 2.0 * math.pi
         yb = _zero_if_none(y_bar, x)
         ldb = _zero_if_none(logdy_bar, x)

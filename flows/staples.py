@@ -1,7 +1,7 @@
 """Staple network for learned active loops (paper eqs. 3-8) with a hand-written adjoint.
 
 A *staple* S_mu(x) is any complex N x N matrix field that transforms like the link,
-S_mu(x) -> Omega(x) S_mu(x) Omega(x + mu^)^dag (DESIGN.md section 4). The network maps the
+S_mu(x) -> Omega(x) S_mu(x) Omega(x + mu^)^dag (docs/design.md §4). The network maps the
 frozen links to the *active staple* S^act_mu(x) of one direction mu; the coupling layer then
 builds the active loop L = P_SU(N)(U_mu S^act_mu^dag) (eq. 1).
 
@@ -9,7 +9,7 @@ Layers (N_l = ``n_layers`` of them, channel widths K_0 = 1, K_1 = ... = K_{N_l-1
 K_{N_l} = 1; eq. 3):
 
 * input (eq. 4): S^(0)_mu(x) = (1 - m_mu(x)) U_mu(x), m the active mask (1 = active);
-* transported staples, per channel k, in the gauge-covariant form of DESIGN.md section 7
+* transported staples, per channel k, in the gauge-covariant form of docs/design.md §7
   (the paper's printed eq. 6 transforms like U^dag):
 
       S^L_mu,nu(x) = S_nu(x - nu^)^dag  S_mu(x - nu^)  S_nu(x + mu^ - nu^),
@@ -137,7 +137,7 @@ class StapleNet(Module):
     def identity_params(self, xp=None) -> dict:
         """The gain-0 coefficients: hidden layers identity on channel 0, last layer = plaquette
         staple sum of channel 0."""
-        from lattice.backend import default_xp, from_host
+        from lattice.backend import default_xp
         xp = default_xp() if xp is None else xp
         out = {}
         for i, shape in enumerate(self.param_shapes().values()):

@@ -3,7 +3,7 @@
 A *target term* is any object with
 
 * ``log_prob(U, layout=None)`` -> float64 per batch element (unnormalised log density), and
-* ``force(U, layout=None)``   -> grad(-log p) as an su(N) field in the DESIGN section 4
+* ``force(U, layout=None)``   -> grad(-log p) as an su(N) field in the docs/design.md §4
   convention (for p = exp(-S) this is the usual force grad S).
 
 Gauge actions of :mod:`lattice.actions` become terms through :class:`GaugeTarget`; the runner
@@ -17,7 +17,7 @@ Bases:
   (flows between nearby actions, paper section 3). Its log density is known up to a
   constant, log r = -S_lambda1 (+ log det M^dag M for dynamical fermions), so it is itself a
   :class:`Target`; training and held-out configurations are kept apart so the ESS measured
-  on held-out data is honest (DESIGN section 7).
+  on held-out data is honest (docs/design.md §7).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from typing import Sequence
 
 from lattice.backend import Rng, namespace
 from lattice.layout import Layout, infer_gauge_layout
-from lattice import su_n
 
 __all__ = ["GaugeTarget", "Target", "HaarBase", "EnsembleBase", "as_target"]
 
@@ -138,7 +137,6 @@ class EnsembleBase:
         return xp.take(self.configs, idx, axis=0)
 
     def holdout(self, max_n: int | None = None):
-        xp = namespace(self.configs)
         start = self.n_train
         stop = self.n_train + (self.n_holdout if max_n is None else min(self.n_holdout, int(max_n)))
         return self.configs[start:stop]

@@ -27,7 +27,7 @@ so ``cond = 0`` gives the identity map *exactly* (bit for bit: theta' = theta, l
 Output gaps g'_k = g_k * exp(L_k) with L_k = log(g'_k/g_k) = sum_{j<k} lr1_j + lr0_k
 (lr0, lr1 the interval maps' stable log-ratios), which stays accurate at and near ties.
 
-Log-Jacobian (DESIGN section 7): with Delta_ij = theta_i - theta_j,
+Log-Jacobian (docs/design.md §7): with Delta_ij = theta_i - theta_j,
 
     log J = sum_{i<j} [log sin^2(Delta'_ij/2) - log sin^2(Delta_ij/2)] + log|det d theta'/d theta|,
     log|det d theta'/d theta| = sum_k log s_k'(x_k) + sum_k (N-1-k) lr1_k   (k = 1 .. N-1).

@@ -7,7 +7,7 @@ measure on every link). Reverse KL, up to the constant log Z:
 
 * **plain** (reparameterisation): grad_theta of the sample loss through x and log J, i.e. the
   VJP of (x, log J) w.r.t. theta with cotangents (-d log p/dx, -1).
-* **path** (Vaitl et al. 2022, DESIGN section 7): G = grad_x[log q_theta(x) - log p(x)] with
+* **path** (Vaitl et al. 2022, docs/design.md §7): G = grad_x[log q_theta(x) - log p(x)] with
   theta frozen, where log q is evaluated through the inverse flow,
   log q(x) = log r(f^-1(x)) + log J_inv(x); then grad_theta = VJP of f at z w.r.t. theta with
   cotangent G. The score of the base enters through d log r/dz at z = f^-1(x): zero for
@@ -31,7 +31,7 @@ Models used here provide (see :class:`flows.model.SpectralFlow`)::
     inverse_ctx(params, x, layout)         -> (z, logJ_inv, ctx)
     inverse_vjp(params, ctx, z_bar, logJ_inv_bar) -> (x_bar, param_grads)
 
-with complex cotangents in the DESIGN section 7 convention, and optionally the fused
+with complex cotangents in the docs/design.md §7 convention, and optionally the fused
 
     forward_path(params, z, z_bar, logJ_inv_bar, layout) -> (x, logJ, ctx, gq)
 
@@ -54,7 +54,7 @@ from lattice.backend import Rng, namespace, to_host, host_array, host_concat
 from lattice.layout import Layout, infer_gauge_layout
 from lattice import su_n
 
-__all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory", "flow_log_weights",
+__all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory",
            "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint",
            "reweighted_observable"]
 
@@ -77,9 +77,6 @@ def log_weights(model, params, base, target, z, layout: Layout | None = None):
     x, logJ = model.forward(params, z, layout=layout)
     lw = target.log_prob(x, layout=layout) - base.log_prob(z, layout=layout) + logJ
     return x, lw
-
-
-flow_log_weights = log_weights
 
 
 def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path",

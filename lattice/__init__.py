@@ -1,7 +1,7 @@
 """gaugeflow.lattice: backend, geometry/layout (incl. MPI), SU(N) algebra, loops, gauge
 actions with forces, HMC and ensemble I/O.
 
-Conventions are those of DESIGN.md and are restated in each module's docstring:
+Conventions are those of docs/design.md §3-§5 and are restated in each module's docstring:
 gauge fields have shape ``(*batch, Nd, L_0, ..., L_{Nd-1}, N, N)`` with time the last
 lattice axis; su(N) inner product <A, B> = -2 tr(AB); forces satisfy
 d/dt S(exp(tX)U)|_0 = sum <grad S, X>.

@@ -1,4 +1,4 @@
-"""Gauge actions with hand-written forces (DESIGN.md section 5).
+"""Gauge actions with hand-written forces (docs/design.md §5).
 
 All actions here are sums of real traces of closed loops,
 
@@ -21,15 +21,13 @@ d/dt S(exp(tX) U)|_0 = -(beta/N) sum Re tr(X U A) with A the staple sum
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .backend import namespace
 from .layout import Layout, infer_gauge_layout
 from .fields import links, stack_links
 from .loops import plaquette_path, rectangle_path, path_product, path_staples, backward_links
 from . import su_n
 
-__all__ = ["LoopAction", "Wilson", "LuscherWeisz", "fh_operator"]
+__all__ = ["LoopAction", "Wilson", "LuscherWeisz", "action_from_params"]
 
 
 class LoopAction:
@@ -158,13 +156,10 @@ class LuscherWeisz(LoopAction):
         self.c1 = float(c1)
 
 
-def fh_operator(U, beta: float, layout: Layout | None = None):
-    """O(U) of paper eq. (16) for coupling beta (plaquettes only)."""
-    return Wilson(beta).operator(U, layout)
-
-
 def action_from_params(p: dict) -> LoopAction:
-    """Rebuild an action from :meth:`LoopAction.params` (used by the ensemble store)."""
+    """Rebuild an action from its :meth:`LoopAction.params` dict, e.g. the action an ensemble
+    file records: ``action_from_params(EnsembleStore.open(path).action)`` gives an equal
+    :class:`Wilson`, :class:`LuscherWeisz` or :class:`LoopAction` (same ``params()``)."""
     name = p.get("name")
     if name == "wilson":
         return Wilson(p["beta"], lam=p.get("lam", 0.0))

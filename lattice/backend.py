@@ -26,15 +26,15 @@ by Box-Muller, i.e. one complex Gaussian; every element of a draw uses one call.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import array_api_compat
 import numpy as np
 
 __all__ = [
     "namespace", "get_namespace", "is_numpy", "to_host", "from_host", "default_xp",
-    "complex_dtype", "real_dtype", "DEFAULT_COMPLEX", "philox4x32", "Rng", "asarray_like",
-    "finfo_eps", "real_of", "host_array", "host_concat", "host_argmax",
+    "real_dtype", "DEFAULT_COMPLEX", "philox4x32", "Rng", "finfo_eps", "host_array", "host_concat",
+    "host_argmax",
 ]
 
 DEFAULT_COMPLEX = "complex128"
@@ -111,18 +111,6 @@ def host_argmax(x) -> tuple:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(h)), h.shape))
 
 
-def asarray_like(value, like, dtype=None):
-    """``xp.asarray(value)`` in the namespace (and device) of ``like``."""
-    xp = namespace(like)
-    return xp.asarray(value, dtype=dtype if dtype is not None else like.dtype,
-                      device=array_api_compat.device(like))
-
-
-def complex_dtype(xp, real):
-    """complex dtype matching a real dtype (float32 -> complex64, float64 -> complex128)."""
-    return xp.complex64 if real == xp.float32 else xp.complex128
-
-
 def real_dtype(xp, cplx):
     """real dtype matching a complex (or real) dtype."""
     if cplx in (xp.complex64, xp.float32):
@@ -133,11 +121,6 @@ def real_dtype(xp, cplx):
 def finfo_eps(xp, dtype) -> float:
     return float(xp.finfo(real_dtype(xp, dtype)).eps)
 
-
-def real_of(x):
-    """Real part that also accepts real arrays."""
-    xp = namespace(x)
-    return xp.real(x) if xp.isdtype(x.dtype, "complex floating") else x
 
 
 # --------------------------------------------------------------------------------------

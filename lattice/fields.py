@@ -1,7 +1,7 @@
 """Gauge fields: creation, access to the links of one direction, gauge transformations.
 
 Shape convention: ``U[..., mu, x_0, ..., x_{Nd-1}, a, b]`` is the link from x to x + mu^
-(DESIGN.md section 3), complex128 by default. A gauge transformation Omega has shape
+(docs/design.md §3), complex128 by default. A gauge transformation Omega has shape
 ``(*batch, L_0, ..., L_{Nd-1}, N, N)`` and acts as
 U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu^)^dag, psi(x) -> Omega(x) psi(x).
 """
@@ -12,7 +12,7 @@ from .layout import Layout, infer_gauge_layout
 from . import su_n
 
 __all__ = ["random_gauge", "unit_gauge", "random_gauge_transformation", "gauge_transform",
-           "link", "links", "stack_links", "mu_axis", "check_gauge_field", "gauge_layout"]
+           "link", "links", "stack_links", "mu_axis", "check_gauge_field"]
 
 
 def _layout_from_shape(shape, layout):
@@ -82,11 +82,6 @@ def gauge_transform(U, Omega, layout: Layout | None = None):
     for mu, Umu in enumerate(links(U, layout)):
         out.append(Omega @ Umu @ su_n.dagger(layout.shift(Omega, mu, +1)))
     return stack_links(out, layout)
-
-
-def gauge_layout(U, layout: Layout | None = None) -> Layout:
-    """Alias of :func:`lattice.layout.infer_gauge_layout`."""
-    return infer_gauge_layout(U, layout)
 
 
 def check_gauge_field(U, layout: Layout | None = None, N: int | None = None, tol=None,

@@ -1,10 +1,10 @@
 """Hybrid Monte Carlo for gauge fields, with nested (multiple time scale) integrators.
 
-Conventions (DESIGN.md section 4): momenta P in su(N) with density ~ exp(-1/2 sum <P, P>),
+Conventions (docs/design.md §4): momenta P in su(N) with density ~ exp(-1/2 sum <P, P>),
 H = 1/2 sum <P, P> + sum_m S_m(U), equations of motion dU/dt = P U, dP/dt = -grad S.
 
 A *monomial* is any object with ``action(U, layout=None)`` (float64 per batch element) and
-``force(U, layout=None)`` (grad S, DESIGN section 4); it may have
+``force(U, layout=None)`` (grad S, docs/design.md §4); it may have
 ``refresh(U, rng, layout=None)``, called once at the start of every trajectory (e.g. the
 pseudofermion heatbath). Gauge actions of :mod:`lattice.actions` are monomials.
 
@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, asdict
-from typing import Callable, Sequence
+from dataclasses import dataclass, asdict
+from typing import Callable
 
 from .backend import Rng, namespace, to_host
 from .layout import Layout, infer_gauge_layout
-from .fields import links
 from .loops import plaquette
 from . import su_n
 

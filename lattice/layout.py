@@ -14,7 +14,7 @@ coordinates and parities. Code elsewhere is written once against it.
 
 Reductions are *reproducible*: sums run first inside fixed global blocks (``tile``), then
 over the blocks in global order, so the result is bit-for-bit the same for every
-decomposition of the lattice over MPI ranks (DESIGN.md section 8).
+decomposition of the lattice over MPI ranks (docs/design.md §8).
 
 Halo exchange (MPI)
 -------------------
@@ -221,12 +221,6 @@ class Layout:
         return hash((self.global_shape, self.grid, self.rank))
 
     # ------------------------------------------------------------------ axes
-    def site_axis(self, F, mu: int, inner: int) -> int:
-        ax = F.ndim - inner - self.Nd + mu
-        if ax < 0:
-            raise LayoutError(f"field of shape {tuple(F.shape)} has no site axis {mu} (inner={inner})")
-        return ax
-
     def check_sites(self, F, inner: int, what: str = "field", sites_shape=None):
         """Raise unless F's site axes (the ``Nd`` axes before the ``inner`` trailing ones) are
         this rank's ``local_shape`` (or ``sites_shape``). The message gives both shapes."""

@@ -4,7 +4,7 @@ Paths are sequences of signed steps ``(mu, +1)`` (forward, link U_mu(y)) or ``(m
 (backward, link U_mu(y - mu^)^dag). ``path_product(U, path)[x]`` is the ordered product of
 the links along the path starting at x. For a closed path its trace is gauge invariant.
 
-Standard loops (DESIGN.md section 4):
+Standard loops (docs/design.md §4):
 * plaquette  P_mu,nu(x) = U_mu(x) U_nu(x+mu) U_mu(x+nu)^dag U_nu(x)^dag
 * rectangle  R_mu,nu(x): 2 links in mu, 1 in nu (12 orientations mu != nu per site in 4d)
 * the plaquette observable is the average of (1/N) Re tr P over sites and the Nd(Nd-1)/2 planes.

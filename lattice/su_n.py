@@ -1,6 +1,6 @@
 """SU(N) and su(N) algebra on stacked N x N matrices (any leading shape, any backend).
 
-Conventions (DESIGN.md section 4)
+Conventions (docs/design.md §4)
 ---------------------------------
 * su(N) = traceless anti-Hermitian N x N matrices, inner product <A, B> = -2 tr(A B).
 * Generators T^a = i lambda^a / 2 (generalised Gell-Mann matrices lambda^a,
@@ -302,7 +302,7 @@ def expm(X, terms: int = 18):
 
 
 def force_from_cotangent(U, G):
-    """su(N) gradient from the complex cotangent G = dS/dRe U + i dS/dIm U (DESIGN section 4):
+    """su(N) gradient from the complex cotangent G = dS/dRe U + i dS/dIm U (docs/design.md §4):
     grad S = -1/4 T[U G^dag - G U^dag]."""
     return -0.25 * traceless(U @ dagger(G) - G @ dagger(U))
 

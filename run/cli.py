@@ -199,11 +199,6 @@ def main(argv=None) -> int:
             from .parallel import abort
             abort(comm, 2)
         return 2
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("run.jobs."):
-            print(f"gaugeflow: command {args.command!r} is not available in this version", file=sys.stderr)
-            return 2
-        raise
     else:
         _close_log()
     return 0

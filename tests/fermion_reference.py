@@ -1,6 +1,6 @@
 """Independent NumPy references for the fermion tests (host side, straightforward and slow).
 
-* :func:`naive_tm_apply`: the twisted-mass operator written directly from DESIGN.md section 6
+* :func:`naive_tm_apply`: the twisted-mass operator written directly from docs/design.md §6
   with full 4x4 spin matrices, np.roll and explicit boundary signs (no half spinors, no
   packing, no SoA) -- the reference the fast kernel is compared with.
 * Free-field (U = 1) momentum-space formulas for log det M^dag M and the charged-pion

@@ -85,3 +85,16 @@ def test_dense_refuses_distributed_layouts():
     lay = FakeDistributed((4, 2, 2, 2))
     with pytest.raises(ValueError, match="single process"):
         F.dense_log_det(L.random_gauge((4, 2, 2, 2), seed=1), 0.1, 0.1, layout=lay)
+
+
+def test_exact_nf2_determinant_term_and_deprecated_dense_force():
+    shape = (4, 2, 2, 4)
+    kappa, mu = 0.15, 0.1
+    U = L.random_gauge(shape, seed=11)
+    term = F.ExactNf2Determinant(kappa, mu)
+    ld, grad = F.dense_log_det_force(U, kappa, mu)
+    assert np.allclose(term.log_prob(U), ld, rtol=1e-13)
+    assert np.allclose(term.force(U), -grad, rtol=1e-13, atol=1e-15)   # grad S_F, S_F = -log det
+    with pytest.warns(DeprecationWarning, match="dense_log_det_force"):
+        ld2, grad2 = F.dense_force(U, kappa, mu)
+    assert np.array_equal(ld2, ld) and np.array_equal(grad2, grad)

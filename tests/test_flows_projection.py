@@ -79,7 +79,7 @@ def test_left_unitary_equivariance(N, batch, seed):
 @given(N=st.sampled_from([2, 3]), batch=st.sampled_from(BATCHES), seed=st.integers(0, 2**31),
        u=st.floats(-0.99, 0.99))
 def test_active_loop_identity(N, batch, seed, u):
-    """DESIGN section 7: P_SU(N)(U S^dag) = U P_SU(N)(S)^dag for U in SU(N), away from the cut.
+    """docs/design.md §7: P_SU(N)(U S^dag) = U P_SU(N)(S)^dag for U in SU(N), away from the cut.
 
     In exact arithmetic it holds for every det phase of P_U(N)(S) except exactly pi (where the
     principal N-th root is discontinuous); det P_U(N)(S) = e^{i pi u} here."""

@@ -115,6 +115,31 @@ def test_wilson_loop_path_matches_plaquette():
         L.wilson_loop(U, [(3, 1)])
 
 
+def test_rectangle_field_is_the_untraced_rectangle_loop():
+    from lattice.loops import rectangle_path
+    U = L.random_gauge((4, 4, 4), N=2, seed=3)
+    R = L.rectangle_field(U, 0, 2)
+    assert R.shape == (4, 4, 4, 2, 2)
+    w = L.wilson_loop(U, rectangle_path(0, 2))
+    assert np.isclose(np.mean(np.trace(R, axis1=-2, axis2=-1)) / 2, w, atol=1e-14)
+
+
+def test_action_from_params_rebuilds_the_action_an_ensemble_records(tmp_path):
+    from lattice.actions import LoopAction, action_from_params
+    from lattice.io import EnsembleStore
+    U = L.random_gauge((4, 4), N=3, batch=(2,), seed=4)
+    lay = L.Layout((4, 4))
+    for i, S in enumerate([Wilson(5.7, lam=0.01), LuscherWeisz(3.8, lam=0.005), LoopAction(2.0, 1.2, -0.05, 0.1)]):
+        with EnsembleStore.create(tmp_path / f"e{i}.h5", lattice_shape=(4, 4), N=3, action=S) as ens:
+            pass
+        with EnsembleStore.open(tmp_path / f"e{i}.h5") as ens:
+            S2 = action_from_params(ens.action)
+        assert type(S2) is type(S) and S2.params() == S.params()
+        assert np.array_equal(S2.action(U, lay), S.action(U, lay))
+    with pytest.raises(ValueError, match="unknown gauge action"):
+        action_from_params({"name": "iwasaki", "beta": 2.0})
+
+
 def test_topological_charge_odd_under_parity():
     """Q -> -Q under the reflection x_0 -> -x_0 (links U_0(x) -> U_0(-x-0)^dag)."""
     U = L.random_gauge((4, 4, 4, 4), seed=12)

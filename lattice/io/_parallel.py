@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 
-__all__ = ["is_distributed", "on_root", "collective", "rank_of", "mark_all_ranks", "raised_on_all_ranks"]
+__all__ = ["is_distributed", "on_root", "collective", "mark_all_ranks", "raised_on_all_ranks"]
 
 _ALL_RANKS = "_gaugeflow_raised_on_all_ranks"
 
@@ -33,10 +33,6 @@ def raised_on_all_ranks(err: BaseException) -> bool:
 
 def is_distributed(layout) -> bool:
     return layout is not None and getattr(layout, "is_distributed", False)
-
-
-def rank_of(layout) -> int:
-    return layout.comm.Get_rank() if is_distributed(layout) else 0
 
 
 def _portable(err: BaseException) -> BaseException:

@@ -15,7 +15,7 @@ Binary data (ILDG binary format 1.0): IEEE floating point, big-endian; sites in
 lexicographic order with x fastest and t slowest (t, z, y, x); per site the four links
 U_x, U_y, U_z, U_t (U_mu(x) is the link from x to x + mu^); each link a 3x3 complex matrix
 in row-major order, each complex number as (re, im). Our arrays are ``U[mu, x, y, z, t, a, b]``
-(time last, DESIGN.md section 3), so the file is the transpose ``U.transpose(t, z, y, x, mu,
+(time last, docs/design.md §3), so the file is the transpose ``U.transpose(t, z, y, x, mu,
 a, b)`` of the array -- done with one vectorised copy.
 
 The checksum is the SciDAC one (:mod:`lattice.io.checksum`): CRC32 of each site's 4x3x3

@@ -15,7 +15,7 @@
 ``platform``           ``platform.platform()``
 ``mpi_ranks``          number of MPI ranks of the job (1 without MPI)
 ``conventions_version`` identifier of the conventions below (:data:`CONVENTIONS_VERSION`)
-``conventions``        the project conventions (DESIGN.md sections 3-6) as text
+``conventions``        the project conventions (docs/design.md §3-§6) as text
 =====================  ==============================================================
 
 :func:`write_provenance` stores it as attributes ``provenance.<key>`` of any HDF5 object
@@ -43,7 +43,7 @@ PREFIX = "provenance."
 
 CONVENTIONS_VERSION = "gaugeflow-conventions-1"
 
-#: The project conventions, one entry per topic (DESIGN.md sections 3-6).
+#: The project conventions, one entry per topic (docs/design.md §3-§6).
 CONVENTIONS = {
     "arrays": ("gauge field U[..., mu, x_0, ..., x_{Nd-1}, a, b], shape (*batch, Nd, L_0, ..., "
                "L_{Nd-1}, N, N), complex128; U_mu(x) is the link from x to x + mu^; direction mu "
@@ -66,7 +66,9 @@ CONVENTIONS = {
     "fermions": ("twisted-mass Wilson, hopping normalisation (tmLQCD): M = 1 + i mu~ gamma_5 - kappa H, "
                  "mu~ = 2 kappa mu, (H psi)(x) = sum_mu [(1 - gamma_mu) U_mu(x) psi(x+mu^) + "
                  "(1 + gamma_mu) U_mu(x-mu^)^dag psi(x-mu^)], antiperiodic in time"),
-    "gamma_basis": "placeholder: the gamma-matrix basis is fixed and documented by fermions.gamma",
+    "gamma_basis": ("chiral basis of tmLQCD, gamma_5 = gamma_t gamma_x gamma_y gamma_z = diag(1, 1, -1, -1); "
+                    "gamma_0, gamma_1, gamma_2 (x, y, z) are tmLQCD's gamma_1, gamma_2, gamma_3 and gamma_3 "
+                    "(t, the last axis) is tmLQCD's gamma_0 (fermions.gamma)"),
 }
 
 

@@ -5,7 +5,6 @@ Trajectory i always uses the random stream child(i) of the job seed, so a killed
 with the same config continues the identical chain."""
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np

@@ -69,7 +69,7 @@ def test_random_numbers_independent_of_rank_count(grid, serial):
 
 
 def _dirac_halo_model(lay, batch, itemsize=16, N=3):
-    """Bytes received per application (DESIGN: half spinors, 2 spin x N colour, cross faces).
+    """Bytes received per application (docs/design.md §8: half spinors, 2 spin x N colour, cross faces).
 
     H / M: per split axis mu, two hops (forward, backward) of a face of V_loc / l_mu sites.
     M^ = A_oo - kappa^2 H_oe A_ee^-1 H_eo: two half-lattice hops; for mu != 0 each moves
