@@ -465,6 +465,12 @@ class Estimate:
         """f(estimate) with the error propagated through the replicas (same resampling)."""
         return derive(func, self, vectorized=vectorized, label=label)
 
+    def to_pyerrors(self, S: float | None = None, gamma_method: bool = True, unnamed: str = "ensemble"):
+        """This estimate as a ``pyerrors.Obs`` (a NumPy object array of them for array estimates);
+        see :func:`analysis.pyerrors_interop.to_pyerrors`. Needs the optional extra ``analysis``."""
+        from .pyerrors_interop import to_pyerrors
+        return to_pyerrors(self, S=S, gamma_method=gamma_method, unnamed=unnamed)
+
     def _need_replicas(self, what, methods=_REPLICA_METHODS):
         if self.replicas is None or self.method not in methods:
             raise ValueError(f"{what} needs {' or '.join(methods)} replicas; this estimate has "
