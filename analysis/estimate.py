@@ -288,6 +288,14 @@ def _elementwise(ufunc, *args):
     return Estimate.from_replicas(value, reps, method, sizes, ensembles=names, S=S)
 
 
+def _unary_method(ufunc):
+    def method(self):
+        return _elementwise(ufunc, self)
+    method.__name__ = ufunc.__name__
+    method.__doc__ = f"Elementwise {ufunc.__name__} with error propagation (the same as np.{ufunc.__name__}(est))."
+    return method
+
+
 @dataclass(repr=False, eq=False)
 class Estimate:
     """A statistical estimate: ``mean``, ``err`` (same shape) and optional per-ensemble ``replicas``.
@@ -312,6 +320,7 @@ class Estimate:
     sin, cos, tan, arcsin, arccos, arctan, sinh, cosh, tanh, arcsinh, arccosh, arctanh
     (``np.log(est)`` or ``est.log()``) work elementwise with other estimates and real numbers
     or arrays (constants, NumPy broadcasting); :func:`derive` handles any other function.
+    :meth:`to_pyerrors` exports to pyerrors (optional extra ``analysis``).
     """
 
     mean: object
@@ -523,50 +532,21 @@ class Estimate:
     def __abs__(self):
         return _elementwise(np.absolute, self)
 
-    def exp(self):
-        return _elementwise(np.exp, self)
-
-    def log(self):
-        return _elementwise(np.log, self)
-
-    def sqrt(self):
-        return _elementwise(np.sqrt, self)
-
-    def sin(self):
-        return _elementwise(np.sin, self)
-
-    def cos(self):
-        return _elementwise(np.cos, self)
-
-    def tan(self):
-        return _elementwise(np.tan, self)
-
-    def arcsin(self):
-        return _elementwise(np.arcsin, self)
-
-    def arccos(self):
-        return _elementwise(np.arccos, self)
-
-    def arctan(self):
-        return _elementwise(np.arctan, self)
-
-    def sinh(self):
-        return _elementwise(np.sinh, self)
-
-    def cosh(self):
-        return _elementwise(np.cosh, self)
-
-    def tanh(self):
-        return _elementwise(np.tanh, self)
-
-    def arcsinh(self):
-        return _elementwise(np.arcsinh, self)
-
-    def arccosh(self):
-        return _elementwise(np.arccosh, self)
-
-    def arctanh(self):
-        return _elementwise(np.arctanh, self)
+    exp = _unary_method(np.exp)
+    log = _unary_method(np.log)
+    sqrt = _unary_method(np.sqrt)
+    sin = _unary_method(np.sin)
+    cos = _unary_method(np.cos)
+    tan = _unary_method(np.tan)
+    arcsin = _unary_method(np.arcsin)
+    arccos = _unary_method(np.arccos)
+    arctan = _unary_method(np.arctan)
+    sinh = _unary_method(np.sinh)
+    cosh = _unary_method(np.cosh)
+    tanh = _unary_method(np.tanh)
+    arcsinh = _unary_method(np.arcsinh)
+    arccosh = _unary_method(np.arccosh)
+    arctanh = _unary_method(np.arctanh)
 
     # ----------------------------------------------------------------- printing
     def __format__(self, spec):
