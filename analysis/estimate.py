@@ -214,7 +214,7 @@ def _as_operand(x):
         return x
     try:
         a = np.asarray(x)
-    except Exception:                                           # noqa: BLE001 - foreign objects
+    except (TypeError, ValueError):
         return None
     if a.dtype.kind not in "biuf":
         return None
@@ -284,7 +284,9 @@ def _elementwise(ufunc, *args):
                 reps = reps + np.asarray(d(*vals), dtype=np.float64) * _lead(_embed(o, names, sizes), value.ndim)
     else:
         rargs = [_lead(_embed(o, names, sizes), value.ndim) if isinstance(o, Estimate) else o for o in ops]
-        reps = np.broadcast_to(np.asarray(ufunc(*rargs), dtype=np.float64), (n,) + value.shape)
+        reps = np.asarray(ufunc(*rargs), dtype=np.float64)
+        if reps.shape != (n,) + value.shape:                    # e.g. an estimate times a constant array
+            reps = np.broadcast_to(reps, (n,) + value.shape).copy()
     return Estimate.from_replicas(value, reps, method, sizes, ensembles=names, S=S)
 
 
@@ -450,7 +452,8 @@ class Estimate:
         contribution (err, τ_int, window, ρ) with this estimate's ``S`` or the given one.
         err² of the estimate is the sum of the ensembles' err²."""
         if self.method != "gamma" or self.replicas is None:
-            raise ValueError(f"gamma_details() needs a Γ-method estimate with fluctuations, not method={self.method!r}")
+            raise ValueError("gamma_details() needs a Γ-method estimate with fluctuations, "
+                             f"not method={self.method!r}")
         from .resampling import gamma_result
         S = self.S if S is None else S
         return {n: gamma_result(self.mean, d.reshape(d.shape[0], -1), S, ensemble=n)
@@ -590,8 +593,8 @@ def derive(func, *estimates: Estimate, vectorized: bool = False, label: str = ""
     Jackknife/bootstrap: ``func`` is applied to the central values and to every replica
     (``vectorized=True``: once, to the stacked replicas with a leading axis). Γ-method: the
     fluctuations are propagated linearly, δf = J δ, with J from central differences of step
-    √(Γ_αα(0)/N) per input component (Wolff's choice, as :func:`~analysis.gamma_method`).
-    Estimates of the same ensemble (name) stay correlated; estimates of different ensembles
+    √(Γ_αα(0)/N) per input component (Wolff's choice, as :func:`~analysis.gamma_method`;
+    ``vectorized`` plays no role). Estimates of the same ensemble (name) stay correlated; estimates of different ensembles
     are independent (see the module docstring). All estimates must use one method.
     """
     if not estimates:
