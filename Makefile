@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,mpi]"
+	$(BIN)/python -m pip install -q -e ".[test,mpi,analysis]"
 	touch $(STAMP)
 
 demo: $(STAMP)

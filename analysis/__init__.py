@@ -5,8 +5,11 @@ package can be used on its own in a notebook.
 
 Resampling (configuration axis first; optional per-configuration log-weights everywhere):
     jackknife, bootstrap, gamma_method, ess, reweighted_mean, resample_means, control_variate_fit
-Records and propagation:
-    Estimate (unpacks as mean, err), derive, align_ensembles, format_value
+Records and propagation (see analysis.estimate: arithmetic, ensembles, indexing):
+    Estimate (+ - * / ** and NumPy ufuncs with error propagation; components est[i];
+    a scalar unpacks as mean, err), derive, align_ensembles, format_value
+pyerrors interop (optional extra `analysis`, see analysis.pyerrors_interop):
+    to_pyerrors (also Estimate.to_pyerrors()), from_pyerrors
 Correlators and fits:
     symmetrize, fold, effective_mass, cosh_model, fit_correlator, scan_t_min, FitResult
 Feynman–Hellmann (paper eqs. 12–17):
@@ -19,6 +22,7 @@ Synthetic data with known answers:
     synthetic_correlators, ToyFeynmanHellmann
 """
 from .estimate import Estimate, derive, align_ensembles, format_value
+from .pyerrors_interop import to_pyerrors, from_pyerrors
 from .resampling import (ess, reweighted_mean, resample_means, jackknife, bootstrap, gamma_method,
                          GammaResult, control_variate_fit)
 from .correlators import symmetrize, fold, effective_mass, cosh_model
@@ -29,7 +33,7 @@ from .cost import break_even, per_config_costs, total_costs, paper_example, PAPE
 from .synthetic import synthetic_correlators, ToyFeynmanHellmann
 
 __all__ = [
-    "Estimate", "derive", "align_ensembles", "format_value",
+    "Estimate", "derive", "align_ensembles", "format_value", "to_pyerrors", "from_pyerrors",
     "ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap", "gamma_method", "GammaResult",
     "control_variate_fit",
     "symmetrize", "fold", "effective_mass", "cosh_model",

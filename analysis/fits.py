@@ -21,7 +21,9 @@ SciPy's Levenberg–Marquardt (analytic Jacobian). dof = n_points + n_priors - n
 p = P(χ²_dof > χ²) from the χ² distribution (with Σ estimated from N samples this is the
 large-N approximation; the exact small-sample law is Hotelling's T²).
 
-Errors (``errors=``):
+Errors (``errors=`` of :func:`fit_correlator`, recorded as :attr:`FitResult.error_method`;
+the parameter errors themselves are :attr:`FitResult.energies_err` and
+:attr:`FitResult.amplitudes_err`, or ``fit.energy(n).err``):
 * ``"jackknife"`` (default) / ``"bootstrap"``: the fit is repeated on every resampled mean
   with the covariance held fixed at its full-sample estimate (the standard lattice
   practice); errors and correlations of all parameters come from the replicas, which are
@@ -265,11 +267,16 @@ def regularize_covariance(cov, correlated: bool = True, shrinkage: float | None 
 class FitResult:
     """Result of a correlator fit (see the module docstring for conventions).
 
-    energies, amplitudes : (n_states,) central values; energies_err, amplitudes_err : errors.
+    energies, amplitudes : (n_states,) central values; energies_err, amplitudes_err : their errors.
     chi2, dof, p_value : goodness of fit (χ² includes prior terms; dof = points + priors - params).
-    param_cov : (2n, 2n) covariance of (E_0..E_{n-1}, A_0..A_{n-1}) from ``errors``.
+    error_method : how the errors were computed, "jackknife" | "bootstrap" | "hessian".
+    param_cov : (2n, 2n) covariance of (E_0..E_{n-1}, A_0..A_{n-1}) from ``error_method``.
     energies_replicas, amplitudes_replicas : (n_rep, n_states) replica fits (None for "hessian").
     t, data, data_cov : fit window, fitted (reweighted) mean and the covariance used in χ².
+    ensembles : names of the ensembles of the replica blocks (see :mod:`analysis.estimate`).
+
+    ``errors`` (the name of the error method, a string) is a deprecated alias of
+    ``error_method``: the name suggested the parameter errors.
     """
 
     energies: np.ndarray
@@ -284,7 +291,7 @@ class FitResult:
     T: int
     n_states: int
     correlated: bool
-    errors: str
+    error_method: str
     param_cov: np.ndarray
     t: np.ndarray
     data: np.ndarray
@@ -294,6 +301,17 @@ class FitResult:
     blocks: tuple | None = None
     n_failed_replicas: int = 0
     info: dict = field(default_factory=dict)
+    ensembles: tuple | None = None
+
+    @property
+    def errors(self) -> str:
+        """Deprecated alias of :attr:`error_method` (the parameter errors are ``energies_err``,
+        ``amplitudes_err``)."""
+        warnings.warn("FitResult.errors is deprecated and will be removed in the next release: it is the "
+                      "name of the error method, now FitResult.error_method; the parameter errors are "
+                      "FitResult.energies_err and FitResult.amplitudes_err (or fit.energy(n).err)",
+                      DeprecationWarning, stacklevel=2)
+        return self.error_method
 
     @property
     def chi2_dof(self) -> float:
@@ -316,7 +334,8 @@ class FitResult:
             raise IndexError(f"state {n} not in a {self.n_states}-state fit")
         if reps is None:
             return Estimate(val[n], err[n], None, "hessian", label=label)
-        return Estimate(val[n], err[n], reps[:, n], self.errors, self.blocks, label)
+        return Estimate(val[n], err[n], reps[:, n], self.error_method, self.blocks, label,
+                        ensembles=self.ensembles)
 
     def model(self, t=None) -> np.ndarray:
         """Central fit curve at times ``t`` (default: the fit window)."""
@@ -331,7 +350,8 @@ class FitResult:
             raise ValueError("error bands need replica fits (errors='jackknife' or 'bootstrap')")
         t = np.asarray(t)
         reps = cosh_model(t, self.T, self.energies_replicas, self.amplitudes_replicas)
-        return Estimate.from_replicas(self.model(t), reps, self.errors, self.blocks, "C_fit")
+        return Estimate.from_replicas(self.model(t), reps, self.error_method, self.blocks, "C_fit",
+                                      ensembles=self.ensembles)
 
     def summary(self) -> str:
         corr = "correlated" if self.correlated else "uncorrelated"
@@ -340,7 +360,7 @@ class FitResult:
             reg.append(f"shrinkage={self.info['shrinkage']}")
         if self.info.get("svd_cut") is not None:
             reg.append(f"svd_cut={self.info['svd_cut']}")
-        err = self.errors
+        err = self.error_method
         if self.energies_replicas is not None:
             err += f", {self.energies_replicas.shape[0]} replicas"
             if self.info.get("bin_size"):
@@ -404,7 +424,7 @@ class FitScan(ScanResults):
             return "FitScan(empty)"
         r0 = self.results[0]
         lines = [f"t_min scan: {r0.n_states}-state cosh fits, t_max = {r0.t_max}, T = {r0.T}, "
-                 f"{'correlated' if r0.correlated else 'uncorrelated'}, errors: {r0.errors}",
+                 f"{'correlated' if r0.correlated else 'uncorrelated'}, errors: {r0.error_method}",
                  f"  {'t_min':>5s}  {'E0':>16s}  {'chi2/dof':>9s}  {'p':>7s}"]
         for r in self.results:
             lines.append(f"  {r.t_min:5d}  {format_value(r.energies[0], r.energies_err[0]):>16s}  "
@@ -461,12 +481,13 @@ def _initial_theta(model, obj, ybar, priors, p0):
 
 def fit_means(t, T, ybar, yrep=None, *, cov, n_states=1, method="jackknife", blocks=None,
               errors="jackknife", priors=None, p0=None, correlated=True, full_cov=None,
-              info=None) -> FitResult:
+              info=None, ensembles=None) -> FitResult:
     """Fit a mean correlator on the window ``t`` and (optionally) its resampling replicas.
 
     Low-level entry point used by :func:`fit_correlator` and the Feynman–Hellmann analysis.
     ``ybar`` (nt,), ``yrep`` (n_rep, nt) resampled means from ``method`` (with ``blocks``),
-    ``cov`` (nt, nt) the covariance used in χ² (already regularised). ``full_cov``: the
+    ``cov`` (nt, nt) the covariance used in χ² (already regularised); ``ensembles`` names the
+    blocks (see :mod:`analysis.estimate`). ``full_cov``: the
     unregularised covariance of the mean; when it differs from ``cov`` (uncorrelated or
     regularised fits) the "hessian" errors use the sandwich formula
     H⁻¹ Jᵀ Σ_χ⁻¹ Σ_full Σ_χ⁻¹ J H⁻¹, H = Jᵀ Σ_χ⁻¹ J (+ priors), which stays correct when the
@@ -530,10 +551,11 @@ def fit_means(t, T, ybar, yrep=None, *, cov, n_states=1, method="jackknife", blo
     info.update(priors=priors, param_cov_hessian=cov_h, theta=theta)
     return FitResult(energies=E, amplitudes=A, energies_err=perr[:n_states], amplitudes_err=perr[n_states:],
                      chi2=chi2, dof=int(dof), p_value=p_value, t_min=int(t[0]), t_max=int(t[-1]), T=int(T),
-                     n_states=int(n_states), correlated=bool(correlated), errors=errors, param_cov=pcov,
+                     n_states=int(n_states), correlated=bool(correlated), error_method=errors, param_cov=pcov,
                      t=t, data=ybar, data_cov=np.asarray(cov), energies_replicas=E_reps,
                      amplitudes_replicas=A_reps, blocks=blocks if E_reps is not None else None,
-                     n_failed_replicas=n_failed, info=info)
+                     n_failed_replicas=n_failed, info=info,
+                     ensembles=tuple(ensembles) if (ensembles is not None and E_reps is not None) else None)
 
 
 def _window(C_samples, t_min, t_max, T, fold):
@@ -575,7 +597,7 @@ def fit_correlator(C_samples, t_min: int, t_max: int | None = None, T: int | Non
                    n_states: int = 1, correlated: bool = True, log_weights=None, *,
                    fold: bool = False, bin_size: int = 1, errors: str = "jackknife", n_boot: int = 1000,
                    seed=0, priors: dict | None = None, p0: dict | None = None, cov=None,
-                   shrinkage: float | None = None, svd_cut: float | None = None) -> FitResult:
+                   shrinkage: float | None = None, svd_cut: float | None = None, ensemble: str = "") -> FitResult:
     """χ² fit of C(t) = Σ_n A_n [e^{-E_n t} + e^{-E_n (T-t)}] on t_min ≤ t ≤ t_max.
 
     Parameters
@@ -596,6 +618,8 @@ def fit_correlator(C_samples, t_min: int, t_max: int | None = None, T: int | Non
     p0 : {"E": [...], "A": [...]} starting values (default: effective mass, linear solve for A).
     cov : covariance of the mean on the window to use instead of the resampling estimate.
     shrinkage, svd_cut : covariance regularisation (see :func:`regularize_covariance`).
+    ensemble : name of the ensemble; fit results of differently named ensembles combine as
+        independent in arithmetic (``fit_a.mass / fit_b.mass``).
 
     Returns
     -------
@@ -611,7 +635,8 @@ def fit_correlator(C_samples, t_min: int, t_max: int | None = None, T: int | Non
                      method=method, blocks=None, errors=errors, priors=priors, p0=p0, correlated=correlated,
                      full_cov=full_cov,
                      info={"bin_size": bin_size, "n_configs": C.shape[0], "shrinkage": shrinkage,
-                           "svd_cut": svd_cut, "reweighted": log_weights is not None})
+                           "svd_cut": svd_cut, "reweighted": log_weights is not None},
+                     ensembles=(ensemble,))
 
 
 def scan_t_min(C_samples, t_mins, t_max: int | None = None, T: int | None = None, **kwargs) -> FitScan:

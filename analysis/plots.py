@@ -64,9 +64,10 @@ def plot_effective_mass(C, fit=None, *, T: int | None = None, kind: str = "cosh"
         them): its effective mass over the fit window is drawn as a band (from the replica
         fits; for one state the band is E_0 ± δE_0).
     """
-    if isinstance(C, Estimate) or (isinstance(C, tuple) and len(C) == 2):
-        m, e = C
-        m, e = np.asarray(m), np.asarray(e)
+    if isinstance(C, Estimate):
+        m, e = np.asarray(C.mean), np.asarray(C.err)
+    elif isinstance(C, tuple) and len(C) == 2:
+        m, e = np.asarray(C[0]), np.asarray(C[1])
     else:
         C = np.asarray(C)
         Tn = C.shape[-1] if T is None else T

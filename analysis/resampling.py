@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 
-from .estimate import Estimate
+from .estimate import Estimate, DEFAULT_S, central_jacobian
 
 __all__ = ["ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap",
            "gamma_method", "GammaResult"]
@@ -252,7 +252,7 @@ def _apply(func, means, replicas, is_tuple, vectorized):
 
 
 def jackknife(samples, func=None, log_weights=None, bin_size: int = 1, vectorized: bool = False,
-              label: str = "") -> Estimate:
+              label: str = "", ensemble: str = "") -> Estimate:
     """Jackknife estimate of ``func(⟨samples⟩)`` with binning and reweighting.
 
     Parameters
@@ -262,24 +262,27 @@ def jackknife(samples, func=None, log_weights=None, bin_size: int = 1, vectorize
         or once on the stacked replicas (leading axis) if ``vectorized=True``.
     log_weights : None, array (N,), or a tuple of (array | None) per observable.
     bin_size : consecutive configurations per bin; one bin is deleted per replica.
+    ensemble : name of the ensemble the samples come from; estimates of differently named
+        ensembles combine as independent (see :mod:`analysis.estimate`).
 
     Returns
     -------
-    :class:`Estimate` (unpacks as ``mean, err``): mean = func(full-sample mean),
-    err² = (n-1)/n Σ_k (f_k - f̄)², replicas f_k of shape (n_bins, ...).
+    :class:`Estimate` (``est.mean``, ``est.err``; a scalar one unpacks as ``mean, err``):
+    mean = func(full-sample mean), err² = (n-1)/n Σ_k (f_k - f̄)², replicas f_k of shape (n_bins, ...).
     """
     pieces, is_tuple = _pieces(samples)
     means, reps = resample_means(tuple(pieces) if is_tuple else pieces[0], log_weights, bin_size)
     central, freps = _apply(func, means, reps, is_tuple, vectorized)
     return Estimate.from_replicas(central, freps, "jackknife", label=label,
-                                  info={"bin_size": int(bin_size), "n_configs": pieces[0].shape[0]})
+                                  info={"bin_size": int(bin_size), "n_configs": pieces[0].shape[0]},
+                                  ensembles=(ensemble,))
 
 
 def bootstrap(samples, func=None, log_weights=None, n_boot: int = 1000, seed=0, bin_size: int = 1,
-              vectorized: bool = False, label: str = "") -> Estimate:
+              vectorized: bool = False, label: str = "", ensemble: str = "") -> Estimate:
     """Bootstrap estimate of ``func(⟨samples⟩)`` with binning and reweighting (seeded).
 
-    Same arguments as :func:`jackknife` plus ``n_boot`` draws and ``seed`` (int or
+    Same arguments as :func:`jackknife` (including ``ensemble``) plus ``n_boot`` draws and ``seed`` (int or
     ``numpy.random.Generator``; the same seed gives the same replicas). Each draw picks
     n_bins bins with replacement and uses them for numerator and denominator alike.
     Returns an :class:`Estimate` with err = std of the replicas (ddof=1); the central value
@@ -291,7 +294,8 @@ def bootstrap(samples, func=None, log_weights=None, n_boot: int = 1000, seed=0, 
     central, freps = _apply(func, means, reps, is_tuple, vectorized)
     return Estimate.from_replicas(central, freps, "bootstrap", label=label,
                                   info={"bin_size": int(bin_size), "n_configs": pieces[0].shape[0],
-                                        "seed": seed if not isinstance(seed, np.random.Generator) else None})
+                                        "seed": seed if not isinstance(seed, np.random.Generator) else None},
+                                  ensembles=(ensemble,))
 
 
 # ----------------------------------------------------------------------------- Γ-method
@@ -303,6 +307,9 @@ class GammaResult:
     rho : bias-corrected normalised autocorrelation ρ(t), t = 0..W (per component, list if several);
         :func:`autocorrelation` gives Γ(t) at any lag.
     n : length of the series.
+    deltas : (N, *shape) the analysed fluctuations δ_i in Monte Carlo order — A_i - Ā, or for a
+        derived quantity Σ_α ∂f/∂Ā_α (A_iα - Ā_α) — i.e. pyerrors' ``deltas``.
+    ensemble : name of the Monte Carlo chain (see :attr:`estimate`).
     """
 
     mean: object
@@ -314,6 +321,8 @@ class GammaResult:
     rho: object
     n: int
     S: float
+    deltas: np.ndarray | None = None
+    ensemble: str = ""
 
     def __iter__(self):
         yield self.mean
@@ -322,8 +331,16 @@ class GammaResult:
 
     @property
     def estimate(self) -> Estimate:
-        return Estimate(self.mean, self.err, None, "gamma",
-                        info={"tau_int": self.tau_int, "window": self.window})
+        """This result as an :class:`Estimate` that propagates errors (``method="gamma"``).
+
+        It carries :attr:`deltas` under the name :attr:`ensemble`, so arithmetic with other
+        Γ-method estimates propagates the fluctuations linearly and re-analyses them with the
+        automatic window at this ``S`` (with a fixed ``window=`` only this estimate's own
+        ``err`` uses that window).
+        """
+        return Estimate(self.mean, self.err, self.deltas, "gamma",
+                        info={"tau_int": self.tau_int, "window": self.window},
+                        ensembles=None if self.deltas is None else (self.ensemble,), S=self.S)
 
     def __repr__(self):
         from .estimate import format_value
@@ -393,8 +410,8 @@ def _gamma_and_window(a, S, W_max, window):
     return g, W
 
 
-def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int | None = None,
-                 window: int | None = None) -> GammaResult:
+def gamma_method(series, func=None, log_weights=None, S: float = DEFAULT_S, W_max: int | None = None,
+                 window: int | None = None, ensemble: str = "") -> GammaResult:
     """Γ-method error analysis of a Markov-chain series (U. Wolff, hep-lat/0306017).
 
     Parameters
@@ -411,6 +428,8 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
     W_max : largest window tried (default N//2); if the criterion never fires the result uses
         W_max and a warning is issued.
     window : fixed summation window W instead of the automatic one.
+    ensemble : name of the Monte Carlo chain, carried by :attr:`GammaResult.estimate` so that
+        estimates from independent chains combine in quadrature.
 
     Returns
     -------
@@ -457,18 +476,19 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
         a = dY
     else:
         value = np.asarray(func(*unpack(ybar)), dtype=np.float64)
-        var = np.mean(dY * dY, axis=0)
-        h = np.sqrt(var / n)
-        h = np.where(h > 0, h, 1e-10 * np.maximum(np.abs(ybar), 1.0))
-        jac = np.empty((value.size, Y.shape[1]))
-        for alpha in range(Y.shape[1]):
-            e = np.zeros_like(ybar)
-            e[alpha] = h[alpha]
-            fp = np.asarray(func(*unpack(ybar + e)), dtype=np.float64).ravel()
-            fm = np.asarray(func(*unpack(ybar - e)), dtype=np.float64).ravel()
-            jac[:, alpha] = (fp - fm) / (2 * h[alpha])
+        jac = central_jacobian(lambda v: func(*unpack(v)), ybar, np.sqrt(np.mean(dY * dY, axis=0) / n))
         a = dY @ jac.T
-    m = a.shape[1]
+    return gamma_result(value, a, S, W_max, window, ensemble, stacklevel=3)
+
+
+def gamma_columns(a, S: float = DEFAULT_S, W_max: int | None = None, window: int | None = None,
+                  stacklevel: int = 2):
+    """Γ-method of every column of mean-zero fluctuations ``a`` (N, m) in Monte Carlo order.
+
+    The conventions of :func:`gamma_method` (Wolff's window, bias-corrected Γ). Returns the
+    arrays (err, tau_int, tau_int_err, err_err, window) of shape (m,) and the list of ρ(t).
+    """
+    n, m = a.shape
     W_max = n // 2 if W_max is None else min(int(W_max), n - 1)
     if window is not None:
         if int(window) != window or not 0 <= window < n - 1:
@@ -489,7 +509,8 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
         g, W = _gamma_and_window(ac, S, W_max, window)
         if W is None:
             warnings.warn(f"gamma_method: automatic window did not terminate before W_max={W_max}; "
-                          "the series is too short for its autocorrelation time", RuntimeWarning, stacklevel=2)
+                          "the series is too short for its autocorrelation time", RuntimeWarning,
+                          stacklevel=stacklevel)
             W = W_max
         cf = g[0] + 2.0 * g[1:W + 1].sum()
         g = g + cf / n                                       # bias correction of Γ
@@ -501,15 +522,26 @@ def gamma_method(series, func=None, log_weights=None, S: float = 1.5, W_max: int
         derr[c] = err[c] * math.sqrt((W + 0.5) / n)
         win[c] = W
         rhos.append(g[: W + 1] / g[0])
-    shape = np.shape(value)
+    return err, tau, dtau, derr, win, rhos
+
+
+def gamma_result(value, a, S: float = DEFAULT_S, W_max: int | None = None, window: int | None = None,
+                 ensemble: str = "", stacklevel: int = 2) -> GammaResult:
+    """:class:`GammaResult` of the central value ``value`` (any shape) and its fluctuations
+    ``a`` (N, value.size) in Monte Carlo order (used by :func:`gamma_method` and
+    :meth:`Estimate.gamma_details`)."""
+    value = np.asarray(value, dtype=np.float64)
+    n = a.shape[0]
+    err, tau, dtau, derr, win, rhos = gamma_columns(a, S, W_max, window, stacklevel + 1)
+    shape = value.shape
 
     def out(v):
         v = np.asarray(v).reshape(shape)
         return v.item() if v.ndim == 0 else v
 
     return GammaResult(mean=out(value), err=out(err), tau_int=out(tau), tau_int_err=out(dtau),
-                       err_err=out(derr), window=out(win), rho=rhos[0] if m == 1 else rhos,
-                       n=n, S=float(S))
+                       err_err=out(derr), window=out(win), rho=rhos[0] if len(rhos) == 1 else rhos,
+                       n=n, S=float(S), deltas=a.reshape((n,) + shape), ensemble=str(ensemble))
 
 
 def control_variate_fit(y, F):

@@ -174,3 +174,25 @@ def test_folded_input_bands_and_derived_quantities():
     assert ratio.method == "bootstrap"
     with pytest.raises(ValueError, match="different resamplings"):
         an.derive(lambda x, y: x + y, a.energy(0), boot.energy(0))
+
+
+def test_error_method_and_the_deprecated_errors_alias():
+    C = _data(200, seed=9)
+    fit = an.fit_correlator(C, 5, 12, T)
+    assert fit.error_method == "jackknife"
+    assert an.fit_correlator(C, 5, 12, T, errors="hessian").error_method == "hessian"
+    with pytest.warns(DeprecationWarning, match="error_method"):
+        assert fit.errors == "jackknife"                    # old name: still the method, with a warning
+    assert "errors: jackknife" in fit.summary()
+
+
+def test_fits_on_named_ensembles_combine_as_independent():
+    fa = an.fit_correlator(_data(300, seed=10), 5, 12, T, ensemble="A")
+    fb = an.fit_correlator(_data(200, seed=11), 5, 12, T, ensemble="B")
+    diff = fa.mass - fb.mass
+    assert diff.ensembles == ("A", "B")
+    assert diff.err == pytest.approx(np.hypot(fa.energies_err[0], fb.energies_err[0]), rel=1e-12)
+    same = fa.amplitude(0) * fa.energy(0)                   # one jackknife: correlated
+    ref = an.derive(lambda x, y: x * y, fa.amplitude(0), fa.energy(0))
+    assert same.err == pytest.approx(ref.err, rel=1e-14) and same.ensembles == ("A",)
+    assert fa.model_estimate(np.arange(5, 8)).ensembles == ("A",)
