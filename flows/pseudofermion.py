@@ -62,7 +62,7 @@ constant of the training. Path gradient: phi' = h(phi) without gradient;
 
     G = d/d phi' [log q - log p] = 2 K(U')^{-1} phi' - 2 h^{-dag} K(U)^{-1} phi             (C3)
 
-(complex cotangent convention of docs/design.md section 7; log J does not depend on phi), then
+(complex cotangent convention of docs/design.md §7; log J does not depend on phi), then
 the parameter gradient is the VJP of h at phi with cotangent G. K(U)^{-1} phi = M^(U)^{-1} eta
 and K(U')^{-1} phi' come from two CG solves per shot. U and U' are fixed during this training.
 
@@ -617,9 +617,11 @@ class PseudofermionObjective:
         lw, loss, grads = self.log_weights(model, params, idx, seed, want_grad=estimator)
         return loss, grads, _centred(lw)
 
-    def holdout_log_weights(self, model, params, seed: int = 0, n_shots=None):
-        """Per-shot log w on the held-out configurations (n_shots, n_holdout)."""
-        idx = list(range(self.n_train, self.n_train + self.n_holdout))
+    def holdout_log_weights(self, model, params, seed: int = 0, n_shots=None, n_configs=None):
+        """Per-shot log w on the held-out configurations (the first ``n_configs`` of them, default
+        all), shape (n_shots, n_configs)."""
+        n = self.n_holdout if n_configs is None else max(1, min(int(n_configs), self.n_holdout))
+        idx = list(range(self.n_train, self.n_train + n))
         return self.log_weights(model, params, idx, 2**30 + seed, n_shots=n_shots)
 
 

@@ -152,7 +152,7 @@ def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_siz
     lws = []
     if hasattr(base, "holdout_log_weights"):     # its own objective: per-shot log w, centred per configuration
         from .pseudofermion import _centred
-        raw = base.holdout_log_weights(model, params, seed)
+        raw = base.holdout_log_weights(model, params, seed, n_configs=n)
         lw = to_host(_centred(raw)).astype("float64")
         from analysis import ess
         return float(ess(lw)), float(-to_host(raw).mean()), lw

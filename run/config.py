@@ -50,6 +50,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "schedule": (str, "cosine"), "clip": ((int, float), 10.0), "estimator": (str, "path"),
               "holdout": ((int, float), 0.25), "holdout_every": (int, 10), "checkpoint_every": (int, 10),
               "shape": (list, []), "exact_fermions": (bool, False), "init": (str, "identity")},
+    "pf_flow": {"enabled": (bool, False), "n_layers": (int, 16), "hidden": (int, 8), "steps": (int, 100),
+                "batch_size": (int, 2), "n_shots": (int, 4), "lr": ((int, float), 1e-3),
+                "schedule": (str, "cosine"), "estimator": (str, "path"), "holdout": ((int, float), 0.25),
+                "holdout_every": (int, 10), "checkpoint_every": (int, 10)},
     "evaluate": {"n_shots": (int, 4)},
     "measure": {"n_sources": (int, 16), "flowed": (bool, True)},
     "analyze": {"t_min": (list, []), "t_max": (int, 0), "n_states": (int, 1), "bin_size": (int, 1),
@@ -257,6 +261,16 @@ RANGES: dict[tuple, tuple] = {
                            "a fraction in (0, 1) or a whole number of configurations >= 1"),
     ("train", "holdout_every"): ((lambda v: v >= 0), "an integer >= 0 (0: no held-out evaluation)"),
     ("train", "checkpoint_every"): _int_at_least(1),
+    ("pf_flow", "n_layers"): _int_at_least(1),
+    ("pf_flow", "hidden"): ((lambda v: v >= 0), "an integer >= 0 (0: coefficients linear in the loop features)"),
+    ("pf_flow", "steps"): _int_at_least(1),
+    ("pf_flow", "batch_size"): _int_at_least(1),
+    ("pf_flow", "n_shots"): _int_at_least(1),
+    ("pf_flow", "lr"): _positive_float(),
+    ("pf_flow", "holdout"): ((lambda v: 0 < v < 1 if isinstance(v, float) else v >= 1),
+                             "a fraction in (0, 1) or a whole number of configurations >= 1"),
+    ("pf_flow", "holdout_every"): ((lambda v: v >= 0), "an integer >= 0 (0: no held-out evaluation)"),
+    ("pf_flow", "checkpoint_every"): _int_at_least(1),
     ("evaluate", "n_shots"): _int_at_least(1),
     ("measure", "n_sources"): _int_at_least(1),
     ("analyze", "t_max"): ((lambda v: v >= 0), "an integer >= 0 (0: T/2)"),
@@ -283,6 +297,8 @@ CHOICES: dict[tuple, tuple] = {
     ("train", "base"): ("haar", "ensemble"),
     ("train", "schedule"): ("cosine", "linear", "constant"),
     ("train", "estimator"): ("path", "plain"),
+    ("pf_flow", "schedule"): ("cosine", "linear", "constant"),
+    ("pf_flow", "estimator"): ("path", "plain"),
 }
 
 
@@ -365,6 +381,12 @@ def _check_consistency(c: dict, source: str):
         raise ConfigError(f"{source}: train.base must be 'haar' or 'ensemble'")
     if c["job"]["backend"] not in ("numpy", "cupy"):
         raise ConfigError(f"{source}: job.backend must be 'numpy' or 'cupy'")
+    if c["pf_flow"]["enabled"] and not c["fermions"]["enabled"]:
+        raise ConfigError(f"{source}: pf_flow.enabled = true needs dynamical fermions (fermions.enabled = true): the "
+                          f"pseudofermion flow improves the determinant-ratio estimator of Nf = 2 reweighting")
+    if c["pf_flow"]["enabled"] and c["train"]["base"] != "ensemble":
+        raise ConfigError(f"{source}: pf_flow.enabled = true needs train.base = 'ensemble' (it is trained on the "
+                          f"lambda_1 configurations and their images under the trained gauge flow)")
 
 
 def _check_flow(c: dict, source: str):

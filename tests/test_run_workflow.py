@@ -307,12 +307,15 @@ def test_missing_flow_is_a_clear_error(tmp_path):
 
 def test_nf2_workflow_with_exact_determinant_and_pseudofermion_ratios(tmp_path):
     """Nf = 2 through the command line: twisted-mass HMC, training with the exact determinant,
-    evaluation with stochastic determinant ratios, measurement and analysis."""
+    then the conditional pseudofermion flow as the second stage of `train`, evaluation with
+    stochastic determinant ratios with and without it (same noise), measurement and analysis."""
     out = tmp_path / "out"
     cfg = write_config(tmp_path / "nf2.toml", out, n_traj=8, steps=1)
     sets = ["fermions.enabled=true", "fermions.kappa=0.12", "hmc.n_therm=1", "hmc.n_steps=3",
             "hmc.n_steps_gauge=2", "train.exact_fermions=true", "train.batch_size=1", "train.holdout_every=1",
-            "evaluate.n_shots=2"]
+            "evaluate.n_shots=2", "pf_flow.enabled=true", "pf_flow.n_layers=2", "pf_flow.hidden=2",
+            "pf_flow.steps=2", "pf_flow.batch_size=1", "pf_flow.n_shots=2", "pf_flow.holdout=2",
+            "pf_flow.holdout_every=1", "pf_flow.lr=0.01"]
     args = [a for s in sets for a in ("--set", s)]
     for c in ("hmc", "train", "evaluate", "measure", "analyze"):
         gaugeflow(c, cfg, *args)
@@ -323,7 +326,18 @@ def test_nf2_workflow_with_exact_determinant_and_pseudofermion_ratios(tmp_path):
     from scipy.special import logsumexp
     np.testing.assert_allclose(ev["log_det_W"], logsumexp(ev["log_det"], axis=1) - np.log(2), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(ev["log_w"], -ev["dS"] + ev["logJ"] + ev["log_det_W"], rtol=0, atol=1e-12)
+    # the pseudofermion flow: trained (moved away from the identity), evaluated next to the identity map
+    pf = columns(out / "evaluate.h5", "flow-evaluation", ["log_det_identity", "log_det_W_identity", "log_w_no_pf"])
+    np.testing.assert_allclose(pf["log_w_no_pf"], -ev["dS"] + ev["logJ"] + pf["log_det_W_identity"], rtol=0,
+                               atol=1e-12)
+    assert np.all(np.isfinite(pf["log_det_identity"])) and not np.allclose(pf["log_det_identity"], ev["log_det"])
+    # same noise: the trained map changes each shot by little after two steps
+    assert np.abs(pf["log_det_identity"] - ev["log_det"]).max() < 0.5 * np.abs(ev["log_det"]).max() + 0.5
     import flows
+    pf_cfg = flows.read_config(out / "pf_flow.h5")
+    assert pf_cfg["model"]["n_layers"] == 2 and len(pf_cfg["history"]["step"]) == 2
+    assert pf_cfg["run_info"]["fermions"]["kappa"] == 0.12
+    assert (out / "pf_training.png").exists()
     run_info = flows.read_config(out / "flow.h5")["run_info"]
     assert "exact_nf2_determinant" in json.dumps(run_info["target"])
     assert np.isfinite(json.loads((out / "results.json").read_text())["x_g_flow"][0])

@@ -4,7 +4,9 @@ ensemble (any volume, any rank count) and compute its reweighting factor to lamb
     log w(f(U)) = -S_lambda2(f(U)) + S_lambda1(U) + log J(U) + log[det M^dag M(f(U)) / det M^dag M(U)],
 
 the last term (Nf = 2 only) estimated with `evaluate.n_shots` pseudofermion noise vectors on
-the even-odd operator (`fermions.log_det_ratio`). Outputs `evaluate.h5` (per configuration:
+the even-odd operator (`fermions.log_det_ratio`). With ``pf_flow.enabled`` the estimator uses the
+trained conditional pseudofermion flow (`pf_flow.h5`) and, for comparison, also the identity
+map on the same noise (`log_det_identity`, `log_w_no_pf`). Outputs `evaluate.h5` (per configuration:
 log J, the action difference, the per-shot determinant log-weights, log w, and the log-weight
 of plain reweighting without a flow, S_lambda1(U) - S_lambda2(U), for the share of var(log w)
 that the flow removes) and `flowed.h5`
@@ -16,13 +18,14 @@ import time
 
 import numpy as np
 
+from lattice.backend import to_host
 from lattice.io import EnsembleStore, on_root
 
 from ..config import ConfigError
 from ..context import JobContext, make_action, file_digest
 from ..records import RankStore, Column
 from . import hmc as hmc_job
-from .train import flow_path, check_flow_matches
+from .train import flow_path, check_flow_matches, pf_flow_path, check_pf_flow_matches
 
 __all__ = ["run", "KIND"]
 
@@ -44,8 +47,20 @@ def run(ctx: JobContext):
     seed = cfg["job"]["seed"] + 1000
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
              "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
-    cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((max(n_shots, 1),)),
-            "log_det_W": Column(), "log_w": Column(), "log_w_identity": Column()}
+    use_pf = bool(n_shots and cfg["pf_flow"]["enabled"])
+    pf_model = pf_params = None
+    if use_pf:
+        from flows.pseudofermion import load_pf_flow
+        if not pf_flow_path(ctx).exists():
+            raise ConfigError(f"{pf_flow_path(ctx)} not found: run `gaugeflow train` with this config first "
+                              f"(pf_flow.enabled = true trains it after the gauge flow)")
+        on_root(ctx.layout, lambda: check_pf_flow_matches(cfg, ctx))
+        pf_model, pf_params, _ = load_pf_flow(pf_flow_path(ctx), xp=ctx.xp)
+        attrs["pf_flow_sha256"] = file_digest(pf_flow_path(ctx))
+    ns = max(n_shots, 1)
+    cols = {"index": Column((), "i8"), "logJ": Column(), "dS": Column(), "log_det": Column((ns,)),
+            "log_det_W": Column(), "log_w": Column(), "log_w_identity": Column(),
+            "log_det_identity": Column((ns,)), "log_det_W_identity": Column(), "log_w_no_pf": Column()}
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
@@ -73,23 +88,31 @@ def run(ctx: JobContext):
             dS = float(S2.action(V, ctx.layout)[0] - s1)
             dS_id = float(S2.action(U, ctx.layout)[0] - s1)
             lj = float(logJ[0])
+            shots, lW = np.zeros(1), 0.0
             if n_shots:
                 from fermions import log_det_ratio
-                r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, seed + i, tol=f["cg_tol"],
-                                  maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"])
-                shots = np.asarray(r.log_weights, float).reshape(n_shots)
-                lW = float(np.asarray(r.log_W).reshape(()))
-            else:
-                shots, lW = np.zeros(1), 0.0
+
+                def ratio(pf_map=None):
+                    r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, seed + i, tol=f["cg_tol"],
+                                      maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"], pf_map=pf_map)
+                    return np.asarray(to_host(r.log_weights), float).reshape(n_shots), float(to_host(r.log_W).reshape(()))
+                shots, lW = ratio()
+            shots_id, lW_id = shots, lW
+            if use_pf:     # the same noise through the trained map
+                shots, lW = ratio(pf_model.bind(pf_params, U, V, ctx.layout))
             if len(flowed) <= i:
                 flowed.append(V[0], index=i, logJ=lj)
             out.append({"index": i, "logJ": lj, "dS": dS, "log_det": shots, "log_det_W": lW,
-                        "log_w": -dS + lj + lW, "log_w_identity": -dS_id})
+                        "log_w": -dS + lj + lW, "log_w_identity": -dS_id, "log_det_identity": shots_id,
+                        "log_det_W_identity": lW_id, "log_w_no_pf": -dS + lj + lW_id})
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         lw, lw_id = out.column("log_w"), out.column("log_w_identity")
+        if use_pf:
+            pf_cols = {k: out.column(k) for k in ("log_w_no_pf", "log_det", "log_det_identity", "log_det_W",
+                                                  "log_det_W_identity")}
     elapsed = time.perf_counter() - t0
     if n > start:
         ctx.record_timing("evaluate", elapsed, n - start)
@@ -97,4 +120,11 @@ def run(ctx: JobContext):
     ctx.say(f"evaluated {len(lw)} configurations (lambda {lam1} -> {lam2}{', %d noise shots' % n_shots if n_shots else ''}): "
             f"ESS {ess(lw_id):.3f} without the flow -> {ess(lw):.3f} with it; var(log w) {v0:.4g} -> {v:.4g}, "
             f"{100 * (1 - v / v0) if v0 > 0 else 0.0:.1f}% removed")
+    if use_pf:
+        c = pf_cols
+        var_id = float(np.mean(np.var(c["log_det_identity"], axis=1, ddof=1))) if n_shots > 1 else float("nan")
+        var_pf = float(np.mean(np.var(c["log_det"], axis=1, ddof=1))) if n_shots > 1 else float("nan")
+        ctx.say(f"pseudofermion flow ({n_shots} shots): per-shot var(log w_det) {var_id:.4g} (identity) -> {var_pf:.4g} "
+                f"(trained); ESS of the determinant ratio alone {ess(c['log_det_W_identity']):.3f} -> "
+                f"{ess(c['log_det_W']):.3f}; ESS of the whole reweighting {ess(c['log_w_no_pf']):.3f} -> {ess(lw):.3f}")
     return ctx.path("evaluate.h5")

@@ -9,6 +9,10 @@ the evaluation; the trained flow applies to any volume.
 
 Outputs: `flow.h5` (model + parameters + history), `train.ckpt.h5` (checkpoint; a killed
 job resumes from it), `training.png` (ESS and loss vs step, like the paper's Fig. 1).
+
+With ``[pf_flow] enabled = true`` (Nf = 2) a second stage trains the conditional pseudofermion
+flow (:mod:`flows.pseudofermion`) on the same training configurations U and their images
+U' = f(U) under the trained gauge flow: `pf_flow.h5`, `pf_train.ckpt.h5`, `pf_training.png`.
 """
 from __future__ import annotations
 
@@ -18,13 +22,15 @@ import os
 import numpy as np
 
 import lattice as L
+from lattice.backend import to_host
 from lattice.io import EnsembleStore, atomic_write
 
 from ..config import ConfigError
 from ..context import JobContext, make_action, sub_context
 from . import hmc as hmc_job
 
-__all__ = ["run", "make_model", "train_shape", "flow_path", "run_info", "check_flow_matches"]
+__all__ = ["run", "make_model", "train_shape", "flow_path", "run_info", "check_flow_matches", "pf_flow_path",
+           "pf_run_info", "check_pf_flow_matches", "make_pf_model"]
 
 
 def train_shape(cfg) -> tuple:
@@ -157,12 +163,15 @@ def check_flow_matches(cfg, path=None, ctx: JobContext | None = None) -> bool:
     exactly the settings of ``cfg`` (:func:`run_info`); False if there is none. A flow trained
     with other settings is a ConfigError naming what differs. The one check of a flow file
     against a config: `train` (skip or refuse) and `evaluate` (refuse) both use it."""
+    return _file_matches(path if path is not None else flow_path(ctx), run_info(cfg))
+
+
+def _file_matches(p, info) -> bool:
     import flows
-    p = path if path is not None else flow_path(ctx)
     if not os.path.exists(p):
         return False
     found = flows.read_config(p).get("run_info")
-    want = json.loads(json.dumps(run_info(cfg)))
+    want = json.loads(json.dumps(info))
     if found != want:
         diff = _differences(found or {}, want)
         shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
@@ -171,7 +180,99 @@ def check_flow_matches(cfg, path=None, ctx: JobContext | None = None) -> bool:
     return True
 
 
+def pf_flow_path(ctx: JobContext):
+    return ctx.path("pf_flow.h5")
+
+
+def make_pf_model(cfg):
+    """The conditional pseudofermion flow of ``[pf_flow]`` (boundary phases of ``[fermions]``)."""
+    from flows.pseudofermion import PseudofermionFlow
+    p = cfg["pf_flow"]
+    return PseudofermionFlow(p["n_layers"], p["hidden"], bc=cfg["fermions"]["bc_time"])
+
+
+def pf_run_info(cfg, marginal_sha256: str) -> dict:
+    """What a trained pseudofermion flow depends on: the [pf_flow] keys (but the bookkeeping
+    intervals), the fermion operator, the training lattice, the seed and the exact gauge flow
+    file it was trained behind."""
+    f = cfg["fermions"]
+    return {"pf_flow": {k: v for k, v in cfg["pf_flow"].items() if k not in ("checkpoint_every", "holdout_every")},
+            "fermions": {k: f[k] for k in ("kappa", "mu", "bc_time", "cg_tol")}, "lattice": list(train_shape(cfg)),
+            "seed": cfg["job"]["seed"], "gauge_flow_sha256": marginal_sha256}
+
+
+def check_pf_flow_matches(cfg, ctx: JobContext, path=None) -> bool:
+    """As :func:`check_flow_matches`, for `pf_flow.h5` behind the current `flow.h5`."""
+    from ..context import file_digest
+    return _file_matches(path if path is not None else pf_flow_path(ctx),
+                         pf_run_info(cfg, file_digest(flow_path(ctx))))
+
+
+def _train_pf_flow(ctx: JobContext):
+    """Second stage: the conditional pseudofermion flow on (U, f(U)) of the training configurations."""
+    import time
+    import flows
+    from flows.pseudofermion import PseudofermionObjective, save_pf_flow
+    from ..context import file_digest
+    cfg = ctx.cfg
+    p, fe = cfg["pf_flow"], cfg["fermions"]
+    info = pf_run_info(cfg, file_digest(flow_path(ctx)))
+    if _file_matches(pf_flow_path(ctx), info):
+        ctx.say(f"{pf_flow_path(ctx)} exists and matches the config: pseudofermion flow training skipped")
+        return
+    t0 = time.perf_counter()
+    U, layout = _base_ensemble(ctx, train_shape(cfg))
+    gauge_model, gauge_params = flows.load(flow_path(ctx))
+    bs = cfg["train"]["batch_size"]
+    Up = ctx.xp.concat([gauge_model.forward(gauge_params, U[i:i + bs], layout=layout)[0]
+                        for i in range(0, int(U.shape[0]), bs)], axis=0)
+    obj = PseudofermionObjective(U, Up, fe["kappa"], fe["mu"], bc=fe["bc_time"], n_shots=p["n_shots"],
+                                 holdout=p["holdout"], tol=fe["cg_tol"], maxiter=fe["cg_maxiter"], layout=layout)
+    if obj.n_holdout < 1:
+        raise ConfigError(f"pf_flow.holdout = {p['holdout']} holds out none of the {int(U.shape[0])} configurations")
+    model = make_pf_model(cfg)
+    params0 = model.init(cfg["job"]["seed"] + 23, xp=ctx.xp)
+    ctx.say(f"pseudofermion flow: {model.describe()}; {obj.n_train} training pairs (U, f(U)), "
+            f"{obj.n_holdout} held out, {p['n_shots']} shots per configuration and step")
+    params, hist = flows.train(model, params0, None, obj, steps=p["steps"], batch_size=p["batch_size"],
+                               estimator=p["estimator"], seed=cfg["job"]["seed"] + 29, lr=p["lr"],
+                               schedule=p["schedule"], holdout_every=p["holdout_every"],
+                               holdout_size=min(obj.n_holdout, 4 * p["batch_size"]),
+                               checkpoint=ctx.path("pf_train.ckpt.h5"), checkpoint_every=p["checkpoint_every"],
+                               progress=ctx.progress, layout=layout, log=ctx.log, run_info=info)
+    n_eval = 16
+    v = {}
+    for name, q in (("identity", params0), ("trained", params)):
+        lw = np.asarray(to_host(obj.holdout_log_weights(model, q, n_shots=n_eval)), float)
+        v[name] = {"var_log_w_shots": float(np.mean(np.var(lw, axis=0, ddof=1))),
+                   "log_W": [float(x) for x in np.log(np.mean(np.exp(lw - lw.max(0)), 0)) + lw.max(0)]}
+    ctx.record_timing("train_pf_flow", time.perf_counter() - t0, 0, lattice=list(train_shape(cfg)))
+    v0, v1 = v["identity"]["var_log_w_shots"], v["trained"]["var_log_w_shots"]
+    ctx.say(f"pseudofermion flow, held out ({obj.n_holdout} configurations x {n_eval} shots): per-shot var(log w) "
+            f"{v0:.4g} (identity) -> {v1:.4g} (trained), {100 * (1 - v1 / v0) if v0 > 0 else 0.0:.1f}% removed")
+    if ctx.root:
+        save_pf_flow(pf_flow_path(ctx), model, params, extra={"run_info": info, "history": hist.as_dict(),
+                                                              "holdout": v, "lattice": list(train_shape(cfg))})
+        if hist.step:
+            from analysis import plot_training
+            curves = {"pseudofermion flow, batch (mean of 10 steps)":
+                      {"step": hist.step, "ess": _running_mean(hist.ess, 10), "loss": _running_mean(hist.loss, 10)}}
+            if hist.holdout_ess:
+                curves["held out"] = {"step": hist.holdout_step, "ess": hist.holdout_ess, "loss": hist.holdout_loss}
+            plot_training(curves, filename=str(ctx.path("pf_training.png")))
+    ctx.say(f"pseudofermion flow written to {pf_flow_path(ctx)}")
+
+
 def run(ctx: JobContext):
+    """Train the gauge flow (skipped when `flow.h5` matches the config), then, with
+    ``pf_flow.enabled``, the conditional pseudofermion flow."""
+    _train_gauge_flow(ctx)
+    if ctx.cfg["pf_flow"]["enabled"]:
+        _train_pf_flow(ctx)
+    return flow_path(ctx)
+
+
+def _train_gauge_flow(ctx: JobContext):
     import flows
     cfg = ctx.cfg
     t = cfg["train"]
