@@ -50,7 +50,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "schedule": (str, "cosine"), "clip": ((int, float), 10.0), "estimator": (str, "path"),
               "holdout": ((int, float), 0.25), "holdout_every": (int, 10), "checkpoint_every": (int, 10),
               "shape": (list, []), "exact_fermions": (bool, False), "init": (str, "identity")},
-    "pf_flow": {"enabled": (bool, False), "n_layers": (int, 16), "hidden": (int, 8), "steps": (int, 100),
+    "pf_flow": {"enabled": (bool, False), "n_layers": (int, 16), "hidden": (int, 8), "init": (str, "hopping"),
+                "steps": (int, 100),
                 "batch_size": (int, 2), "n_shots": (int, 4), "lr": ((int, float), 1e-3),
                 "schedule": (str, "cosine"), "estimator": (str, "path"), "holdout": ((int, float), 0.25),
                 "holdout_every": (int, 10), "checkpoint_every": (int, 10)},
@@ -263,7 +264,7 @@ RANGES: dict[tuple, tuple] = {
     ("train", "checkpoint_every"): _int_at_least(1),
     ("pf_flow", "n_layers"): _int_at_least(1),
     ("pf_flow", "hidden"): ((lambda v: v >= 0), "an integer >= 0 (0: coefficients linear in the loop features)"),
-    ("pf_flow", "steps"): _int_at_least(1),
+    ("pf_flow", "steps"): _int_at_least(0),          # 0 only with pf_flow.init = "hopping" (below)
     ("pf_flow", "batch_size"): _int_at_least(1),
     ("pf_flow", "n_shots"): _int_at_least(1),
     ("pf_flow", "lr"): _positive_float(),
@@ -297,6 +298,7 @@ CHOICES: dict[tuple, tuple] = {
     ("train", "base"): ("haar", "ensemble"),
     ("train", "schedule"): ("cosine", "linear", "constant"),
     ("train", "estimator"): ("path", "plain"),
+    ("pf_flow", "init"): ("hopping", "identity"),
     ("pf_flow", "schedule"): ("cosine", "linear", "constant"),
     ("pf_flow", "estimator"): ("path", "plain"),
 }
@@ -384,6 +386,9 @@ def _check_consistency(c: dict, source: str):
     if c["pf_flow"]["enabled"] and not c["fermions"]["enabled"]:
         raise ConfigError(f"{source}: pf_flow.enabled = true needs dynamical fermions (fermions.enabled = true): the "
                           f"pseudofermion flow improves the determinant-ratio estimator of Nf = 2 reweighting")
+    if c["pf_flow"]["steps"] == 0 and c["pf_flow"]["init"] != "hopping":
+        raise ConfigError(f"{source}: pf_flow.steps = 0 with pf_flow.init = 'identity' is the plain estimator: give "
+                          f"pf_flow.steps >= 1, use pf_flow.init = 'hopping', or set pf_flow.enabled = false")
     if c["pf_flow"]["enabled"] and c["train"]["base"] != "ensemble":
         raise ConfigError(f"{source}: pf_flow.enabled = true needs train.base = 'ensemble' (it is trained on the "
                           f"lambda_1 configurations and their images under the trained gauge flow)")

@@ -231,25 +231,31 @@ def _train_pf_flow(ctx: JobContext):
     if obj.n_holdout < 1:
         raise ConfigError(f"pf_flow.holdout = {p['holdout']} holds out none of the {int(U.shape[0])} configurations")
     model = make_pf_model(cfg)
-    params0 = model.init(cfg["job"]["seed"] + 23, xp=ctx.xp)
+    identity = model.init(cfg["job"]["seed"] + 23, xp=ctx.xp)
+    params0 = model.hopping_init(identity, fe["kappa"], fe["mu"]) if p["init"] == "hopping" else identity
     ctx.say(f"pseudofermion flow: {model.describe()}; {obj.n_train} training pairs (U, f(U)), "
             f"{obj.n_holdout} held out, {p['n_shots']} shots per configuration and step")
-    params, hist = flows.train(model, params0, None, obj, steps=p["steps"], batch_size=p["batch_size"],
-                               estimator=p["estimator"], seed=cfg["job"]["seed"] + 29, lr=p["lr"],
-                               schedule=p["schedule"], holdout_every=p["holdout_every"],
-                               holdout_size=min(obj.n_holdout, 4 * p["batch_size"]),
-                               checkpoint=ctx.path("pf_train.ckpt.h5"), checkpoint_every=p["checkpoint_every"],
-                               progress=ctx.progress, layout=layout, log=ctx.log, run_info=info)
+    params, hist = params0, flows.TrainHistory()
+    if p["steps"]:
+        params, hist = flows.train(model, params0, None, obj, steps=p["steps"], batch_size=p["batch_size"],
+                                   estimator=p["estimator"], seed=cfg["job"]["seed"] + 29, lr=p["lr"],
+                                   schedule=p["schedule"], holdout_every=p["holdout_every"],
+                                   holdout_size=min(obj.n_holdout, 4 * p["batch_size"]),
+                                   checkpoint=ctx.path("pf_train.ckpt.h5"), checkpoint_every=p["checkpoint_every"],
+                                   progress=ctx.progress, layout=layout, log=ctx.log, run_info=info)
     n_eval = 16
     v = {}
-    for name, q in (("identity", params0), ("trained", params)):
-        lw = np.asarray(to_host(obj.holdout_log_weights(model, q, n_shots=n_eval)), float)
+    starts = (("identity", identity),) + ((("hopping", params0),) if p["init"] == "hopping" else ())
+    for name, q in starts + (("trained", params),):
+        lw = np.asarray(to_host(obj.holdout_log_weights(model, q, n_shots=n_eval, n_configs=8)), float)
         v[name] = {"var_log_w_shots": float(np.mean(np.var(lw, axis=0, ddof=1))),
                    "log_W": [float(x) for x in np.log(np.mean(np.exp(lw - lw.max(0)), 0)) + lw.max(0)]}
     ctx.record_timing("train_pf_flow", time.perf_counter() - t0, 0, lattice=list(train_shape(cfg)))
     v0, v1 = v["identity"]["var_log_w_shots"], v["trained"]["var_log_w_shots"]
-    ctx.say(f"pseudofermion flow, held out ({obj.n_holdout} configurations x {n_eval} shots): per-shot var(log w) "
-            f"{v0:.4g} (identity) -> {v1:.4g} (trained), {100 * (1 - v1 / v0) if v0 > 0 else 0.0:.1f}% removed")
+    start = f" -> {v['hopping']['var_log_w_shots']:.4g} (O(kappa^2) start)" if "hopping" in v else ""
+    ctx.say(f"pseudofermion flow, held out ({min(obj.n_holdout, 8)} configurations x {n_eval} shots): per-shot var(log w) "
+            f"{v0:.4g} (identity){start} -> {v1:.4g} (trained, {p['steps']} steps), "
+            f"{100 * (1 - v1 / v0) if v0 > 0 else 0.0:.1f}% removed")
     if ctx.root:
         save_pf_flow(pf_flow_path(ctx), model, params, extra={"run_info": info, "history": hist.as_dict(),
                                                               "holdout": v, "lattice": list(train_shape(cfg))})
