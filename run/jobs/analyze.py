@@ -74,6 +74,9 @@ def analyze(ctx: JobContext):
            "variance_reduction": r.tolist(), "ess_flow": ess_flow, "ess_identity": ess_id,
            "var_log_w_removed": share,
            "mass": flow.mass[0].tolist(), "mass_err": flow.mass[1].tolist()}
+    if cfg["pf_flow"]["enabled"] and cfg["fermions"]["enabled"]:   # the same flow without the pseudofermion map
+        lw0 = RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["log_w_no_pf"])["log_w_no_pf"][:n]
+        res["ess_flow_no_pf"] = float(ess(lw0))
     r_med = float(np.median(r))
     costs = _stage_costs(ctx)
     c = cfg["cost"]
@@ -112,7 +115,8 @@ def run(ctx: JobContext):
     ctx.say(_table(res))
     ctx.say(f"median variance reduction r = {np.median(res['variance_reduction']):.2f}; "
             f"ESS of flow weights {res['ess_flow']:.3f} (plain reweighting without a flow: {res['ess_identity']:.3f}); "
-            f"the flow removes {100 * res['var_log_w_removed']:.1f}% of var(log w)")
+            f"the flow removes {100 * res['var_log_w_removed']:.1f}% of var(log w)"
+            + (f"; without the pseudofermion flow the ESS is {res['ess_flow_no_pf']:.3f}" if "ess_flow_no_pf" in res else ""))
     cp = res["cost_paper"]
     ctx.say(f"cost model (eq. 19), paper's numbers: c_f = {cp['c_flow']:.2f}, c_eps = {cp['c_eps']:.2f} {cp['unit']}, "
             f"training {cp['training']:g} {cp['unit']}: break-even N = {cp['break_even']['5.0']:.0f} (r=5), "
