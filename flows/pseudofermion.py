@@ -37,8 +37,8 @@ Layer (for x in A; phi(x) in C^{4N}, colour and spin):
 T^f_p = U_{s1 mu1}(x) U_{s2 mu2}(x + s1 mu1^) with U_{-mu}(y) = U_mu(y - mu^)^dag and the
 fermion boundary phases of the Dirac operator (antiperiodic in time), and phi'(x) = phi(x) on B.
 Coefficients are tied over the four sign pairs of a path class k = (order, nu) (6 classes): the
-field-dependent part follows the lattice symmetries through the features. s and the 48
-coefficients c^f_{k,g} are the outputs of a per-site network (one hidden tanh layer) of
+field-dependent part follows the lattice symmetries through the features. s / S_SCALE and the
+48 coefficients c^f_{k,g} are the outputs of a per-site network (one hidden tanh layer) of
 gauge-invariant features: for every plane (mu, nu), the average of (1/N) Re tr P_mu,nu over the
 four plaquettes with a corner at x, of U and of U' (12 features in 4d). The output weights start
 at zero, so every layer starts as the identity.
@@ -90,6 +90,10 @@ __all__ = ["PFMask", "pf_schedule", "PseudofermionFlow", "PFContext", "BoundPFMa
            "save_pf_flow", "load_pf_flow", "N_STRUCTURES"]
 
 N_STRUCTURES = 4          # Gamma_{p,g}: G_g1, G_g2 in {1, i gamma_5}
+#: s(x) = S_SCALE * (network output 0). log w is far more sensitive to s than to the transport
+#: coefficients (a uniform s shifts |phi_A|^2 of ~n/2 components, so var(log w) grows like s^2 n);
+#: with this scale one optimiser step moves s by 1/100 of what it moves a coefficient.
+S_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,7 @@ class PFContext:
         for i, m in enumerate(model.masks):
             out, z = _net_forward(params, f"layer{i}.", f, model.hidden)
             act = m.active(self.eo, xp)                                   # (1|l0/2, l1, l2, l3)
-            s = xp.where(act, out[..., 0], xp.zeros_like(out[..., 0]))
+            s = xp.where(act, S_SCALE * out[..., 0], xp.zeros_like(out[..., 0]))
             coef = xp.reshape(out[..., 1:], tuple(out.shape[:-1]) + (2, 2 * (4 - 1), N_STRUCTURES))
             self.layers.append({"mask": m, "active": act, "s": s, "coef": coef, "z": z,
                                 "es": xp.astype(xp.exp(s), self.dtype)})
@@ -523,7 +527,7 @@ class PseudofermionFlow:
             if log_jac_bar is not None:
                 sbar = sbar + (2.0 * 4 * N) * xp.reshape(log_jac_bar, tuple(log_jac_bar.shape) + (1, 1, 1, 1))
             sbar = xp.where(lay["active"], sbar, xp.zeros_like(sbar))
-            out_bar = xp.concat([sbar[..., None], xp.reshape(xp.astype(coef_bar, xp.float64), sh[:-3] + (48,))],
+            out_bar = xp.concat([S_SCALE * sbar[..., None], xp.reshape(xp.astype(coef_bar, xp.float64), sh[:-3] + (48,))],
                                 axis=-1)
             grads.update(_net_vjp(params, f"layer{i}.", ctx.feats, lay["z"], out_bar, self.hidden))
             # cotangent of the layer input
