@@ -18,7 +18,7 @@ from .optim import Adam, LRSchedule
 from .serialize import ParamFileError, save_params, load_params, load_group, read_config, check_params
 
 # spectral maps: eigen-angles, interval maps, canonical-cell angle maps
-from .eig import eigen_angles, eigen_angles_vjp
+from .eig import eigen_angles, EigenAngles, eigen_angles_vjp
 from .splines import RQSpline, SineMap, interval_map
 from .torus import CellAngleMap
 from .spectral import SpectralMap, haar_log_density, n_params as spectral_n_params
