@@ -37,6 +37,7 @@ from lattice.backend import Rng, namespace, to_host
 from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
+from .evenodd import require_even_odd
 
 __all__ = ["pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
            "point_propagator", "create_correlator_store", "append_correlator", "CORRELATOR_KIND"]
@@ -148,6 +149,8 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
     full_output : deprecated; ``True`` returns a :class:`PionCorrelator` with a
         ``DeprecationWarning`` (use :meth:`PionCorrelator.measure`). Will be removed.
     batch_sources : sources solved together (default: all for stochastic, 1 for point).
+
+    The solves are even-odd preconditioned: every extent even and L_0 >= 4 (EvenOddError otherwise).
     """
     if full_output:
         warnings.warn("pion_correlator(..., full_output=True) is deprecated: pion_correlator always returns the "
@@ -160,6 +163,7 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
 def _measure(U, kappa, mu, n_sources, seed, method, layout, bc, tol, maxiter, precision, batch_sources):
     """The measurement behind :func:`pion_correlator` and :meth:`PionCorrelator.measure`."""
     layout = infer_gauge_layout(U, layout)
+    require_even_odd(layout, "pion_correlator")
     if method not in ("stochastic", "point"):
         raise ValueError(f"method must be 'stochastic' or 'point', got {method!r}")
     n_sources = int(n_sources)

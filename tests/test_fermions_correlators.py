@@ -103,6 +103,8 @@ def test_bad_arguments():
         F.pion_correlator(U, 0.15, 0.1, n_sources=0)
     with pytest.raises(ValueError, match="method"):
         F.PionCorrelator.measure(U, 0.15, 0.1, method="wall")
+    with pytest.raises(F.EvenOddError, match=r"pion_correlator needs the even-odd packing.*\(4, 2, 2, 2\)"):
+        F.pion_correlator(L.random_gauge((2, 2, 2, 4), seed=5), 0.15, 0.1)
 
 
 def test_correlator_store_roundtrip(tmp_path):
