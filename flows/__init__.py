@@ -30,7 +30,7 @@ from .layers import CouplingLayer, fixed_staple_path
 from .model import SpectralFlow, save, load, build_schedule
 from .targets import GaugeTarget, Target, HaarBase, EnsembleBase, as_target
 from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, independence_metropolis,
-                    reweighted_observable,
+                    reweighted_observable, FlowLogWeights, HoldoutResult, MetropolisChain,
                     TrainHistory, save_checkpoint, load_checkpoint)
 
 # the layer protocol, flows of mixed layers, shared active-link helpers
