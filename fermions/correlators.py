@@ -112,7 +112,8 @@ def timeslice_noise_source(rng: Rng, layout: Layout, t0s, N: int, dtype, batch=(
 
 
 def point_propagator(op: TwistedMassWilson, point, tol: float = 1e-10, maxiter=None, precision="double"):
-    """S(x, y) for the point y: the 4N columns as spinors, shape (4N, *batch, *sites, 4, N)."""
+    """``(S, info)``: S(x, y) for the point y, the 4N columns as spinors of shape
+    (4N, *batch, *sites, 4, N), and the :class:`fermions.SolveInfo` of the solve."""
     batch = tuple(op.U.shape[: op.U.ndim - 7])
     src = point_source(op.layout, point, op.N, op.xp, op.dtype, batch)
     src = op.xp.broadcast_to(src, (4 * op.N,) + batch + tuple(src.shape[1 + len(batch):]))
