@@ -19,7 +19,7 @@ from .evenodd import EvenOdd, even_odd, EvenOddError
 from .wilson import WilsonLinks, force_from_omega, FLOPS_PER_SITE_HOPPING
 from .twisted_mass import TwistedMassWilson, SolveInfo
 from .cg import cg, CGInfo, CGNotConverged, CGWarning, CGBreakdown
-from .dense import (dense_matrix, dense_M, dense_schur, dense_log_det, dense_log_det_force,
+from .dense import (dense_matrix, dense_M, dense_schur, dense_log_det, dense_log_det_force, LogDetForce,
                     dense_inverse_blocks, ExactNf2Determinant, dense_force)
 from .det_ratio import log_det_ratio, DetRatio, log_mean_exp, ratio_variance_condition
 from .correlators import (pion_correlator, PionCorrelator, point_source, timeslice_noise_source, point_propagator,
@@ -32,7 +32,7 @@ __all__ = [
     "gammas", "gamma5", "projector", "EvenOdd", "even_odd", "EvenOddError", "WilsonLinks", "force_from_omega",
     "FLOPS_PER_SITE_HOPPING", "TwistedMassWilson", "SolveInfo", "cg", "CGInfo", "CGNotConverged", "CGWarning",
     "CGBreakdown", "dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force",
-    "dense_inverse_blocks", "ExactNf2Determinant", "log_det_ratio", "DetRatio", "log_mean_exp",
+    "LogDetForce", "dense_inverse_blocks", "ExactNf2Determinant", "log_det_ratio", "DetRatio", "log_mean_exp",
     "ratio_variance_condition", "pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
     "point_propagator", "create_correlator_store", "append_correlator", "PseudofermionNf2", "run_hmc_nf2", "nf2_levels", "nf2_reversibility_check", "nf2_meta",
     "create_nf2_store", "gamma", "evenodd", "wilson", "twisted_mass", "dense", "det_ratio", "correlators",

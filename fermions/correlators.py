@@ -30,12 +30,14 @@ number of MPI ranks. Solves go through the even-odd preconditioned CG of
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from lattice.backend import Rng, namespace, to_host
 from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
+from .evenodd import require_even_odd
 
 __all__ = ["pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
            "point_propagator", "create_correlator_store", "append_correlator", "CORRELATOR_KIND"]
@@ -46,12 +48,15 @@ CORRELATOR_KIND = "pion_correlators"
 
 @dataclass
 class PionCorrelator:
-    """C(t) with its parameters (what :func:`pion_correlator` returns with ``full_output=True``).
+    """C(t) with its sources and parameters: the measurement record.
+
+    Measure one with :meth:`PionCorrelator.measure` (the arguments of :func:`pion_correlator`,
+    which returns only the array ``C``).
 
     C : float64 (*batch, T), averaged over sources; C_sources : (n_sources, *batch, T) per source;
     source_times : list of t0; source_points : list of spatial points (point method) or None;
     params : kappa, mu, bc, method, n_sources, seed, tol, normalisation; residual: worst true
-    relative residual of the solves.
+    relative residual of the solves; iterations : CG iterations per solve.
     """
     C: object
     C_sources: object
@@ -60,6 +65,15 @@ class PionCorrelator:
     params: dict
     residual: float = 0.0
     iterations: list = field(default_factory=list)
+
+    @classmethod
+    def measure(cls, U, kappa: float, mu: float, n_sources: int = 16, seed: int = 0, method: str = "stochastic",
+                layout: Layout | None = None, bc="antiperiodic", tol: float = 1e-10, maxiter=None,
+                precision: str = "double", batch_sources: int | None = None) -> "PionCorrelator":
+        """Measure the charged-pion correlator and return the full record (the same numbers as
+        :func:`pion_correlator`, which takes the same arguments and returns ``record.C``)."""
+        return _measure(U, kappa, mu, n_sources, seed, method, layout, bc, tol, maxiter, precision,
+                        batch_sources)
 
     def as_record(self) -> dict:
         """Host-side dict (NumPy arrays, plain numbers) for storage."""
@@ -98,7 +112,8 @@ def timeslice_noise_source(rng: Rng, layout: Layout, t0s, N: int, dtype, batch=(
 
 
 def point_propagator(op: TwistedMassWilson, point, tol: float = 1e-10, maxiter=None, precision="double"):
-    """S(x, y) for the point y: the 4N columns as spinors, shape (4N, *batch, *sites, 4, N)."""
+    """``(S, info)``: S(x, y) for the point y, the 4N columns as spinors of shape
+    (4N, *batch, *sites, 4, N), and the :class:`fermions.SolveInfo` of the solve."""
     batch = tuple(op.U.shape[: op.U.ndim - 7])
     src = point_source(op.layout, point, op.N, op.xp, op.dtype, batch)
     src = op.xp.broadcast_to(src, (4 * op.N,) + batch + tuple(src.shape[1 + len(batch):]))
@@ -118,8 +133,11 @@ def _shift_to_zero(c, t0s, T):
 def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int = 0, method: str = "stochastic",
                     layout: Layout | None = None, bc="antiperiodic", tol: float = 1e-10, maxiter=None,
                     precision: str = "double", full_output: bool = False, batch_sources: int | None = None):
-    """Charged-pion correlator C(t) (float64, shape (*batch, T)); see the module docstring for
-    the normalisation and the estimators.
+    """Charged-pion correlator C(t): always an array, float64 of shape (*batch, T); see the
+    module docstring for the normalisation and the estimators.
+
+    For the full record (per-source correlators, source positions, parameters, residual) use
+    :meth:`PionCorrelator.measure` with the same arguments.
 
     Parameters
     ----------
@@ -129,10 +147,24 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
     seed : seed of the source positions and the noise.
     method : "stochastic" (timeslice U(1) noise, one-end trick) or "point".
     tol, maxiter, precision : CG parameters of the even-odd solve.
-    full_output : return a :class:`PionCorrelator` (C, per-source C, source positions, parameters).
+    full_output : deprecated; ``True`` returns a :class:`PionCorrelator` with a
+        ``DeprecationWarning`` (use :meth:`PionCorrelator.measure`). Will be removed.
     batch_sources : sources solved together (default: all for stochastic, 1 for point).
+
+    The solves are even-odd preconditioned: every extent even and L_0 >= 4 (EvenOddError otherwise).
     """
+    if full_output:
+        warnings.warn("pion_correlator(..., full_output=True) is deprecated: pion_correlator always returns the "
+                      "array C(t); use fermions.PionCorrelator.measure(U, kappa, mu, ...) (same arguments) for "
+                      "the full record", DeprecationWarning, stacklevel=2)
+    res = _measure(U, kappa, mu, n_sources, seed, method, layout, bc, tol, maxiter, precision, batch_sources)
+    return res if full_output else res.C
+
+
+def _measure(U, kappa, mu, n_sources, seed, method, layout, bc, tol, maxiter, precision, batch_sources):
+    """The measurement behind :func:`pion_correlator` and :meth:`PionCorrelator.measure`."""
     layout = infer_gauge_layout(U, layout)
+    require_even_odd(layout, "pion_correlator")
     if method not in ("stochastic", "point"):
         raise ValueError(f"method must be 'stochastic' or 'point', got {method!r}")
     n_sources = int(n_sources)
@@ -171,8 +203,6 @@ def pion_correlator(U, kappa: float, mu: float, n_sources: int = 16, seed: int =
     c_all = xp.astype(c_all, xp.float64)
     c_shift = _shift_to_zero(c_all, t0s, T)
     C = xp.mean(c_shift, axis=0)
-    if not full_output:
-        return C
     params = {"kappa": float(kappa), "mu": float(mu), "bc": [str(b) for b in op.bc], "method": method,
               "n_sources": n_sources, "seed": int(seed), "tol": float(tol), "precision": precision,
               "normalisation": "C(t) = (1/V_s) sum_{x,y spatial} tr[S(x,t0+t;y,t0) S(...)^dag], "
@@ -202,7 +232,8 @@ def create_correlator_store(path, *, T: int, n_sources: int, params: dict, latti
 
 
 def append_correlator(store, result: "PionCorrelator", config: int) -> int:
-    """Append one unbatched :class:`PionCorrelator` (``full_output=True``) to a correlator store."""
+    """Append one unbatched :class:`PionCorrelator` (from :meth:`PionCorrelator.measure`) to a
+    correlator store."""
     rec = result.as_record()
     if rec["C"].ndim != 1:
         raise ValueError(f"append one configuration at a time; got C of shape {rec['C'].shape}")

@@ -10,7 +10,10 @@ Exact determinant (per batch element, float64)
     log det M^dag M = 2 log|det M| = 2 N V log(1 + mu~^2) + 2 log|det M^|
 
 from det M = det M_ee det M^ (:mod:`fermions.twisted_mass`); only the (V/2 * 4N)-dimensional
-Schur complement M^ is factorised.
+Schur complement M^ is factorised. On lattices without an even-odd packing (an odd extent, or
+L_0 = 2; :mod:`fermions.evenodd`) :func:`dense_log_det` factorises the full (V * 4N)-dimensional
+M instead, 2 log|det M|, equally exact. The force, the Schur complement and the inverse blocks
+need the packing (every extent even, L_0 >= 4, e.g. (4, 2, 2, 2)).
 
 Exact force
 -----------
@@ -33,15 +36,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any, NamedTuple
 
 from lattice.backend import namespace
 from lattice.layout import Layout, infer_gauge_layout
 
 from .gamma import projector
+from .evenodd import EvenOddError, require_even_odd
 from .twisted_mass import TwistedMassWilson
 from .wilson import to_soa, omega_to_gauge, force_from_omega
 
-__all__ = ["dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force",
+__all__ = ["dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force", "LogDetForce",
            "dense_inverse_blocks", "log_det_ee", "ExactNf2Determinant"]
 
 _DEFAULT_CHUNK = 384
@@ -87,17 +92,22 @@ def _batch(op):
     return tuple(op.U.shape[: op.U.ndim - 7])
 
 
-def dense_M(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic", chunk=_DEFAULT_CHUNK):
-    """The full twisted-mass matrix M, shape (*batch, 4NV, 4NV)."""
-    op = _op(U, kappa, mu, layout, bc)
+def _full_matrix(op, chunk):
     fs = tuple(op.layout.local_shape) + (4, op.N)
     return dense_matrix(op.apply, fs, _batch(op), op.xp, op.dtype, chunk)
 
 
+def dense_M(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic", chunk=_DEFAULT_CHUNK):
+    """The full twisted-mass matrix M, shape (*batch, 4NV, 4NV) (any lattice, no even-odd packing)."""
+    return _full_matrix(_op(U, kappa, mu, layout, bc), chunk)
+
+
 def dense_schur(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",
                 chunk=_DEFAULT_CHUNK, op=None):
-    """The odd-site Schur complement M^, shape (*batch, 2NV, 2NV) (packed odd sites)."""
+    """The odd-site Schur complement M^, shape (*batch, 2NV, 2NV) (packed odd sites; needs the
+    even-odd packing: every extent even, L_0 >= 4)."""
     op = op if op is not None else _op(U, kappa, mu, layout, bc)
+    require_even_odd(op.layout, "dense_schur")
     fs = tuple(op.half_layout.local_shape) + (4, op.N)
     return dense_matrix(op.apply_schur, fs, _batch(op), op.xp, op.dtype, chunk)
 
@@ -109,9 +119,19 @@ def log_det_ee(op) -> float:
 
 def dense_log_det(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",
                   chunk=_DEFAULT_CHUNK):
-    """log det(M^dag M) exactly (float64, per batch element), via det M = det M_ee det M^."""
+    """log det(M^dag M) exactly (float64, per batch element), on any single-process lattice.
+
+    Via det M = det M_ee det M^ (the Schur complement, half the dimension) where the even-odd
+    packing exists (every extent even, L_0 >= 4); otherwise (an odd extent, L_0 = 2, e.g. the
+    lattice (2, 2, 2, 2)) as 2 log|det M| of the full matrix.
+    """
     op = _op(U, kappa, mu, layout, bc)
     xp = op.xp
+    try:
+        op.even_odd
+    except EvenOddError:
+        _, logabs = xp.linalg.slogdet(_full_matrix(op, chunk))
+        return 2.0 * xp.astype(logabs, xp.float64)
     S = dense_schur(None, kappa, mu, chunk=chunk, op=op)
     _, logabs = xp.linalg.slogdet(S)
     return 2.0 * log_det_ee(op) + 2.0 * xp.astype(logabs, xp.float64)
@@ -137,7 +157,9 @@ def dense_inverse_blocks(op, chunk=_DEFAULT_CHUNK):
     """(log|det M^|, {"oo", "eo", "oe"}: blocks of M^{-1}) for a :class:`TwistedMassWilson`.
 
     Rows/columns index packed half-lattice spinor entries; "eo" has even rows, odd columns.
+    Needs the even-odd packing (every extent even, L_0 >= 4).
     """
+    require_even_odd(op.layout, "dense_inverse_blocks")
     xp = op.xp
     nb = len(_batch(op))
     fs = tuple(op.half_layout.local_shape) + (4, op.N)
@@ -178,15 +200,28 @@ def _spin_contract(G, P, N):
     return xp.sum(G * Pt, axis=(-2, -1))
 
 
-def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",
-                        chunk=_DEFAULT_CHUNK):
-    """(log det M^dag M, grad log det M^dag M) exactly, for small lattices.
+class LogDetForce(NamedTuple):
+    """Result of :func:`dense_log_det_force` (a named tuple: ``log_det, grad = ...`` unpacks).
 
-    Returns the float64 log-determinant per batch element and the su(N) force field of shape U
-    (docs/design.md §4: d/dt log det M^dag M(e^{tX}U) = sum <F, X>). For the Nf = 2 effective
-    action S_F = -log det M^dag M the HMC force is -F.
+    log_det : float64 (*batch), log det M^dag M. grad : su(N) field of U's shape,
+    grad log det M^dag M (+, not the HMC force: that is ``-grad`` for S_F = -log det M^dag M).
+    """
+    log_det: Any
+    grad: Any
+
+
+def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",
+                        chunk=_DEFAULT_CHUNK) -> LogDetForce:
+    """(log det M^dag M, grad log det M^dag M) exactly, for small lattices with the even-odd
+    packing (every extent even, L_0 >= 4: the smallest is (4, 2, 2, 2)).
+
+    Returns :class:`LogDetForce` ``(log_det, grad)``: the float64 log-determinant per batch
+    element and the su(N) gradient field of shape U (docs/design.md §4:
+    d/dt log det M^dag M(e^{tX}U) = sum <grad, X>). For the Nf = 2 effective action
+    S_F = -log det M^dag M the HMC force is -grad.
     """
     op = _op(U, kappa, mu, layout, bc)
+    require_even_odd(op.layout, "dense_log_det_force")
     xp = op.xp
     N = op.N
     eo = op.even_odd
@@ -213,7 +248,7 @@ def dense_log_det_force(U, kappa: float, mu: float, layout: Layout | None = None
     B1f = [to_soa(eo.unpack(B1[m][0], B1[m][1], inner=2)) for m in range(4)]
     B2f = [to_soa(eo.unpack(B2[m][0], B2[m][1], inner=2)) for m in range(4)]
     Om = omega_to_gauge(op.links.omega_from_blocks(B1f, B2f))
-    return logdet, (-2.0 * kappa) * force_from_omega(Om)
+    return LogDetForce(logdet, (-2.0 * kappa) * force_from_omega(Om))
 
 
 def dense_force(U, kappa: float, mu: float, layout: Layout | None = None, bc="antiperiodic",

@@ -53,6 +53,7 @@ from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
 from .cg import cg, CGInfo
+from .evenodd import require_even_odd
 
 __all__ = ["log_det_ratio", "DetRatio", "log_mean_exp", "ratio_variance_condition", "draw_odd_noise"]
 
@@ -106,6 +107,9 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
         (n_shots, *batch) (e.g. :meth:`flows.PseudofermionFlow.bind`); None is the identity.
 
     Returns a :class:`DetRatio` (per-shot log-weights, log W, its error, the CG info).
+
+    Needs the even-odd packing: every extent even and L_0 >= 4 (the smallest lattice is
+    (4, 2, 2, 2)); :class:`fermions.EvenOddError` otherwise.
     """
     n_shots = int(n_shots)
     if n_shots < 1:
@@ -113,6 +117,7 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
     if tuple(U.shape) != tuple(U_prime.shape):
         raise ValueError(f"U and U_prime must have the same shape, got {tuple(U.shape)} and {tuple(U_prime.shape)}")
     layout = infer_gauge_layout(U, layout)
+    require_even_odd(layout, "log_det_ratio")
     xp = namespace(U, U_prime)
     op = TwistedMassWilson(U, kappa, mu, layout=layout, bc=bc)
     opp = TwistedMassWilson(U_prime, kappa, mu, layout=layout, bc=bc)
@@ -163,8 +168,10 @@ def ratio_variance_condition(U, U_prime, kappa: float, mu: float, layout: Layout
     """lambda_min(B^dag B) for B = M^[U']^{-dag} M^[U]^dag from dense matrices (small lattices only).
 
     The stochastic ratio with the identity map has finite variance iff this exceeds 1/2.
+    Needs the even-odd packing (every extent even, L_0 >= 4).
     """
     from .dense import dense_schur
+    require_even_odd(infer_gauge_layout(U, layout), "ratio_variance_condition")
     xp = namespace(U)
     S = dense_schur(U, kappa, mu, layout=layout, bc=bc)
     Sp = dense_schur(U_prime, kappa, mu, layout=layout, bc=bc)

@@ -16,7 +16,8 @@ i.e. a select between the unshifted and the shifted packed array depending on th
 All neighbour access goes through :meth:`lattice.Layout.shift` of the half-lattice layout
 (:attr:`EvenOdd.half`), so an MPI decomposition works unchanged. Requirements: every global
 extent even (otherwise the checkerboard is inconsistent across the periodic boundary), every
-*local* extent L_0 even, and the global L_0 >= 4 (a :class:`lattice.Layout` needs extents >= 2). Coordinates are global, so the packing is the same on every rank.
+*local* extent L_0 even, and the global L_0 >= 4 (a :class:`lattice.Layout` needs extents >= 2); the smallest such
+lattice is (4, 2, 2, 2). Coordinates are global, so the packing is the same on every rank.
 
 Fields may carry ``inner`` trailing per-site axes (spinors ``(4, N)``: ``inner=2``; the
 internal spin/colour-major kernels put sites last: ``inner=0``).
@@ -26,7 +27,7 @@ from __future__ import annotations
 from lattice.backend import namespace, default_xp
 from lattice.layout import Layout, LayoutError
 
-__all__ = ["EvenOdd", "even_odd", "EvenOddError"]
+__all__ = ["EvenOdd", "even_odd", "EvenOddError", "require_even_odd"]
 
 
 class EvenOddError(LayoutError):
@@ -50,12 +51,14 @@ class EvenOdd:
         if any(L % 2 for L in layout.global_shape):
             raise EvenOddError(
                 f"even-odd preconditioning needs even extents in every direction (a periodic odd extent "
-                f"connects sites of equal parity); got {layout.global_shape}")
+                f"connects sites of equal parity) and L_0 >= 4; got {layout.global_shape}. The smallest "
+                f"lattice that works is (4, 2, 2, 2).")
         if L0 % 2 or l0 % 2 or L0 < 4:
             raise EvenOddError(
-                f"even-odd packing along axis 0 needs an even local extent L_0 and a global L_0 >= 4; "
-                f"got global shape {layout.global_shape}, local shape {layout.local_shape} (process grid "
-                f"{layout.grid}). Use an even L_0 >= 4 and a decomposition that keeps local L_0 even.")
+                f"even-odd packing halves axis 0, so it needs a global L_0 >= 4 and an even local extent L_0 "
+                f"(and even extents in every direction); got global shape {layout.global_shape}, local shape "
+                f"{layout.local_shape} (process grid {layout.grid}). Use an even L_0 >= 4, e.g. the lattice "
+                f"(4, 2, 2, 2), and a decomposition that keeps the local L_0 even.")
         self.full = layout
         half_shape = (L0 // 2,) + tuple(layout.global_shape[1:])
         try:
@@ -143,6 +146,16 @@ class EvenOdd:
 
 
 _CACHE: dict = {}
+
+
+def require_even_odd(layout: Layout, what: str) -> EvenOdd:
+    """:func:`even_odd` for the public entry point ``what``: an :class:`EvenOddError` that
+    says which function needs the packing, and what the packing needs."""
+    try:
+        return even_odd(layout)
+    except EvenOddError as exc:
+        raise EvenOddError(f"{what} needs the even-odd packing (it uses the Schur complement of M on the odd "
+                           f"sites): {exc}") from exc
 
 
 def even_odd(layout: Layout) -> EvenOdd:

@@ -53,7 +53,9 @@ def run_hmc_nf2(gauge_action, U0, kappa: float, mu: float, n_traj: int, tau: flo
 
     ``hmc_kwargs`` go to :func:`lattice.hmc.run_hmc` (``store``, ``start_traj``, ``n_therm``,
     ``save_every``, ``progress``, ``callback``, ...). Pass ``pseudofermion`` to choose solver
-    tolerances or precision. Returns ``(U, history)``.
+    tolerances or precision. Returns ``(U, history)`` with history a
+    :class:`lattice.hmc.HMCHistory` (list of trajectory records; ``history.column("dH")`` is
+    a NumPy array of shape ``(n_traj, *batch)``).
     """
     pf = pseudofermion if pseudofermion is not None else PseudofermionNf2(kappa, mu)
     if pseudofermion is not None and (pf.kappa != float(kappa) or pf.mu != float(mu)):

@@ -18,7 +18,7 @@ from .optim import Adam, LRSchedule
 from .serialize import ParamFileError, save_params, load_params, load_group, read_config, check_params
 
 # spectral maps: eigen-angles, interval maps, canonical-cell angle maps
-from .eig import eigen_angles, eigen_angles_vjp
+from .eig import eigen_angles, EigenAngles, eigen_angles_vjp
 from .splines import RQSpline, SineMap, interval_map
 from .torus import CellAngleMap
 from .spectral import SpectralMap, haar_log_density, n_params as spectral_n_params
@@ -30,7 +30,7 @@ from .layers import CouplingLayer, fixed_staple_path
 from .model import SpectralFlow, save, load, build_schedule
 from .targets import GaugeTarget, Target, HaarBase, EnsembleBase, as_target
 from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, independence_metropolis,
-                    reweighted_observable,
+                    reweighted_observable, FlowLogWeights, HoldoutResult, MetropolisChain,
                     TrainHistory, save_checkpoint, load_checkpoint)
 
 # the layer protocol, flows of mixed layers, shared active-link helpers

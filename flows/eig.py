@@ -35,13 +35,22 @@ the order of the angles: W = V diag(e^{i theta}) V^dag.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from lattice.backend import namespace, real_dtype
 from lattice import su_n
 
-__all__ = ["eigen_angles", "eigen_angles_vjp", "cayley_phase_index", "check_square_complex"]
+__all__ = ["eigen_angles", "EigenAngles", "eigen_angles_vjp", "cayley_phase_index", "check_square_complex"]
 
 TWO_PI = 2.0 * math.pi
+
+
+class EigenAngles(NamedTuple):
+    """Result of :func:`eigen_angles`: ``theta`` (..., N) real, in the alcove convention, and
+    ``V`` (..., N, N) unitary with W = V diag(e^{i theta}) V^dag. A named tuple, so
+    ``theta, V = eigen_angles(W)`` unpacks as before; ``eigen_angles(W).theta`` reads one field."""
+    theta: Any
+    V: Any
 
 
 def check_square_complex(W, what: str = "W", N: int | None = None):
@@ -104,6 +113,8 @@ def eigen_angles(W):
 
     Returns
     -------
+    :class:`EigenAngles` ``(theta, V)``, a named tuple (unpacks as a pair):
+
     theta : real array (..., N) (float32 for complex64 input, float64 otherwise), in the alcove
         convention of the module docstring: descending, theta_1 - theta_N <= 2 pi, sum exactly 0.
     V : complex array (..., N, N), unitary, column k the eigenvector of e^{i theta_k}.
@@ -150,7 +161,7 @@ def eigen_angles(W):
     head = theta[..., :N - 1]
     last = -xp.sum(head, axis=-1, keepdims=True)
     theta = xp.concat([head, last], axis=-1)
-    return theta, V
+    return EigenAngles(theta, V)
 
 
 def eigen_angles_vjp(W, V, theta_bar):

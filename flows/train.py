@@ -49,6 +49,7 @@ import math
 import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from lattice.backend import Rng, namespace, to_host, host_array, host_concat
 from lattice.layout import Layout, infer_gauge_layout
@@ -56,7 +57,43 @@ from lattice import su_n
 
 __all__ = ["sample_loss_and_grad", "log_weights", "train", "TrainHistory",
            "independence_metropolis", "evaluate_holdout", "save_checkpoint", "load_checkpoint",
-           "reweighted_observable"]
+           "reweighted_observable", "FlowLogWeights", "HoldoutResult", "MetropolisChain"]
+
+
+class FlowLogWeights(NamedTuple):
+    """Result of :func:`log_weights` (a named tuple: ``x, log_w = ...`` unpacks)."""
+    x: Any          #: the flowed fields f(z)
+    log_w: Any      #: log w = log p(x) - log r(z) + log J(z), float64 per sample
+
+
+class HoldoutResult(NamedTuple):
+    """Result of :func:`evaluate_holdout` (a named tuple: ``ess, loss, log_w = ...`` unpacks)."""
+    ess: float      #: ESS of the held-out log-weights
+    loss: float     #: mean held-out loss, -mean(log w)
+    log_w: Any      #: host float64 log-weights
+
+
+class MetropolisChain(NamedTuple):
+    """Result of :func:`independence_metropolis` (a named tuple: unpacks as
+    ``chain, accepted, log_w, acceptance``)."""
+    chain: Any          #: stacked chain states, or the observable's values on them
+    accepted: Any       #: bool per proposal
+    log_w: Any          #: log-weight of the chain state after each proposal
+    acceptance: float   #: acceptance rate (first proposal excluded)
+
+
+_ORDER = ("flows.train takes (model, params, target, base, ...); log_weights, sample_loss_and_grad, "
+          "evaluate_holdout, independence_metropolis and reweighted_observable take (model, params, base, "
+          "target, ...). Pass base= and target= by keyword to be safe.")
+
+
+def _check_roles(base, target, where: str):
+    """Refuse a target and base passed in swapped positions (only a base draws samples): the
+    two orders in this module differ, and a swap would otherwise train or reweight silently
+    towards the base."""
+    if hasattr(target, "sample") and not hasattr(base, "sample"):
+        raise TypeError(f"{where}: the object passed as target ({type(target).__name__}) draws samples and the "
+                        f"base ({type(base).__name__}) does not; target and base look swapped. {_ORDER}")
 
 
 def _score_cotangent(term, U, layout):
@@ -71,12 +108,17 @@ def _layout(model, z, layout):
     return infer_gauge_layout(z, layout)
 
 
-def log_weights(model, params, base, target, z, layout: Layout | None = None):
-    """x = f(z) and log w(x) = log p(x) - log r(z) + log J(z), float64 per sample."""
+def log_weights(model, params, base, target, z, layout: Layout | None = None) -> FlowLogWeights:
+    """x = f(z) and log w(x) = log p(x) - log r(z) + log J(z), float64 per sample.
+
+    Returns :class:`FlowLogWeights` ``(x, log_w)`` (the flowed fields first; ``.log_w`` for the
+    weights alone). Note the argument order (base, target), the reverse of :func:`train`'s.
+    """
+    _check_roles(base, target, "flows.log_weights")
     layout = _layout(model, z, layout)
     x, logJ = model.forward(params, z, layout=layout)
     lw = target.log_prob(x, layout=layout) - base.log_prob(z, layout=layout) + logJ
-    return x, lw
+    return FlowLogWeights(x, lw)
 
 
 def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path",
@@ -89,6 +131,7 @@ def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path"
     """
     if estimator not in ("path", "plain"):
         raise ValueError(f"unknown estimator {estimator!r}; use 'path' or 'plain'")
+    _check_roles(base, target, "flows.sample_loss_and_grad")
     if hasattr(base, "loss_and_grad"):     # a base that carries its own objective (pseudofermion flows)
         loss, grads, log_w = base.loss_and_grad(model, params, z, estimator, layout)
         return loss, grads, log_w, None
@@ -148,14 +191,16 @@ def _ess(log_w):
 
 def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_size: int = 16, seed: int = 0):
     """ESS and mean loss on held-out samples: fresh Haar draws (seed stream disjoint from
-    training) or the held-out configurations of an ensemble base."""
+    training) or the held-out configurations of an ensemble base. Returns
+    :class:`HoldoutResult` ``(ess, loss, log_w)``."""
+    _check_roles(base, target, "flows.evaluate_holdout")
     lws = []
     if hasattr(base, "holdout_log_weights"):     # its own objective: per-shot log w, centred per configuration
         from .pseudofermion import _centred
         raw = base.holdout_log_weights(model, params, seed, n_configs=n)
         lw = to_host(_centred(raw)).astype("float64")
         from analysis import ess
-        return float(ess(lw)), float(-to_host(raw).mean()), lw
+        return HoldoutResult(float(ess(lw)), float(-to_host(raw).mean()), lw)
     if getattr(base, "kind", None) == "ensemble":
         cfgs = base.holdout(n)
         for i in range(0, int(cfgs.shape[0]), batch_size):
@@ -169,7 +214,7 @@ def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_siz
             lws.append(lw)
     lw = host_concat(lws, "float64")
     from analysis import ess
-    return float(ess(lw)), float(-lw.mean()), lw
+    return HoldoutResult(float(ess(lw)), float(-lw.mean()), lw)
 
 
 def _sum_over_ranks(grads, layout):
@@ -233,7 +278,11 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
     and the same ``run_info`` (a JSON-able dict describing target, base and optimiser settings,
     stored with every checkpoint), else :class:`flows.ParamFileError` names the first field
     that differs (a restarted job never continues a different training run).
+
+    Note the argument order (target, base): the sampling and evaluation functions of this
+    module take (base, target). A swap is refused with a ``TypeError``.
     """
+    _check_roles(base, target, "flows.train")
     from .optim import Adam, LRSchedule
     layout = layout or getattr(base, "layout", None)
     opt = optimizer or Adam(LRSchedule(lr, schedule, total_steps=steps, warmup_steps=warmup), clip_norm=clip)
@@ -301,7 +350,7 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
 
     Proposals x' = f(z'), z' ~ r fresh (Haar base), are accepted with probability
     min(1, w(x')/w(x)), w = p/q; the chain's states are exact samples of p (asymptotically).
-    Returns ``(chain, accepted, log_w, acceptance)``: ``chain`` the stacked chain states
+    Returns :class:`MetropolisChain` ``(chain, accepted, log_w, acceptance)``: ``chain`` the stacked chain states
     (n_samples, Nd, *sites, N, N), or, with ``observable`` (a function of a batch of fields
     returning one number per field), the host array of its values on the chain states (no
     configurations kept); ``accepted`` bool per proposal; ``log_w`` the log-weight of the
@@ -309,6 +358,7 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
     excluded). Proposal k is decided with the uniform number k of the stream
     ``Rng(seed).child(2**41)``, so the chain is reproducible from the seed.
     """
+    _check_roles(base, target, "flows.independence_metropolis")
     rng = Rng(seed)
     cur_x, cur_lw, cur_obs = None, None, None
     acc, lws, chain = [], [], []
@@ -339,7 +389,7 @@ def independence_metropolis(model, params, base, target, n_samples: int, batch_s
         out = namespace(chain[0]).stack(chain)
     else:
         out = host_array(chain, "float64")
-    return out, host_array(acc), host_array(lws, "float64"), rate
+    return MetropolisChain(out, host_array(acc), host_array(lws, "float64"), rate)
 
 
 def reweighted_observable(model, params, base, target, observable, n_samples: int, batch_size: int = 16,
@@ -350,6 +400,7 @@ def reweighted_observable(model, params, base, target, observable, n_samples: in
     ``observable(x)`` returns one number per field of the batch. Fresh base draws from the
     stream ``Rng(seed).child(2**42)``.
     """
+    _check_roles(base, target, "flows.reweighted_observable")
     from analysis import jackknife, ess
     rng = Rng(seed).child(2**42)
     vals, lws = [], []

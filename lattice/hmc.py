@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass, asdict
 from typing import Callable
 
-from .backend import Rng, namespace, to_host
+from .backend import Rng, namespace, to_host, host_array
 from .layout import Layout, infer_gauge_layout
 from .loops import plaquette
 from . import su_n
 
 __all__ = ["resume_point", "integrate", "kinetic_energy", "hamiltonian", "hmc_trajectory", "run_hmc",
-           "reversibility_check", "TrajectoryRecord", "OMELYAN_LAMBDA", "draw_momenta"]
+           "reversibility_check", "TrajectoryRecord", "HMCHistory", "OMELYAN_LAMBDA", "draw_momenta"]
 
 OMELYAN_LAMBDA = 0.1931833275037836
 
@@ -124,6 +124,9 @@ def integrate(U, P, levels, tau: float, integrator: str = "omelyan", layout: Lay
 
 @dataclass
 class TrajectoryRecord:
+    """One trajectory of :func:`run_hmc`: its number ``traj``, wall-clock ``seconds``, and per
+    chain (lists over the flattened batch) ``accepted``, ``dH``, ``plaquette`` (after the
+    Metropolis step) and ``exp_minus_dH``."""
     traj: int
     accepted: list
     dH: list
@@ -133,6 +136,59 @@ class TrajectoryRecord:
 
     def as_dict(self):
         return asdict(self)
+
+
+_PER_TRAJ = {"traj": "int64", "seconds": "float64"}
+_PER_CHAIN = {"accepted": "bool", "dH": "float64", "plaquette": "float64", "exp_minus_dH": "float64"}
+
+
+class HMCHistory(list):
+    """The history returned by :func:`run_hmc` (and :func:`fermions.run_hmc_nf2`): a list of
+    :class:`TrajectoryRecord`, one per trajectory in order, with column access.
+
+    It is a ``list``, so indexing, iteration and ``len`` work as on the plain list it used to
+    be (a slice is again an :class:`HMCHistory`). ``column(name)`` gathers one field over the
+    trajectories as a NumPy array: ``traj`` (int64) and ``seconds`` (float64) of shape
+    ``(n_traj,)``; ``accepted`` (bool), ``dH``, ``plaquette`` and ``exp_minus_dH`` (float64) of
+    shape ``(n_traj, *batch)`` (``(n_traj,)`` for one unbatched chain). ``as_dict()`` is every
+    column, e.g. for ``numpy.savez(path, **history.as_dict())``.
+
+    ``batch_shape`` is the batch of chains (``U0.shape`` before the gauge axes; ``()`` for one
+    chain). A history built from bare records (``HMCHistory(records)``) has
+    ``batch_shape=None`` and its per-chain columns keep the flat chain axis of the records.
+    """
+
+    FIELDS = ("traj", "accepted", "dH", "plaquette", "exp_minus_dH", "seconds")
+
+    def __init__(self, records=(), batch_shape: tuple | None = None):
+        super().__init__(records)
+        self.batch_shape = None if batch_shape is None else tuple(int(b) for b in batch_shape)
+
+    def __getitem__(self, i):
+        out = super().__getitem__(i)
+        return HMCHistory(out, self.batch_shape) if isinstance(i, slice) else out
+
+    def __add__(self, other):
+        shape = self.batch_shape if getattr(other, "batch_shape", self.batch_shape) == self.batch_shape else None
+        return HMCHistory(list(self) + list(other), shape)
+
+    def __repr__(self):
+        return f"HMCHistory({len(self)} trajectories, batch_shape={self.batch_shape})"
+
+    def column(self, name: str):
+        """One field over all trajectories as a NumPy array (see the class docstring for shapes)."""
+        if name in _PER_TRAJ:
+            return host_array([getattr(r, name) for r in self], _PER_TRAJ[name])
+        if name not in _PER_CHAIN:
+            raise KeyError(f"no column {name!r} in an HMC history; columns are {', '.join(self.FIELDS)}")
+        a = host_array([list(getattr(r, name)) for r in self], _PER_CHAIN[name])
+        if self.batch_shape is None:
+            return a if len(self) else a.reshape(0, 0)
+        return a.reshape((len(self),) + self.batch_shape)
+
+    def as_dict(self) -> dict:
+        """``{name: column(name)}`` for every field."""
+        return {name: self.column(name) for name in self.FIELDS}
 
 
 def _all_monomials(levels):
@@ -229,7 +285,9 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
         0 .. n_therm-1). Use :func:`resume_point` to continue a chain from its store.
     callback : called as ``callback(traj, U, record)`` after every trajectory.
 
-    Returns ``(U, history)`` with history a list of :class:`TrajectoryRecord`.
+    Returns ``(U, history)``: the final field and an :class:`HMCHistory` (a list of
+    :class:`TrajectoryRecord`, one per trajectory, with ``history.column("plaquette")`` etc.
+    giving NumPy arrays of shape ``(n_traj, *batch)``).
     """
     layout = infer_gauge_layout(U0, layout)
     if check_input:
@@ -246,7 +304,7 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
         from tqdm.auto import tqdm
         bar = tqdm(total=n_traj, desc="HMC", unit="traj", leave=True)
     U = U0
-    history = []
+    history = HMCHistory(batch_shape=U0.shape[: U0.ndim - layout.Nd - 3])
     n_acc = 0
     n_tot = 0
     try:

@@ -12,6 +12,7 @@ Standard loops (docs/design.md §4):
 from __future__ import annotations
 
 import math
+import warnings
 
 from .backend import namespace
 from .layout import Layout, infer_gauge_layout
@@ -175,11 +176,18 @@ def rectangle_field(U, mu: int, nu: int, layout: Layout | None = None):
 
 
 def wilson_loop(U, path, layout: Layout | None = None, traced: bool = True):
-    """General Wilson line/loop along ``path``; traced and site-averaged (1/N) tr W by default
-    (complex, per batch element), or the untraced field with ``traced=False``."""
+    """General Wilson loop along ``path``, traced and site-averaged: (1/N) <tr W> (complex, per
+    batch element). The untraced field W(x) is :func:`path_product` ``(U, path)``.
+
+    ``traced=False`` (returns the untraced field instead, a different type and shape) is
+    deprecated: it warns and will be removed; use :func:`path_product`.
+    """
     layout = infer_gauge_layout(U, layout)
     W = path_product(U, path, layout)
     if not traced:
+        warnings.warn("wilson_loop(..., traced=False) is deprecated: wilson_loop returns the traced, "
+                      "site-averaged loop; use lattice.path_product(U, path) for the untraced field",
+                      DeprecationWarning, stacklevel=2)
         return W
     return layout.mean(su_n.trace(W)) / U.shape[-1]
 

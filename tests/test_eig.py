@@ -150,3 +150,16 @@ def test_runs_on_array_api_strict():
     tn, Vn = eigen_angles(Wn)
     np.testing.assert_allclose(np.asarray(theta), tn, atol=1e-15)
     np.testing.assert_allclose(np.asarray(V), Vn, atol=1e-14)
+
+
+def test_named_result_unpacks_and_has_fields():
+    """eigen_angles returns EigenAngles(theta, V): a named tuple, so old unpacking still works."""
+    import flows
+    from flows.eig import EigenAngles
+    W = Rng(3).haar(3, lead=(4,))
+    res = eigen_angles(W)
+    assert isinstance(res, EigenAngles) and isinstance(res, tuple) and len(res) == 2
+    assert flows.EigenAngles is EigenAngles
+    theta, V = res
+    assert res.theta is theta and res.V is V and res[0] is theta and res[1] is V
+    _check_decomposition(W, res.theta, res.V)

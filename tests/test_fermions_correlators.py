@@ -31,7 +31,7 @@ def test_point_sources_equal_the_dense_propagator():
     shape = (4, 2, 2, 4)
     U = L.random_gauge(shape, seed=3)
     kappa, mu = 0.17, 0.1
-    res = F.pion_correlator(U, kappa, mu, n_sources=3, method="point", seed=5, full_output=True)
+    res = F.PionCorrelator.measure(U, kappa, mu, n_sources=3, method="point", seed=5)
     _, S = _dense_C(U, kappa, mu, shape)
     for k, p in enumerate(res.source_points):
         Sy = S[(slice(None),) * 5 + tuple(p)]                # (x0..x3, 12, 12): columns of source p
@@ -47,7 +47,7 @@ def test_stochastic_timeslice_sources_are_unbiased():
     U = L.random_gauge(shape, seed=4)
     kappa, mu = 0.17, 0.1
     c_exact, _ = _dense_C(U, kappa, mu, shape)
-    res = F.pion_correlator(U, kappa, mu, n_sources=48, seed=2, full_output=True)
+    res = F.PionCorrelator.measure(U, kappa, mu, n_sources=48, seed=2)
     want = np.mean([c_exact[t0] for t0 in res.source_times], axis=0)
     # per-source fluctuations around the exact per-timeslice values give the error
     dev = res.C_sources - np.array([c_exact[t0] for t0 in res.source_times])
@@ -75,19 +75,43 @@ def test_batched_configurations_and_reproducibility():
     assert not np.array_equal(Cs, F.pion_correlator(U, 0.15, 0.1, n_sources=4, seed=10))
 
 
+def test_array_and_record_entry_points():
+    """pion_correlator always returns the array; PionCorrelator.measure the record with the same
+    numbers; full_output=True still returns the record, with a DeprecationWarning."""
+    import warnings
+    U = L.random_gauge((4, 2, 2, 4), seed=6)
+    kw = dict(n_sources=2, seed=4)
+    C = F.pion_correlator(U, 0.15, 0.1, **kw)
+    rec = F.PionCorrelator.measure(U, 0.15, 0.1, **kw)
+    assert isinstance(rec, F.PionCorrelator) and isinstance(C, np.ndarray) and C.shape == (4,)
+    assert np.array_equal(C, rec.C)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # full_output=False is not deprecated
+        assert np.array_equal(F.pion_correlator(U, 0.15, 0.1, full_output=False, **kw), C)
+    with pytest.warns(DeprecationWarning, match="PionCorrelator.measure"):
+        old = F.pion_correlator(U, 0.15, 0.1, full_output=True, **kw)
+    assert isinstance(old, F.PionCorrelator)
+    assert np.array_equal(old.C, rec.C) and np.array_equal(old.C_sources, rec.C_sources)
+    assert old.source_times == rec.source_times and old.params == rec.params
+
+
 def test_bad_arguments():
     U = L.random_gauge((4, 2, 2, 4), seed=5)
     with pytest.raises(ValueError, match="method"):
         F.pion_correlator(U, 0.15, 0.1, method="wall")
     with pytest.raises(ValueError, match="n_sources"):
         F.pion_correlator(U, 0.15, 0.1, n_sources=0)
+    with pytest.raises(ValueError, match="method"):
+        F.PionCorrelator.measure(U, 0.15, 0.1, method="wall")
+    with pytest.raises(F.EvenOddError, match=r"pion_correlator needs the even-odd packing.*\(4, 2, 2, 2\)"):
+        F.pion_correlator(L.random_gauge((2, 2, 2, 4), seed=5), 0.15, 0.1)
 
 
 def test_correlator_store_roundtrip(tmp_path):
     pytest.importorskip("h5py")
     from lattice.io import RecordStore
     shape = (4, 2, 2, 4)
-    res = [F.pion_correlator(L.random_gauge(shape, seed=s), 0.15, 0.1, n_sources=3, seed=s, full_output=True)
+    res = [F.PionCorrelator.measure(L.random_gauge(shape, seed=s), 0.15, 0.1, n_sources=3, seed=s)
            for s in (1, 2)]
     params = dict(res[0].params)
     params.pop("seed")                                        # per-configuration seeds vary
@@ -95,7 +119,7 @@ def test_correlator_store_roundtrip(tmp_path):
     with F.create_correlator_store(path, T=4, n_sources=3, params=params, lattice_shape=shape) as st:
         for k, r in enumerate(res):
             F.append_correlator(st, r, config=k)
-        bad = F.pion_correlator(L.random_gauge(shape, seed=3), 0.16, 0.1, n_sources=3, full_output=True)
+        bad = F.PionCorrelator.measure(L.random_gauge(shape, seed=3), 0.16, 0.1, n_sources=3)
         with pytest.raises(ValueError, match="kappa"):
             F.append_correlator(st, bad, config=2)
     with RecordStore.open(path, "r", kind="pion_correlators", expect={"params": params}) as st:

@@ -6,7 +6,7 @@ import lattice as L
 from lattice import su_n
 import fermions as F
 
-from fermion_reference import free_log_det, fd_group_derivative, pair_force
+from fermion_reference import free_log_det, fd_group_derivative, pair_force, naive_tm_apply
 
 
 @pytest.mark.parametrize("shape,kappa,mu", [((4, 2, 2, 4), 0.124, 0.2), ((4, 4, 2, 2), 0.2, 0.05),
@@ -85,6 +85,56 @@ def test_dense_refuses_distributed_layouts():
     lay = FakeDistributed((4, 2, 2, 2))
     with pytest.raises(ValueError, match="single process"):
         F.dense_log_det(L.random_gauge((4, 2, 2, 2), seed=1), 0.1, 0.1, layout=lay)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2, 4), (2, 2, 2, 2), (3, 2, 2, 4)])
+def test_dense_log_det_without_even_odd_packing(shape):
+    """L_0 = 2 or an odd extent: no even-odd packing, dense_log_det factorises the full M."""
+    kappa, mu = 0.15, 0.1
+    got = float(F.dense_log_det(L.unit_gauge(shape), kappa, mu))
+    want = free_log_det(shape, kappa, mu)
+    assert abs(got - want) < 1e-11 * max(1.0, abs(want))
+    U = L.random_gauge(shape, seed=4, batch=(2,))
+    ld = F.dense_log_det(U, kappa, mu)
+    assert ld.shape == (2,) and ld.dtype == np.float64
+    for b in range(2):
+        # the full matrix on this lattice is the operator of the independent reference
+        M = F.dense_M(U[b], kappa, mu)
+        psi = L.Rng(5 + b).complex_normal(layout=L.Layout(shape), inner=(4, 3))
+        assert np.abs(M @ psi.ravel() - naive_tm_apply(U[b], psi, kappa, mu).ravel()).max() < 1e-13
+        assert abs(ld[b] - 2 * np.linalg.slogdet(M)[1]) < 1e-10
+
+
+def test_full_matrix_fallback_equals_the_schur_path(monkeypatch):
+    """On (4, 2, 2, 2), where both work, the full-matrix log det equals the even-odd one."""
+    U = L.random_gauge((4, 2, 2, 2), seed=6, batch=(2,))
+    schur = F.dense_log_det(U, 0.17, -0.05, bc=(1, np.exp(0.3j), 1, -1))
+
+    def no_packing(self):
+        raise F.EvenOddError("packing disabled by the test")
+    monkeypatch.setattr(F.TwistedMassWilson, "even_odd", property(no_packing))
+    full = F.dense_log_det(U, 0.17, -0.05, bc=(1, np.exp(0.3j), 1, -1))
+    assert np.abs(full - schur).max() < 1e-11 * np.abs(schur).max()
+
+
+def test_even_odd_entry_points_say_what_they_need():
+    """Where the packing is required, the error names the function and a lattice that works."""
+    U = L.random_gauge((2, 2, 2, 2), seed=1)
+    for fn, name in [(F.dense_log_det_force, "dense_log_det_force"), (F.dense_schur, "dense_schur")]:
+        with pytest.raises(F.EvenOddError, match=rf"{name} needs the even-odd packing.*L_0 >= 4.*\(4, 2, 2, 2\)"):
+            fn(U, 0.15, 0.1)
+    with pytest.raises(F.EvenOddError, match="dense_inverse_blocks"):
+        F.dense_inverse_blocks(F.TwistedMassWilson(U, 0.15, 0.1))
+    with pytest.raises(F.EvenOddError, match=r"even extents in every direction.*\(4, 2, 2, 2\)"):
+        F.dense_log_det_force(L.random_gauge((4, 3, 2, 2), seed=1), 0.15, 0.1)
+
+
+def test_log_det_force_is_a_named_tuple():
+    U = L.random_gauge((4, 2, 2, 2), seed=12)
+    res = F.dense_log_det_force(U, 0.15, 0.1)
+    assert isinstance(res, F.LogDetForce) and isinstance(res, tuple) and len(res) == 2
+    ld, grad = res                                            # unpacks as before
+    assert res.log_det is ld and res.grad is grad and grad.shape == U.shape
 
 
 def test_exact_nf2_determinant_term_and_deprecated_dense_force():

@@ -100,3 +100,12 @@ def test_bad_arguments():
         F.log_det_ratio(U, U[None], KAPPA, MU, n_shots=1, seed=1)
     with pytest.raises(ValueError, match="precision"):
         F.log_det_ratio(U, U, KAPPA, MU, n_shots=1, seed=1, precision="half")
+
+
+def test_tiny_lattice_error_says_what_is_needed():
+    """L_0 = 2 has no even-odd packing: the error names the entry point and a lattice that works."""
+    U = L.random_gauge((2, 2, 2, 2), seed=8)
+    with pytest.raises(F.EvenOddError, match=r"log_det_ratio needs the even-odd packing.*L_0 >= 4.*\(4, 2, 2, 2\)"):
+        F.log_det_ratio(U, U, KAPPA, MU, n_shots=1, seed=1)
+    with pytest.raises(F.EvenOddError, match="ratio_variance_condition needs the even-odd packing"):
+        F.ratio_variance_condition(U, U, KAPPA, MU)

@@ -4,7 +4,7 @@ import pytest
 
 import lattice as L
 import fermions as F
-from fermions.evenodd import EvenOdd, EvenOddError
+from fermions.evenodd import EvenOdd, EvenOddError, require_even_odd
 
 SHAPE = (4, 2, 2, 4)
 
@@ -50,6 +50,12 @@ def test_even_odd_requires_even_L0():
         EvenOdd(L.Layout((2, 2, 2, 2)))
     with pytest.raises(EvenOddError, match="every direction"):
         EvenOdd(L.Layout((4, 3, 2, 2)))
+    for shape in [(2, 2, 2, 2), (4, 3, 2, 2)]:                 # the message names a lattice that works
+        with pytest.raises(EvenOddError, match=r"\(4, 2, 2, 2\)"):
+            EvenOdd(L.Layout(shape))
+    with pytest.raises(EvenOddError, match=r"^my_function needs the even-odd packing.*L_0 >= 4"):
+        require_even_odd(L.Layout((2, 2, 2, 2)), "my_function")
+    assert require_even_odd(L.Layout((4, 2, 2, 2)), "my_function").half.global_shape == (2, 2, 2, 2)
     op = F.TwistedMassWilson(L.random_gauge((5, 2, 2, 2), seed=1), 0.1, 0.1)   # full operator still fine
     with pytest.raises(EvenOddError):
         op.pack(np.zeros((5, 2, 2, 2, 4, 3), complex))

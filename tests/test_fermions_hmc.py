@@ -80,7 +80,7 @@ def _nf2_and_reweighted(beta, kappa, mu, chains, n_pure, n_nf2, n_therm=5, n_ste
     e = np.array([r.exp_minus_dH for r in hist[n_therm:]])      # equilibrium only
     acc = np.mean([r.accepted for r in hist])
     return dict(rw=(rw_mean, rw_err), pure=(pure_mean, pure_err), nf2=(nf2_mean, nf2_err), exp_mdH=e, acc=acc,
-                logdet_std=float(logdet.std()))
+                logdet_std=float(logdet.std()), hist=hist)
 
 
 def _check(res):
@@ -112,6 +112,18 @@ def test_exp_minus_dH_is_one(fast_run):
     per_chain = e.mean(axis=0)
     err = per_chain.std(ddof=1) / math.sqrt(len(per_chain))
     assert abs(per_chain.mean() - 1.0) < 4 * err + 1e-3, (per_chain.mean(), err)
+
+
+def test_history_columns(fast_run):
+    """run_hmc_nf2 returns an HMCHistory: the list of records, with NumPy columns (n_traj, *batch)."""
+    hist = fast_run["hist"]
+    assert isinstance(hist, hmc.HMCHistory) and len(hist) == 20 and hist.batch_shape == (16,)
+    dH = hist.column("dH")
+    assert dH.shape == (20, 16) and dH.dtype == np.float64
+    assert np.array_equal(dH, np.array([r.dH for r in hist]))
+    assert np.array_equal(hist.column("exp_minus_dH")[5:], fast_run["exp_mdH"])
+    assert np.array_equal(hist[5:].column("exp_minus_dH"), fast_run["exp_mdH"])
+    assert list(hist.column("traj")) == list(range(20))
 
 
 @pytest.mark.slow

@@ -178,3 +178,36 @@ def test_independence_metropolis_and_reweighting_give_the_exact_plaquette():
     est, e = flows.reweighted_observable(m, p, base, target, obs, 2000, batch_size=500, seed=3, layout=LAY)
     assert 0.0 < e <= 1.0
     assert abs(est.mean - exact) < 4 * est.err, (est.mean, est.err, exact)
+
+
+def test_named_results_and_swapped_base_target():
+    """log_weights, evaluate_holdout and independence_metropolis return named tuples (old
+    unpacking works); train takes (target, base), the others (base, target): a swap raises."""
+    m = _model("plaquette", n_layers=2, N=2)
+    p = m.init(0)
+    base = flows.HaarBase((4, 4), 2)
+    target = flows.GaugeTarget(Wilson(0.5))
+    z = base.sample(3, Rng(4))
+    res = flows.log_weights(m, p, base, target, z, LAY)
+    assert isinstance(res, flows.FlowLogWeights) and isinstance(res, tuple)
+    x, lw = res
+    assert res.x is x and res.log_w is lw and lw.shape == (3,) and x.shape == z.shape
+    ho = flows.evaluate_holdout(m, p, base, target, LAY, n=4, batch_size=4, seed=1)
+    assert isinstance(ho, flows.HoldoutResult)
+    e, loss, lws = ho
+    assert (ho.ess, ho.loss) == (e, loss) and ho.log_w is lws and lws.shape == (4,)
+    ch = flows.independence_metropolis(m, p, base, target, 6, batch_size=3, seed=2, layout=LAY,
+                                       observable=lambda U: plaquette(U, LAY))
+    assert isinstance(ch, flows.MetropolisChain)
+    vals, acc, lw_chain, rate = ch
+    assert ch.chain is vals and ch.accepted is acc and ch.log_w is lw_chain and ch.acceptance == rate
+    assert vals.shape == acc.shape == (6,)
+    # swapped target and base: a TypeError that explains both orders (not a silently wrong sign)
+    for call in (lambda: flows.log_weights(m, p, target, base, z, LAY),
+                 lambda: sample_loss_and_grad(m, p, target, base, z, "path", LAY),
+                 lambda: flows.evaluate_holdout(m, p, target, base, LAY, n=4, batch_size=4),
+                 lambda: flows.independence_metropolis(m, p, target, base, 2, layout=LAY),
+                 lambda: flows.reweighted_observable(m, p, target, base, lambda U: plaquette(U, LAY), 2),
+                 lambda: flows.train(m, p, base, target, steps=1, batch_size=2, progress=False)):
+        with pytest.raises(TypeError, match=r"look swapped.*train takes \(model, params, target, base"):
+            call()

@@ -115,6 +115,17 @@ def test_wilson_loop_path_matches_plaquette():
         L.wilson_loop(U, [(3, 1)])
 
 
+def test_wilson_loop_untraced_is_deprecated_for_path_product():
+    U = L.random_gauge((4, 4, 4), N=2, seed=2, batch=(2,))
+    path = [(0, 1), (1, 1), (0, -1), (1, -1)]
+    with pytest.warns(DeprecationWarning, match="path_product"):
+        W = L.wilson_loop(U, path, traced=False)
+    assert np.array_equal(W, L.path_product(U, path)) and W.shape == (2, 4, 4, 4, 2, 2)
+    w = L.wilson_loop(U, path)
+    assert w.shape == (2,)
+    assert np.allclose(w, np.mean(np.trace(W, axis1=-2, axis2=-1), axis=(1, 2, 3)) / 2, atol=1e-14)
+
+
 def test_rectangle_field_is_the_untraced_rectangle_loop():
     from lattice.loops import rectangle_path
     U = L.random_gauge((4, 4, 4), N=2, seed=3)

@@ -95,6 +95,39 @@ def test_run_hmc_resume_is_exact():
     assert np.array_equal(Ua, Ub)
 
 
+def test_history_is_a_list_with_columns():
+    """run_hmc returns an HMCHistory: a list of TrajectoryRecord (indexing, iteration and
+    slicing as before) whose columns are NumPy arrays of shape (n_traj, *batch)."""
+    act = Wilson(2.0)
+    U0 = L.random_gauge((4, 4), N=2, seed=1, batch=(3, 2))
+    _, hist = hmc.run_hmc(act, U0, 4, n_steps=4, seed=5, start_traj=10, progress=False)
+    assert isinstance(hist, list) and isinstance(hist, hmc.HMCHistory) and len(hist) == 4
+    assert hist.batch_shape == (3, 2)
+    assert isinstance(hist[0], hmc.TrajectoryRecord) and hist[-1].traj == 13
+    assert [r.traj for r in hist] == [10, 11, 12, 13]
+    for name, dtype in [("dH", np.float64), ("plaquette", np.float64), ("exp_minus_dH", np.float64),
+                        ("accepted", np.bool_)]:
+        col = hist.column(name)
+        assert col.shape == (4, 3, 2) and col.dtype == dtype, name
+        assert np.array_equal(col.reshape(4, 6), np.array([getattr(r, name) for r in hist]))
+    assert np.array_equal(hist.column("traj"), [10, 11, 12, 13]) and hist.column("traj").dtype == np.int64
+    assert hist.column("seconds").shape == (4,)
+    tail = hist[2:]
+    assert isinstance(tail, hmc.HMCHistory) and tail.batch_shape == (3, 2) and len(tail) == 2
+    assert np.array_equal(tail.column("dH"), hist.column("dH")[2:])
+    both = hist[:2] + tail
+    assert isinstance(both, hmc.HMCHistory) and np.array_equal(both.column("dH"), hist.column("dH"))
+    d = hist.as_dict()
+    assert set(d) == set(hmc.HMCHistory.FIELDS) and np.array_equal(d["plaquette"], hist.column("plaquette"))
+    with pytest.raises(KeyError, match="columns are"):
+        hist.column("plaq")
+    # one unbatched chain: per-chain columns are (n_traj,)
+    _, h1 = hmc.run_hmc(act, U0[0, 0], 2, n_steps=4, seed=5, progress=False)
+    assert h1.batch_shape == () and h1.column("dH").shape == (2,) and h1.column("accepted").shape == (2,)
+    # a history built from bare records keeps the flat chain axis of the records
+    assert hmc.HMCHistory(list(hist)).column("dH").shape == (4, 6)
+
+
 def test_bad_start_field_is_rejected():
     U = np.array(L.random_gauge((4, 4), N=2, seed=0))
     U[0, 1, 2] *= 1.1
