@@ -17,7 +17,11 @@ All neighbour access goes through :meth:`lattice.Layout.shift` of the half-latti
 (:attr:`EvenOdd.half`), so an MPI decomposition works unchanged. Requirements: every global
 extent even (otherwise the checkerboard is inconsistent across the periodic boundary), every
 *local* extent L_0 even, and the global L_0 >= 4 (a :class:`lattice.Layout` needs extents >= 2); the smallest such
-lattice is (4, 2, 2, 2). Coordinates are global, so the packing is the same on every rank.
+lattice is (4, 2, 2, 2). Under MPI the half lattice (L_0/2, L_1, L_2, L_3) is decomposed on the
+same process grid, so it must itself be a valid :class:`lattice.Layout` on that grid (its local
+extents >= 2 and compatible with the reduction tiles): e.g. (8, 4, 4, 4) splits 2 ways along
+axis 0 but not 4 ways (local L_0 = 2, half-lattice local extent 1); the error says so.
+Coordinates are global, so the packing is the same on every rank.
 
 Fields may carry ``inner`` trailing per-site axes (spinors ``(4, N)``: ``inner=2``; the
 internal spin/colour-major kernels put sites last: ``inner=0``).

@@ -114,6 +114,18 @@ class PFMask:
         return {"axis": self.axis, "parity": self.parity}
 
 
+def _as_mask(m) -> PFMask:
+    """A :class:`PFMask` from itself or from {"axis": a, "parity": o}; anything else is a ValueError."""
+    if isinstance(m, PFMask):
+        return m
+    if isinstance(m, dict) and set(m) == {"axis", "parity"}:
+        try:
+            return PFMask(int(m["axis"]), int(m["parity"]))
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"invalid pseudofermion mask {m!r}: give a PFMask or a dict {{'axis': 0..3, 'parity': 0 or 1}}")
+
+
 def pf_schedule(n_layers: int, Nd: int = 4) -> list:
     """The default alternating masks: axis (i // 2) mod Nd, parity i mod 2."""
     return [PFMask((i // 2) % Nd, i % 2) for i in range(n_layers)]
@@ -298,8 +310,7 @@ class PseudofermionFlow:
             raise ValueError(f"hidden must be >= 0, got {hidden}")
         self.n_layers, self.hidden = int(n_layers), int(hidden)
         self.bc = normalise_bc(bc)
-        self.masks = [PFMask(int(m["axis"]), int(m["parity"])) if isinstance(m, dict) else m
-                      for m in (masks if masks is not None else pf_schedule(self.n_layers))]
+        self.masks = [_as_mask(m) for m in (masks if masks is not None else pf_schedule(self.n_layers))]
         if len(self.masks) != self.n_layers:
             raise ValueError(f"{len(self.masks)} masks for {self.n_layers} layers")
         for m in self.masks:
