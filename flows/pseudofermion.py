@@ -37,8 +37,10 @@ Layer (for x in A; phi(x) in C^{4N}, colour and spin):
 T^f_p = U_{s1 mu1}(x) U_{s2 mu2}(x + s1 mu1^) with U_{-mu}(y) = U_mu(y - mu^)^dag and the
 fermion boundary phases of the Dirac operator (antiperiodic in time), and phi'(x) = phi(x) on B.
 Coefficients are tied over the four sign pairs of a path class k = (order, nu) (6 classes): the
-field-dependent part follows the lattice symmetries through the features. s / S_SCALE and the
-48 coefficients c^f_{k,g} are the outputs of a per-site network (one hidden tanh layer) of
+field-dependent part follows the lattice symmetries through the features. The coefficients are
+parametrised by their difference and sum parts, c^U = d + SUM_SCALE e, c^U' = -d + SUM_SCALE e
+(the O(kappa^2) zero-variance map has e = 0; see SUM_SCALE), and s / S_SCALE, d_{k,g} and e_{k,g}
+(49 numbers) are the outputs of a per-site network (one hidden tanh layer) of
 gauge-invariant features: for every plane (mu, nu), the average of (1/N) Re tr P_mu,nu over the
 four plaquettes with a corner at x, of U and of U' (12 features in 4d). The output weights start
 at zero, so every layer starts as the identity.
@@ -94,6 +96,11 @@ N_STRUCTURES = 4          # Gamma_{p,g}: G_g1, G_g2 in {1, i gamma_5}
 #: coefficients (a uniform s shifts |phi_A|^2 of ~n/2 components, so var(log w) grows like s^2 n);
 #: with this scale one optimiser step moves s by 1/100 of what it moves a coefficient.
 S_SCALE = 0.01
+#: The transport coefficients are c^U = d + SUM_SCALE e and c^U' = -d + SUM_SCALE e with d, e the
+#: network outputs. h* needs, at O(kappa^2), only the difference d (T(U) - T(U') vanishes as
+#: U' -> U); a sum part adds a plain hopping term, which K(U')^{-1} amplifies through its low
+#: modes (lambda_min ~ mu~^2): unscaled, one Adam step of 1e-4 in e raised var(log w) a hundredfold.
+SUM_SCALE = 0.01
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,9 @@ class PFContext:
             out, z = _net_forward(params, f"layer{i}.", f, model.hidden)
             act = m.active(self.eo, xp)                                   # (1|l0/2, l1, l2, l3)
             s = xp.where(act, S_SCALE * out[..., 0], xp.zeros_like(out[..., 0]))
-            coef = xp.reshape(out[..., 1:], tuple(out.shape[:-1]) + (2, 2 * (4 - 1), N_STRUCTURES))
+            de = xp.reshape(out[..., 1:], tuple(out.shape[:-1]) + (2, 2 * (4 - 1), N_STRUCTURES))
+            d, e = de[..., 0, :, :], SUM_SCALE * de[..., 1, :, :]
+            coef = xp.stack([d + e, e - d], axis=-3)                       # c^U, c^U' of (C1)
             self.layers.append({"mask": m, "active": act, "s": s, "coef": coef, "z": z,
                                 "es": xp.astype(xp.exp(s), self.dtype)})
         self.spin = _Spin(xp, self.dtype)
@@ -296,8 +305,9 @@ class PseudofermionFlow:
     :func:`pf_schedule` and per-site networks of width ``hidden`` (0: linear in the features).
 
     Parameters per layer i: ``layer{i}.W1`` (hidden, 12), ``layer{i}.b1`` (hidden,),
-    ``layer{i}.W2`` (49, hidden), ``layer{i}.b2`` (49,) (output 0 is s, outputs 1..48 the
-    coefficients c^f_{k,g}, f in (U, U'), k in 6 classes, g in 4 structures).
+    ``layer{i}.W2`` (49, hidden), ``layer{i}.b2`` (49,) (output 0 is s / S_SCALE, outputs 1..24
+    the difference parts d_{k,g}, 25..48 the sum parts e_{k,g} / SUM_SCALE, k in 6 classes, g in
+    4 structures).
     """
 
     n_out = 1 + 2 * 6 * N_STRUCTURES
@@ -377,12 +387,12 @@ class PseudofermionFlow:
         out = dict(params)
         for i, mask in enumerate(self.masks):
             vals = [0.0]
-            for f_sign in (1.0, -1.0):
-                for k, paths in _paths(mask.axis):
-                    d1, _, d2, _ = paths[0]
-                    nu = d2 if d1 == mask.axis else d1
-                    n_p = m[mask.axis] + m[nu]
-                    vals += [f_sign * v / n_p for v in base]
+            for k, paths in _paths(mask.axis):                     # the difference part d
+                d1, _, d2, _ = paths[0]
+                nu = d2 if d1 == mask.axis else d1
+                n_p = m[mask.axis] + m[nu]
+                vals += [v / n_p for v in base]
+            vals += [0.0] * (len(vals) - 1)                            # the sum part e
             out[f"layer{i}.b2"] = xp.asarray(vals, dtype=xp.float64)
         return out
 
@@ -538,7 +548,10 @@ class PseudofermionFlow:
             if log_jac_bar is not None:
                 sbar = sbar + (2.0 * 4 * N) * xp.reshape(log_jac_bar, tuple(log_jac_bar.shape) + (1, 1, 1, 1))
             sbar = xp.where(lay["active"], sbar, xp.zeros_like(sbar))
-            out_bar = xp.concat([S_SCALE * sbar[..., None], xp.reshape(xp.astype(coef_bar, xp.float64), sh[:-3] + (48,))],
+            coef_bar = xp.astype(coef_bar, xp.float64)
+            cU, cUp = coef_bar[..., 0, :, :], coef_bar[..., 1, :, :]
+            de_bar = xp.stack([cU - cUp, SUM_SCALE * (cU + cUp)], axis=-3)
+            out_bar = xp.concat([S_SCALE * sbar[..., None], xp.reshape(de_bar, sh[:-3] + (48,))],
                                 axis=-1)
             grads.update(_net_vjp(params, f"layer{i}.", ctx.feats, lay["z"], out_bar, self.hidden))
             # cotangent of the layer input

@@ -416,8 +416,8 @@ def test_random_map_is_unbiased():
     U, Up = _fields(1, eps=0.06)
     exact = float(F.dense_log_det(Up, KAPPA, MU) - F.dense_log_det(U, KAPPA, MU))
     m = PseudofermionFlow(4, hidden=4)
-    p = perturbed(m.init(0), 1e-3, 1)
-    p = _boost_s(m, p, shift=0.005)                      # s noise 1e-3, a uniform rescaling on top: log J ~ 7
+    p = perturbed(m.init(0), 2e-3, 1)
+    p = _boost_s(m, p, shift=0.005)                      # s noise 2e-3, a uniform rescaling on top: log J ~ 7
     f = m.bind(p, U, Up)
     # exact variance of w = |det h|^2 exp(|eta|^2 - |B eta|^2)
     Hd = _dense_map(lambda v: f(v)[0])
@@ -431,7 +431,7 @@ def test_random_map_is_unbiased():
     r0 = F.log_det_ratio(U, Up, KAPPA, MU, n_shots=n, seed=5)
     lj = float(f(_phi(1))[1])
     assert abs(lj) > 3.0                                   # guard: a visible Jacobian term
-    assert np.mean(np.abs(r.log_weights - r0.log_weights)) > 0.5
+    assert np.mean(np.abs(r.log_weights - r0.log_weights)) > 0.2     # guard: the map changes every shot
     assert abs(float(r.log_W) - exact) < 4 * float(r.log_W_err), (r.log_W, exact, r.log_W_err)
     assert abs(float(r0.log_W) - exact) < 4 * float(r0.log_W_err), (r0.log_W, exact, r0.log_W_err)
     # the scatter is no larger than the exact variance of the mapped estimator predicts (the
@@ -634,8 +634,8 @@ def test_loading_a_file_of_another_kind_raises_param_file_error(tmp_path):
 
 
 def test_hopping_init_starts_at_the_kappa2_expansion_of_the_zero_variance_map():
-    """hopping_init sets only output biases (s = 0: log J = 0) with c^U = -c^U' = kappa^2
-    mu~^(a+b) / (1 + mu~^2)^2 / n_p, and on held-out configurations it removes a large part of
+    """hopping_init sets only output biases (s = 0: log J = 0) with the difference part
+    d = c^U = -c^U' = kappa^2 mu~^(a+b) / (1 + mu~^2)^2 / n_p and no sum part, and on held-out configurations it removes a large part of
     the per-shot variance of log w before any training (about 60% at kappa = 0.17 here)."""
     m = PseudofermionFlow(16, hidden=3)
     p0 = m.init(0)
@@ -647,7 +647,7 @@ def test_hopping_init_starts_at_the_kappa2_expansion_of_the_zero_variance_map():
     c = b[1:].reshape(2, 6, 4)
     want = np.array([KAPPA ** 2 * mt ** (a + bb) / (1 + mt * mt) ** 2 / 4 for a in (0, 1) for bb in (0, 1)])
     np.testing.assert_allclose(c[0], np.broadcast_to(want, (6, 4)), rtol=1e-14)
-    np.testing.assert_allclose(c[1], -c[0], rtol=0, atol=0)
+    assert not np.any(c[1])                                         # no sum part: c^U' = -c^U
     U, Up = _fields(seed=21, batch=(5,), eps=0.06)
     assert float(np.abs(m.forward(m.prepare(p, U, Up), _phi(1, lead=(2, 5)))[1]).max()) == 0.0
     obj = PseudofermionObjective(U, Up, KAPPA, MU, n_shots=4, holdout=3)
