@@ -40,8 +40,12 @@ from .model import Flow
 
 # residual flows: the correlated-ensemble marginal model (paper section 3)
 from .masks import checker_mask, residual_schedule
-from .residual import ResidualLayer, ResidualInverseError, residual_flow, residual_terms, family_paths
+from .residual import ResidualLayer, ResidualFlow, ResidualInverseError, residual_flow, residual_terms, family_paths
 from .linear_response import LinearResponseFit, linear_response_fit, linear_response_features
+
+# model settings: one dataclass per model kind (constructors, config(), the runner's TOML schema)
+from .config import (SpectralFlowConfig, ResidualFlowConfig, PseudofermionFlowConfig, SettingError, FLOW_KINDS,
+                     flow_config)
 
 # the conditional pseudofermion model (flows -> fermions; fermions never imports flows)
 from .pseudofermion import (PseudofermionFlow, PseudofermionObjective, PFMask, pf_schedule, save_pf_flow,
