@@ -45,7 +45,7 @@ from __future__ import annotations
 from lattice.backend import Rng, namespace
 from lattice.layout import Layout
 
-from .layers import CouplingLayer, LOOPS, checked_layout
+from .layers import CouplingLayer, checked_layout
 from .masks import LayerMask, paper_schedule, simple_schedule
 from .module import Module, add_grads, prefixed, sub_params
 from .protocol import LAYER_METHODS, UnknownLayerType, layer_from_config
