@@ -29,7 +29,7 @@ from .masks import (LayerMask, direction_mask, location_mask, paper_schedule, si
 from .layers import CouplingLayer, fixed_staple_path
 from .model import SpectralFlow, save, load, build_schedule
 from .targets import GaugeTarget, Target, HaarBase, EnsembleBase, as_target
-from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, independence_metropolis,
+from .train import (train, sample_loss_and_grad, log_weight, log_weights, evaluate_holdout, independence_metropolis,
                     reweighted_observable, FlowLogWeights, HoldoutResult, MetropolisChain,
                     TrainHistory, save_checkpoint, load_checkpoint)
 
