@@ -86,7 +86,7 @@ def run(ctx: JobContext):
             V, logJ = model.forward(params, U, layout=ctx.layout)
             s1 = S1.action(U, ctx.layout)[0]
             s2, s2_id = S2.action(V, ctx.layout)[0], S2.action(U, ctx.layout)[0]
-            dS, dS_id = float(s2 - s1), float(s2_id - s1)
+            dS = float(s2 - s1)
             lj = float(logJ[0])
             shots, lW = np.zeros(1), 0.0
             if n_shots:
