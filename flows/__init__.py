@@ -29,7 +29,7 @@ from .masks import (LayerMask, direction_mask, location_mask, paper_schedule, si
 from .layers import CouplingLayer, fixed_staple_path
 from .model import SpectralFlow, save, load, build_schedule
 from .targets import GaugeTarget, Target, HaarBase, EnsembleBase, as_target
-from .train import (train, sample_loss_and_grad, log_weights, evaluate_holdout, independence_metropolis,
+from .train import (train, sample_loss_and_grad, log_weight, log_weights, evaluate_holdout, independence_metropolis,
                     reweighted_observable, FlowLogWeights, HoldoutResult, MetropolisChain,
                     TrainHistory, save_checkpoint, load_checkpoint)
 
@@ -40,8 +40,12 @@ from .model import Flow
 
 # residual flows: the correlated-ensemble marginal model (paper section 3)
 from .masks import checker_mask, residual_schedule
-from .residual import ResidualLayer, ResidualInverseError, residual_flow, residual_terms, family_paths
+from .residual import ResidualLayer, ResidualFlow, ResidualInverseError, residual_flow, residual_terms, family_paths
 from .linear_response import LinearResponseFit, linear_response_fit, linear_response_features
+
+# model settings: one dataclass per model kind (constructors, config(), the runner's TOML schema)
+from .config import (SpectralFlowConfig, ResidualFlowConfig, PseudofermionFlowConfig, SettingError, FLOW_KINDS,
+                     flow_config)
 
 # the conditional pseudofermion model (flows -> fermions; fermions never imports flows)
 from .pseudofermion import (PseudofermionFlow, PseudofermionObjective, PFMask, pf_schedule, save_pf_flow,

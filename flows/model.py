@@ -45,7 +45,7 @@ from __future__ import annotations
 from lattice.backend import Rng, namespace
 from lattice.layout import Layout
 
-from .layers import CouplingLayer, LOOPS, checked_layout
+from .layers import CouplingLayer, checked_layout
 from .masks import LayerMask, paper_schedule, simple_schedule
 from .module import Module, add_grads, prefixed, sub_params
 from .protocol import LAYER_METHODS, UnknownLayerType, layer_from_config
@@ -285,9 +285,12 @@ class SpectralFlow(Flow):
     """Gauge-equivariant spectral flow: a :class:`Flow` of :class:`flows.layers.CouplingLayer`
     on the masks of a schedule (see the module docstring).
 
-    Parameters
-    ----------
-    Nd, N : lattice dimensions (2, 3, 4) and gauge group SU(N).
+    ``SpectralFlow(Nd, N, config=SpectralFlowConfig(...))``, or with the settings as keywords,
+    ``SpectralFlow(Nd, N, n_layers=16, loops="learned", **settings)``, which builds the
+    :class:`flows.SpectralFlowConfig` (its fields, defaults and checks are the one definition of
+    the options; TOML ``[flow] kind = "spectral"`` uses the same). ``Nd``, ``N``: lattice
+    dimensions (2, 3, 4) and gauge group SU(N). The main settings:
+
     n_layers : number of coupling layers.
     loops : "learned" (staple networks, eqs. 3-8), "plaquette" or "rectangle" (fixed loops,
         orientation alternating across layers).
@@ -296,70 +299,74 @@ class SpectralFlow(Flow):
         ``location_loops="plaquette"`` for that.
     schedule : "paper" (direction + location blocks) or "simple" (direction updates only).
     direction_layers : direction updates per block of the paper schedule (default all).
-    masks : explicit list of :class:`flows.masks.LayerMask` (overrides schedule/n_layers).
+    masks : explicit list of :class:`flows.masks.LayerMask` (or their dicts; overrides
+        schedule/n_layers).
     staple_width, staple_layers : N_h = 8 and N_l = 2 (mixing layers, i.e. one hidden staple
         field; the issue's "N_l = 2 hidden layers"). The paper's wording "2 hidden layers with
         N_h = 8" would be ``staple_layers=3``.
     context_hidden, context_kernel, context_loops, context_activation : context networks
         (hidden convolution widths, odd kernel size, feature loops, nonlinearity).
-    context_channels : shorthand for ``context_hidden=(c, c)`` (two hidden convolutions of
-        width c); used when given.
+    context_channels : shorthand for ``context_hidden=(c, c)``; used when given.
     spline_bins, spline_basis, spline_kind : spectral maps.
-    dtype : compute dtype ("complex128" default, or "complex64"); fields are cast on entry
-        and results returned in the input dtype; log-dets are float64 always.
+    dtype : compute dtype ("complex128" default, or "complex64"; None: the input's); fields are
+        cast on entry and results returned in the input dtype; log-dets are float64 always.
     recompute : keep only layer inputs in contexts (default) or every layer's internals.
 
-    ``config()`` / ``from_config`` use these constructor arguments (the format of parameter
-    files written for spectral flows); :meth:`Flow.config` gives the generic per-layer form.
+    ``settings`` is the resolved :class:`flows.SpectralFlowConfig` (explicit masks,
+    ``location_loops`` filled in). ``config()`` / ``from_config`` are ``{Nd, N}`` plus its
+    fields but the schedule ones (the format of parameter files written for spectral flows);
+    :meth:`Flow.config` gives the generic per-layer form.
     """
 
-    def __init__(self, Nd: int, N: int, n_layers: int = 16, loops: str = "learned", *,
-                 location_loops: str | None = None, schedule: str = "paper", direction_layers: int | None = None,
-                 masks=None, staple_width: int = 8, staple_layers: int = 2, context_hidden=(16, 16),
-                 context_channels: int | None = None, context_kernel: int = 3, context_loops=("plaquette",),
-                 context_activation: str = "tanh",
-                 spline_bins: int = 8, spline_basis: int = 3, spline_kind: str = "spline",
-                 dtype: str | None = None, recompute: bool = True, save_memory: bool = False):
-        if loops not in LOOPS:
-            raise ValueError(f"loops must be one of {LOOPS}, got {loops!r}")
-        location_loops = loops if location_loops is None else location_loops
-        if location_loops not in LOOPS:
-            raise ValueError(f"location_loops must be one of {LOOPS}, got {location_loops!r}")
-        if dtype not in (None, "complex128", "complex64"):
-            raise ValueError(f"dtype must be 'complex128' or 'complex64', got {dtype!r}")
+    def __init__(self, Nd: int, N: int, n_layers: int | None = None, loops: str | None = None, *, config=None,
+                 **settings):
+        from .config import SpectralFlowConfig
+        if n_layers is not None:
+            settings["n_layers"] = n_layers
+        if loops is not None:
+            settings["loops"] = loops
+        if config is None:
+            config = SpectralFlowConfig.from_dict(settings)
+        elif settings:
+            raise TypeError(f"SpectralFlow: pass either config= or the settings {sorted(settings)} as keywords, "
+                            f"not both")
+        elif not isinstance(config, SpectralFlowConfig):
+            raise TypeError(f"SpectralFlow: config must be a flows.SpectralFlowConfig, got {type(config).__name__}")
         Nd, N = int(Nd), int(N)
-        if context_channels is not None:
-            context_hidden = (int(context_channels),) * 2
-        if masks is None:
-            masks = build_schedule(Nd, n_layers, schedule, loops, direction_layers)
+        c = config
+        if c.masks is None:
+            masks = build_schedule(Nd, c.n_layers, c.schedule, c.loops, c.direction_layers)
         else:
-            masks = [m if isinstance(m, LayerMask) else LayerMask.from_dict(m) for m in masks]
+            masks = [LayerMask.from_dict(m) for m in c.masks]
         self.masks = list(masks)
-        self.loops, self.location_loops = loops, location_loops
-        self.schedule, self.direction_layers = schedule, direction_layers
-        lkw = dict(staple_width=staple_width, staple_layers=staple_layers, context_hidden=tuple(context_hidden),
-                   context_kernel=context_kernel, context_loops=tuple(context_loops),
-                   context_activation=context_activation, spline_bins=spline_bins, spline_basis=spline_basis,
-                   spline_kind=spline_kind, save_memory=save_memory)
+        self.settings = c.replace(masks=tuple(m.as_dict() for m in self.masks),
+                                  location_loops=c.location_loops_resolved)
+        self.loops, self.location_loops = c.loops, c.location_loops_resolved
+        self.schedule, self.direction_layers = c.schedule, c.direction_layers
+        lkw = dict(staple_width=c.staple_width, staple_layers=c.staple_layers, context_hidden=tuple(c.context_hidden),
+                   context_kernel=c.context_kernel, context_loops=tuple(c.context_loops),
+                   context_activation=c.context_activation, spline_bins=c.spline_bins, spline_basis=c.spline_basis,
+                   spline_kind=c.spline_kind, save_memory=c.save_memory)
         self._lkw = lkw
-        layers = [CouplingLayer(m, Nd, N, loops if m.kind == "direction" else location_loops, **lkw)
+        layers = [CouplingLayer(m, Nd, N, c.loops if m.kind == "direction" else self.location_loops, **lkw)
                   for m in self.masks]
-        super().__init__(layers, Nd=Nd, N=N, dtype=dtype, recompute=recompute)
+        super().__init__(layers, Nd=Nd, N=N, dtype=c.dtype, recompute=c.recompute)
+
+    #: settings that only choose the masks (stored explicitly) or abbreviate another field
+    _NOT_STORED = ("schedule", "direction_layers", "context_channels")
 
     # ------------------------------------------------------------------ parameters
     def config(self) -> dict:
-        """The constructor arguments (the stored format of spectral flows)."""
-        k = dict(self._lkw)
-        k["context_hidden"] = list(k["context_hidden"])
-        k["context_loops"] = list(k["context_loops"])
-        return {"Nd": self.Nd, "N": self.N, "n_layers": self.n_layers, "loops": self.loops,
-                "location_loops": self.location_loops, "masks": [m.as_dict() for m in self.masks],
-                "dtype": self.dtype, "recompute": self.recompute, **k}
+        """``{"Nd", "N"}`` and the resolved settings (the stored format of spectral flows)."""
+        d = {k: v for k, v in self.settings.as_dict().items() if k not in self._NOT_STORED}
+        return {"Nd": self.Nd, "N": self.N, **d}
 
     @classmethod
     def from_config(cls, cfg: dict) -> "SpectralFlow":
+        from .config import SpectralFlowConfig
         cfg = dict(cfg)
-        return cls(cfg.pop("Nd"), cfg.pop("N"), cfg.pop("n_layers"), cfg.pop("loops"), **cfg)
+        Nd, N = cfg.pop("Nd"), cfg.pop("N")
+        return cls(Nd, N, config=SpectralFlowConfig.from_dict(cfg))
 
 
 # ---------------------------------------------------------------------- files

@@ -303,6 +303,9 @@ class PFContext:
 class PseudofermionFlow:
     """The conditional pseudofermion model: ``n_layers`` coupling layers (C1) with the masks of
     :func:`pf_schedule` and per-site networks of width ``hidden`` (0: linear in the features).
+    The settings (``n_layers``, ``hidden``, ``masks``; TOML ``[pf_flow]``) are one
+    :class:`flows.PseudofermionFlowConfig`: pass ``config=`` or them as arguments; ``bc`` (the
+    boundary phases, from ``[fermions]``) is the operator's, not a setting.
 
     Parameters per layer i: ``layer{i}.W1`` (hidden, 12), ``layer{i}.b1`` (hidden,),
     ``layer{i}.W2`` (49, hidden), ``layer{i}.b2`` (49,) (output 0 is s / S_SCALE, outputs 1..24
@@ -313,35 +316,41 @@ class PseudofermionFlow:
     n_out = 1 + 2 * 6 * N_STRUCTURES
     n_features = 12
 
-    def __init__(self, n_layers: int = 16, hidden: int = 8, bc="antiperiodic", masks=None):
-        if int(n_layers) < 1:
-            raise ValueError(f"a pseudofermion flow needs at least one layer, got n_layers = {n_layers}")
-        if int(hidden) < 0:
-            raise ValueError(f"hidden must be >= 0, got {hidden}")
-        self.n_layers, self.hidden = int(n_layers), int(hidden)
+    def __init__(self, n_layers: int | None = None, hidden: int | None = None, bc="antiperiodic", masks=None, *,
+                 config=None):
+        from .config import PseudofermionFlowConfig
+        kw = {k: v for k, v in (("n_layers", n_layers), ("hidden", hidden), ("masks", masks)) if v is not None}
+        if config is None:
+            if masks is not None and n_layers is None:
+                kw["n_layers"] = len(masks)
+            config = PseudofermionFlowConfig.from_dict(kw)
+        elif kw:
+            raise TypeError(f"PseudofermionFlow: pass either config= or the settings {sorted(kw)}, not both")
+        elif not isinstance(config, PseudofermionFlowConfig):
+            raise TypeError(f"PseudofermionFlow: config must be a flows.PseudofermionFlowConfig, got "
+                            f"{type(config).__name__}")
+        self.n_layers, self.hidden = config.n_layers, config.hidden
         self.bc = normalise_bc(bc)
-        self.masks = [_as_mask(m) for m in (masks if masks is not None else pf_schedule(self.n_layers))]
-        if len(self.masks) != self.n_layers:
-            raise ValueError(f"{len(self.masks)} masks for {self.n_layers} layers")
-        for m in self.masks:
-            if m.axis not in range(4) or m.parity not in (0, 1):
-                raise ValueError(f"invalid pseudofermion mask {m}: axis in 0..3, parity 0 or 1")
+        self.masks = [_as_mask(m) for m in (config.masks if config.masks is not None else pf_schedule(self.n_layers))]
+        self.settings = config.replace(masks=tuple(m.as_dict() for m in self.masks))
 
     def __repr__(self):
         return f"PseudofermionFlow(n_layers={self.n_layers}, hidden={self.hidden})"
 
     # ---- configuration and parameters
     def config(self) -> dict:
-        return {"class": "PseudofermionFlow", "n_layers": self.n_layers, "hidden": self.hidden,
-                "bc": [[float(complex(b).real), float(complex(b).imag)] for b in self.bc],
-                "masks": [m.as_dict() for m in self.masks]}
+        """``{"class", "bc"}`` and the resolved :class:`flows.PseudofermionFlowConfig` (explicit masks)."""
+        return {"class": "PseudofermionFlow", **self.settings.as_dict(),
+                "bc": [[float(complex(b).real), float(complex(b).imag)] for b in self.bc]}
 
     @classmethod
     def from_config(cls, cfg: dict) -> "PseudofermionFlow":
         if cfg.get("class") != "PseudofermionFlow":
             raise ValueError(f"not a pseudofermion flow configuration: class {cfg.get('class')!r}")
+        from .config import PseudofermionFlowConfig
         bc = tuple(complex(re, im) for re, im in cfg["bc"])
-        return cls(cfg["n_layers"], cfg["hidden"], bc=bc, masks=cfg["masks"])
+        settings = {k: v for k, v in cfg.items() if k not in ("class", "bc")}
+        return cls(bc=bc, config=PseudofermionFlowConfig.from_dict(settings))
 
     def param_shapes(self) -> dict:
         F, H, O = self.n_features, self.hidden, self.n_out

@@ -89,8 +89,9 @@ from .context import ContextNet
 from .layers import checked_layout
 from .active import ActiveSites, gather_active, scatter_active, scatter_density
 from .protocol import MaskedLayer, register_layer
+from .model import Flow, _CLASSES
 
-__all__ = ["ResidualLayer", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
+__all__ = ["ResidualLayer", "ResidualFlow", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
            "phi_series", "phi_series_vjp", "TAYLOR_TERMS", "INVERSE_TOL"]
 
 LOOP_FAMILIES = ("plaquette", "rectangle", "chair")
@@ -544,21 +545,64 @@ class ResidualLayer(MaskedLayer, Module):
         return xp.stack(cols, axis=-1)
 
 
-def residual_flow(Nd: int, N: int, pattern=("M2", "M4", "M2", "M4"), families=("plaquette",), *,
-                  field_dependent: bool = False, context_hidden=(8,), context_kernel: int = 3,
-                  context_loops=("plaquette",), context_activation: str = "tanh", bound: float = 0.5,
-                  dtype: str | None = None):
+class ResidualFlow(Flow):
     """The residual marginal model: a :class:`flows.model.Flow` of :class:`ResidualLayer` s on
     the masks of :func:`flows.masks.residual_schedule` (default the paper's 48 layers M2, M4,
-    M2, M4 in 4d). ``families`` are the staple terms of every layer; 2x1 rectangles are not
-    frozen on M2 layers (:mod:`flows.masks`), so M2 layers use ``families`` without them."""
-    from .masks import residual_schedule
-    from .model import Flow
-    families = tuple(families)
-    layers = []
-    for m in residual_schedule(Nd, pattern):
-        fams = tuple(f for f in families if not (f == "rectangle" and m.modulus == 2)) or ("plaquette",)
-        layers.append(ResidualLayer(m, Nd, N, fams, field_dependent=field_dependent, context_hidden=context_hidden,
-                                    context_kernel=context_kernel, context_loops=context_loops,
-                                    context_activation=context_activation, bound=bound))
-    return Flow(layers, Nd=Nd, N=N, dtype=dtype)
+    M2, M4 in 4d).
+
+    ``ResidualFlow(Nd, N, config=ResidualFlowConfig(...))``, or with the settings as keywords
+    (``ResidualFlow(Nd, N, masks=("M2", "M4"), families=("plaquette", "rectangle"))``), which
+    build the :class:`flows.ResidualFlowConfig` (the one definition of the options, also of TOML
+    ``[flow] kind = "residual"``). ``families`` are the staple terms of every layer; 2x1
+    rectangles are not frozen on M2 layers (:mod:`flows.masks`), so M2 layers use ``families``
+    without them. ``config()`` is ``{Nd, N}`` plus the settings (files name the class
+    "ResidualFlow"; files written before it existed hold the per-layer "Flow" form and load as
+    a plain :class:`Flow` with the same layers).
+    """
+
+    def __init__(self, Nd: int, N: int, *, config=None, **settings):
+        from .config import ResidualFlowConfig
+        from .masks import residual_schedule
+        if config is None:
+            config = ResidualFlowConfig.from_dict(settings)
+        elif settings:
+            raise TypeError(f"ResidualFlow: pass either config= or the settings {sorted(settings)} as keywords, "
+                            f"not both")
+        elif not isinstance(config, ResidualFlowConfig):
+            raise TypeError(f"ResidualFlow: config must be a flows.ResidualFlowConfig, got {type(config).__name__}")
+        self.settings = c = config
+        Nd, N = int(Nd), int(N)
+        layers = []
+        for m in residual_schedule(Nd, c.masks):
+            fams = tuple(f for f in c.families if not (f == "rectangle" and m.modulus == 2)) or ("plaquette",)
+            layers.append(ResidualLayer(m, Nd, N, fams, field_dependent=c.field_dependent,
+                                        context_hidden=c.context_hidden, context_kernel=c.context_kernel,
+                                        context_loops=c.context_loops, context_activation=c.context_activation,
+                                        bound=c.bound))
+        super().__init__(layers, Nd=Nd, N=N, dtype=c.dtype, recompute=c.recompute)
+
+    def config(self) -> dict:
+        """``{"Nd", "N"}`` and the settings (``context_channels`` resolved into ``context_hidden``)."""
+        d = {k: v for k, v in self.settings.as_dict().items() if k != "context_channels"}
+        return {"Nd": self.Nd, "N": self.N, **d}
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ResidualFlow":
+        from .config import ResidualFlowConfig
+        cfg = dict(cfg)
+        Nd, N = cfg.pop("Nd"), cfg.pop("N")
+        return cls(Nd, N, config=ResidualFlowConfig.from_dict(cfg))
+
+
+_CLASSES["ResidualFlow"] = ResidualFlow
+
+
+def residual_flow(Nd: int, N: int, pattern=None, families=None, *, config=None, **settings) -> ResidualFlow:
+    """:class:`ResidualFlow` with the mask pattern (``pattern``, the setting ``masks``) and loop
+    families as optional positional arguments; the other settings as keywords (defaults:
+    :class:`flows.ResidualFlowConfig`)."""
+    if pattern is not None:
+        settings["masks"] = tuple(pattern)
+    if families is not None:
+        settings["families"] = tuple(families)
+    return ResidualFlow(Nd, N, config=config, **settings)

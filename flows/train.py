@@ -108,6 +108,24 @@ def _layout(model, z, layout):
     return infer_gauge_layout(z, layout)
 
 
+def log_weight(log_p, log_r, logJ=None, log_det=None):
+    """The reweighting log-weight of a flowed sample, the one place of the formula:
+
+        log w = log p(f(z)) - log r(z) + log J(z) [+ log_det],
+
+    ``log_p`` the target's log-density at x = f(z) (-S_lambda2(f(U)) for a gauge target),
+    ``log_r`` the base's at z (-S_lambda1(U) for the lambda_1 ensemble), ``logJ`` the flow's
+    log-det (None: no flow, plain reweighting), ``log_det`` a term estimated elsewhere (Nf = 2:
+    the stochastic log[det M^dag M(f(U)) / det M^dag M(U)] of `gaugeflow evaluate`). Arrays
+    (per sample) or floats; summed in this order."""
+    lw = log_p - log_r
+    if logJ is not None:
+        lw = lw + logJ
+    if log_det is not None:
+        lw = lw + log_det
+    return lw
+
+
 def log_weights(model, params, base, target, z, layout: Layout | None = None) -> FlowLogWeights:
     """x = f(z) and log w(x) = log p(x) - log r(z) + log J(z), float64 per sample.
 
@@ -117,8 +135,7 @@ def log_weights(model, params, base, target, z, layout: Layout | None = None) ->
     _check_roles(base, target, "flows.log_weights")
     layout = _layout(model, z, layout)
     x, logJ = model.forward(params, z, layout=layout)
-    lw = target.log_prob(x, layout=layout) - base.log_prob(z, layout=layout) + logJ
-    return FlowLogWeights(x, lw)
+    return FlowLogWeights(x, log_weight(target.log_prob(x, layout=layout), base.log_prob(z, layout=layout), logJ))
 
 
 def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path",
@@ -149,7 +166,7 @@ def sample_loss_and_grad(model, params, base, target, z, estimator: str = "path"
         gq = None
     log_p = target.log_prob(x, layout=layout)
     log_r = base.log_prob(z, layout=layout)
-    log_w = log_p - log_r + logJ
+    log_w = log_weight(log_p, log_r, logJ)
     loss = float(-xp.mean(log_w))
     if estimator == "plain":
         x_bar = -_score_cotangent(target, x, layout) / B

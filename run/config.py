@@ -5,6 +5,13 @@ A configuration is a nested dict read from a TOML file and checked against
 types and inconsistent values raise :class:`ConfigError` with the offending key and what
 would fix it. Command-line overrides use dotted keys, ``--set hmc.n_traj=200``; values are
 parsed as TOML literals (``--set lattice.shape=[8,8,8,16]``).
+
+The model keys are not listed here but derived from the models' settings classes
+(:mod:`flows.config`, one definition of each option, its default and its checks): ``[flow]``
+holds ``kind`` ("spectral" or "residual") and the fields of that kind's class
+(:class:`flows.SpectralFlowConfig`, :class:`flows.ResidualFlowConfig`); a key of the other kind
+is an error. ``[pf_flow]`` holds the fields of :class:`flows.PseudofermionFlowConfig` next to
+its training keys. ``run.jobs.train`` builds the models with ``<Kind>Config.from_dict``.
 """
 from __future__ import annotations
 
@@ -13,21 +20,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from flows.config import FLOW_KINDS, PseudofermionFlowConfig, SettingError, setting_types
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "SCHEMA", "load_config", "apply_overrides", "validate", "config_path",
-           "dump_toml", "check_command", "RANGES", "CHOICES"]
+           "dump_toml", "check_command", "RANGES", "CHOICES", "flow_schema", "upgrade_flow_section"]
 
 
 class ConfigError(ValueError):
     """An invalid or inconsistent job configuration."""
 
 
-# key -> (type or tuple of types, default). A default of REQUIRED must be given by the user.
+# key -> (type or tuple of types, default). A default of REQUIRED must be given by the user; a
+# default of OPTIONAL (a derived setting, None in Python) leaves the key out unless given; a
+# default of PER_KIND is the default of the [flow] kind chosen (flow.kind).
 REQUIRED = object()
+OPTIONAL = object()
+PER_KIND = object()
 
 SCHEMA: dict[str, dict[str, tuple]] = {
     "job": {"name": (str, "gaugeflow"), "output": (str, "out"), "seed": (int, 0),
@@ -39,22 +52,16 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "hmc": {"n_traj": (int, 100), "n_therm": (int, 20), "tau": ((int, float), 1.0), "n_steps": (int, 10),
             "n_steps_gauge": (int, 4), "integrator": (str, "omelyan"), "save_every": (int, 1),
             "start": (str, "hot"), "lam": ((int, float), 0.0)},
-    "flow": {"kind": (str, "spectral"), "masks": (list, ["M2", "M4", "M2", "M4"]),
-             "families": (list, ["plaquette", "rectangle"]), "field_dependent": (bool, False),
-             "bound": ((int, float), 0.5),
-             "loops": (str, "learned"), "n_layers": (int, 8), "schedule": (str, "simple"),
-             "staple_layers": (int, 2), "staple_width": (int, 8), "context_channels": (int, 8),
-             "context_kernel": (int, 3), "spline_bins": (int, 8), "dtype": (str, "complex128")},
+    "flow": None,       # derived from the model settings classes (below)
     "train": {"lam1": ((int, float), 0.0), "lam2": ((int, float), 0.0), "base": (str, "haar"),
               "steps": (int, 100), "batch_size": (int, 16), "lr": ((int, float), 1e-3), "warmup": (int, 0),
               "schedule": (str, "cosine"), "clip": ((int, float), 10.0), "estimator": (str, "path"),
               "holdout": ((int, float), 0.25), "holdout_every": (int, 10), "checkpoint_every": (int, 10),
               "shape": (list, []), "exact_fermions": (bool, False), "init": (str, "identity")},
-    "pf_flow": {"enabled": (bool, False), "n_layers": (int, 16), "hidden": (int, 8), "init": (str, "hopping"),
-                "steps": (int, 100),
+    "pf_flow": {"enabled": (bool, False), "init": (str, "hopping"), "steps": (int, 100),
                 "batch_size": (int, 2), "n_shots": (int, 4), "lr": ((int, float), 1e-3),
                 "schedule": (str, "cosine"), "estimator": (str, "path"), "holdout": ((int, float), 0.25),
-                "holdout_every": (int, 10), "checkpoint_every": (int, 10)},
+                "holdout_every": (int, 10), "checkpoint_every": (int, 10)},   # + the model settings (below)
     "evaluate": {"n_shots": (int, 4)},
     "measure": {"n_sources": (int, 16), "flowed": (bool, True)},
     "analyze": {"t_min": (list, []), "t_max": (int, 0), "n_states": (int, 1), "bin_size": (int, 1),
@@ -63,6 +70,32 @@ SCHEMA: dict[str, dict[str, tuple]] = {
              "c_rew": ((int, float), 0.04), "train_cost": ((int, float), 4608.0), "unit": (str, "GPU h")},
 }
 
+
+# ---------------------------------------------------------------------- model settings
+# The model keys are the fields of the model settings classes (flows.config), with their
+# defaults and checks (one definition): [flow] holds `kind` and the union of the fields of the
+# kinds' classes (a key that is not a field of the chosen kind is an error, see _flow_section);
+# [pf_flow] holds the fields of PseudofermionFlowConfig next to its training keys.
+_PY_TO_TOML = {(int,): int, (int, float): (int, float), (bool,): bool, (str,): str, (list, tuple): list}
+
+
+def _settings_schema(cls) -> dict:
+    """{field: (TOML type, default)} of a flows settings class (default None: OPTIONAL)."""
+    return {k: (_PY_TO_TOML[t], OPTIONAL if d is None else d) for k, (t, d) in setting_types(cls).items()}
+
+
+def flow_schema(kind: str) -> dict:
+    """The [flow] keys of one kind: ``kind`` and its settings' fields with their defaults."""
+    return {"kind": (str, "spectral"), **_settings_schema(FLOW_KINDS[kind])}
+
+
+SCHEMA["flow"] = {"kind": (str, "spectral")}
+for _cls in FLOW_KINDS.values():
+    for _k, (_t, _) in _settings_schema(_cls).items():
+        SCHEMA["flow"].setdefault(_k, (_t, PER_KIND))
+SCHEMA["pf_flow"] = {"enabled": SCHEMA["pf_flow"]["enabled"], **_settings_schema(PseudofermionFlowConfig),
+                     **{k: v for k, v in SCHEMA["pf_flow"].items() if k != "enabled"}}
+del _cls, _k, _t
 
 def config_path(name: str) -> Path:
     """Path of a bundled config (``run/configs/<name>.toml``) or of a user file."""
@@ -194,6 +227,13 @@ def validate(cfg: dict, source: str = "config") -> dict:
     for sec, keys in SCHEMA.items():
         body = cfg.get(sec, {})
         o = {}
+        if sec == "flow":       # the kind's keys and defaults: _flow_section (in _check_flow)
+            o = dict(body)
+            if not isinstance(o.get("kind", "spectral"), str):
+                raise ConfigError(f"{source}: flow.kind must be str, got {o['kind']!r}")
+            o.setdefault("kind", "spectral")
+            out[sec] = o
+            continue
         for key, (typ, default) in keys.items():
             if key in body:
                 v = body[key]
@@ -206,6 +246,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
             elif default is REQUIRED:
                 if sec in cfg or sec in ("lattice", "action"):
                     raise ConfigError(f"{source}: missing required key {sec}.{key}")
+            elif default is OPTIONAL:
+                continue
             else:
                 o[key] = copy.deepcopy(default)
         out[sec] = o
@@ -216,7 +258,8 @@ def validate(cfg: dict, source: str = "config") -> dict:
 
 # Ranges of numeric keys: (section, key) -> (test, what is allowed). Every number must also be
 # finite. Kept apart from SCHEMA (and from _check_consistency's cross-checks) so that new keys
-# only need a line here.
+# only need a line here. The model settings ([flow], the model keys of [pf_flow]) are checked
+# by their settings classes (flows.config), not here.
 def _int_at_least(lo):
     return (lambda v: v >= lo), f"an integer >= {lo}"
 
@@ -245,12 +288,6 @@ RANGES: dict[tuple, tuple] = {
     ("hmc", "n_steps_gauge"): _int_at_least(1),
     ("hmc", "save_every"): _int_at_least(1),
     ("hmc", "lam"): _any_number(),
-    ("flow", "n_layers"): _int_at_least(1),
-    ("flow", "staple_layers"): _int_at_least(1),
-    ("flow", "staple_width"): _int_at_least(1),
-    ("flow", "context_channels"): _int_at_least(1),
-    ("flow", "context_kernel"): ((lambda v: v >= 1 and v % 2 == 1), "an odd integer >= 1"),
-    ("flow", "spline_bins"): ((lambda v: 1 <= v <= 999), "an integer from 1 to 999"),
     ("train", "lam1"): _any_number(),
     ("train", "lam2"): _any_number(),
     ("train", "steps"): _int_at_least(0),          # 0 only with train.init = "linear-response" (below)
@@ -262,8 +299,6 @@ RANGES: dict[tuple, tuple] = {
                            "a fraction in (0, 1) or a whole number of configurations >= 1"),
     ("train", "holdout_every"): ((lambda v: v >= 0), "an integer >= 0 (0: no held-out evaluation)"),
     ("train", "checkpoint_every"): _int_at_least(1),
-    ("pf_flow", "n_layers"): _int_at_least(1),
-    ("pf_flow", "hidden"): ((lambda v: v >= 0), "an integer >= 0 (0: coefficients linear in the loop features)"),
     ("pf_flow", "steps"): _int_at_least(0),          # 0 only with pf_flow.init = "hopping" (below)
     ("pf_flow", "batch_size"): _int_at_least(1),
     ("pf_flow", "n_shots"): _int_at_least(1),
@@ -292,9 +327,6 @@ CHOICES: dict[tuple, tuple] = {
     ("fermions", "bc_time"): ("antiperiodic", "periodic"),
     ("hmc", "integrator"): ("omelyan", "leapfrog"),
     ("hmc", "start"): ("hot", "cold"),
-    ("flow", "loops"): ("learned", "plaquette", "rectangle"),
-    ("flow", "schedule"): ("simple", "paper"),
-    ("flow", "dtype"): ("complex128", "complex64"),
     ("train", "base"): ("haar", "ensemble"),
     ("train", "schedule"): ("cosine", "linear", "constant"),
     ("train", "estimator"): ("path", "plain"),
@@ -362,10 +394,7 @@ def _check_consistency(c: dict, source: str):
     if c["hmc"]["start"] not in ("hot", "cold"):
         raise ConfigError(f"{source}: hmc.start must be 'hot' or 'cold'")
     _check_flow(c, source)
-    if c["flow"]["loops"] not in ("learned", "plaquette", "rectangle"):
-        raise ConfigError(f"{source}: flow.loops must be learned, plaquette or rectangle")
-    if c["flow"]["dtype"] not in ("complex128", "complex64"):
-        raise ConfigError(f"{source}: flow.dtype must be 'complex128' or 'complex64' (compute dtype of the flow layers)")
+    c["pf_flow"] = _pf_flow_section(c["pf_flow"], source)
     if c["train"]["lam1"] == c["train"]["lam2"] and c["train"]["base"] == "ensemble":
         raise ConfigError(f"{source}: train.lam1 == train.lam2 = {c['train']['lam1']}: a correlated-ensemble flow "
                           "needs two different Feynman-Hellmann couplings (set train.lam2)")
@@ -395,9 +424,9 @@ def _check_consistency(c: dict, source: str):
 
 
 def _check_flow(c: dict, source: str):
-    """The flow architecture and its initialisation against the lattices it is used on."""
+    """The flow kind and its initialisation, then the kind's settings (:func:`_flow_section`)."""
     f, t = c["flow"], c["train"]
-    if f["kind"] not in ("spectral", "residual"):
+    if f["kind"] not in FLOW_KINDS:
         raise ConfigError(f"{source}: flow.kind must be 'spectral' (coupling layers with spectral maps, the paper's "
                           f"section 2) or 'residual' (U' = exp(X) U, the correlated-ensemble model of section 3), "
                           f"got {f['kind']!r}")
@@ -406,17 +435,58 @@ def _check_flow(c: dict, source: str):
     if t["init"] == "linear-response" and (f["kind"] != "residual" or t["base"] != "ensemble"):
         raise ConfigError(f"{source}: train.init = 'linear-response' fits the constants of a residual flow on the "
                           f"lambda_1 ensemble: it needs flow.kind = 'residual' and train.base = 'ensemble'")
-    if f["kind"] != "residual":
-        return
-    if not f["masks"] or any(m not in ("M2", "M4") for m in f["masks"]):
-        raise ConfigError(f"{source}: flow.masks must be a non-empty list of 'M2' and 'M4' (one pass over all links "
-                          f"each; the paper: [\"M2\", \"M4\", \"M2\", \"M4\"]), got {f['masks']}")
-    fams = ("plaquette", "rectangle", "chair")
-    if not f["families"] or any(x not in fams for x in f["families"]) or len(set(f["families"])) != len(f["families"]):
-        raise ConfigError(f"{source}: flow.families must be distinct entries of {list(fams)}, got {f['families']}")
-    if not 0 < f["bound"] <= 0.5:
-        raise ConfigError(f"{source}: flow.bound must lie in (0, 0.5] (the residual coefficients' bound that keeps the "
-                          f"inverse a contraction), got {f['bound']}")
+    c["flow"] = _flow_section(f, source)
+
+
+def _flow_section(body: dict, source: str = "config") -> dict:
+    """The validated [flow] section: ``kind`` and every field of that kind's settings class
+    (defaults filled, ``context_channels`` resolved into ``context_hidden``; fields whose value
+    is None -- derived, e.g. ``location_loops`` -- left out). A key that is not a setting of the
+    chosen kind is a ConfigError (it would do nothing); so is a value the settings class refuses,
+    named ``flow.<field>``."""
+    kind = body.get("kind", "spectral")
+    cls = FLOW_KINDS[kind]
+    fields = setting_types(cls)
+    foreign = [k for k in body if k != "kind" and k not in fields]
+    if foreign:
+        other = [k for k, c in FLOW_KINDS.items() if k != kind and foreign[0] in setting_types(c)]
+        why = f"it is a setting of flow.kind = {other[0]!r}" if other else "no flow kind has it"
+        raise ConfigError(f"{source}: flow.{foreign[0]} is not a setting of flow.kind = {kind!r} ({why}); remove it. "
+                          f"The settings of {kind!r}: {', '.join(fields)}")
+    try:
+        settings = cls.from_dict({k: v for k, v in body.items() if k != "kind"})
+    except SettingError as exc:
+        raise ConfigError(f"{source}: flow.{exc}") from None
+    return {"kind": kind, **{k: v for k, v in settings.as_dict().items() if v is not None}}
+
+
+def _pf_flow_section(p: dict, source: str = "config") -> dict:
+    """[pf_flow] with its model keys checked and normalised by PseudofermionFlowConfig."""
+    names = setting_types(PseudofermionFlowConfig)
+    try:
+        settings = PseudofermionFlowConfig.from_dict({k: v for k, v in p.items() if k in names})
+    except SettingError as exc:
+        raise ConfigError(f"{source}: pf_flow.{exc}") from None
+    return {**p, **{k: v for k, v in settings.as_dict().items() if v is not None}}
+
+
+def upgrade_flow_section(d):
+    """A [flow] section stored by an older version (``run_info["flow"]`` of a trained flow file:
+    the keys of every kind with the old runner's values) in today's form (:func:`_flow_section`),
+    so that a flow trained with the same settings still matches its config. Anything else is
+    returned unchanged."""
+    if not isinstance(d, dict) or d.get("kind") not in FLOW_KINDS:
+        return d
+    fields = setting_types(FLOW_KINDS[d["kind"]])
+    if all(k == "kind" or k in fields for k in d):
+        return d
+    body = {k: v for k, v in d.items() if k == "kind" or k in fields}
+    if d["kind"] == "spectral":
+        body.pop("masks", None)       # the old [flow].masks was the residual mask pattern
+    try:
+        return _flow_section(body)
+    except ConfigError:
+        return d
 
 
 def dump_toml(cfg: dict) -> str:
@@ -428,6 +498,8 @@ def dump_toml(cfg: dict) -> str:
             return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(lit(x) for x in v) + "]"
+        if isinstance(v, dict):          # inline table (None entries left out: TOML has no null)
+            return "{" + ", ".join(f"{k} = {lit(x)}" for k, x in v.items() if x is not None) + "}"
         return repr(v)
     lines = []
     for sec, body in cfg.items():

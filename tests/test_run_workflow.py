@@ -384,7 +384,7 @@ def test_residual_flow_workflow_reduces_the_variance_of_log_w(tmp_path):
     assert np.var(ev["log_w"]) < 0.5 * np.var(ev["log_w_identity"])
     import flows
     model, _ = flows.load(out / "flow.h5")
-    assert type(model).__name__ == "Flow" and len(model.layers) == 24
+    assert type(model).__name__ == "ResidualFlow" and len(model.layers) == 24
     assert flows.read_config(out / "flow.h5")["linear_response"]["share_removed"] > 0.5
 
 

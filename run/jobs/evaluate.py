@@ -85,8 +85,8 @@ def run(ctx: JobContext):
             U = src.read(i, xp=ctx.xp)[None]
             V, logJ = model.forward(params, U, layout=ctx.layout)
             s1 = S1.action(U, ctx.layout)[0]
-            dS = float(S2.action(V, ctx.layout)[0] - s1)
-            dS_id = float(S2.action(U, ctx.layout)[0] - s1)
+            s2, s2_id = S2.action(V, ctx.layout)[0], S2.action(U, ctx.layout)[0]
+            dS = float(s2 - s1)
             lj = float(logJ[0])
             shots, lW = np.zeros(1), 0.0
             if n_shots:
@@ -102,9 +102,12 @@ def run(ctx: JobContext):
                 shots, lW = ratio(pf_model.bind(pf_params, U, V, ctx.layout))
             if len(flowed) <= i:
                 flowed.append(V[0], index=i, logJ=lj)
+            # log w = -S_lambda2(f(U)) + S_lambda1(U) + log J + log det ratio (flows.log_weight)
+            log_p, log_r = -float(s2), -float(s1)
             out.append({"index": i, "logJ": lj, "dS": dS, "log_det": shots, "log_det_W": lW,
-                        "log_w": -dS + lj + lW, "log_w_identity": -dS_id, "log_det_identity": shots_id,
-                        "log_det_W_identity": lW_id, "log_w_no_pf": -dS + lj + lW_id})
+                        "log_w": flows.log_weight(log_p, log_r, lj, lW),
+                        "log_w_identity": flows.log_weight(-float(s2_id), log_r), "log_det_identity": shots_id,
+                        "log_det_W_identity": lW_id, "log_w_no_pf": flows.log_weight(log_p, log_r, lj, lW_id)})
             if bar is not None:
                 bar.update(1)
         if bar is not None:

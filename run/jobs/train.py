@@ -43,19 +43,13 @@ def flow_path(ctx: JobContext):
 
 
 def make_model(cfg, Nd: int, N: int):
-    """The flow of ``[flow]``: the residual model (``kind = "residual"``, masks ``flow.masks``,
-    staple terms ``flow.families``, optional field-dependent coefficients from a context network
-    of width ``context_channels``) or the spectral coupling-layer flow."""
+    """The flow of ``[flow]``: its settings class (``flows.flow_config``: the kind's
+    :class:`flows.SpectralFlowConfig` or :class:`flows.ResidualFlowConfig`, from the section's
+    keys) and the model built from it, on Nd dimensions and SU(N)."""
     import flows
-    f = cfg["flow"]
-    if f["kind"] == "residual":
-        return flows.residual_flow(Nd, N, tuple(f["masks"]), tuple(f["families"]), field_dependent=f["field_dependent"],
-                                   context_hidden=(f["context_channels"],), context_kernel=f["context_kernel"],
-                                   bound=f["bound"], dtype=f["dtype"])
-    return flows.SpectralFlow(Nd, N, f["n_layers"], loops=f["loops"], schedule=f["schedule"],
-                              staple_width=f["staple_width"], staple_layers=f["staple_layers"],
-                              context_channels=f["context_channels"], context_kernel=f["context_kernel"],
-                              spline_bins=f["spline_bins"], dtype=f["dtype"])
+    settings = flows.flow_config(cfg["flow"])
+    cls = flows.SpectralFlow if isinstance(settings, flows.SpectralFlowConfig) else flows.ResidualFlow
+    return cls(Nd, N, config=settings)
 
 
 def _fermion_term(cfg):
@@ -171,6 +165,9 @@ def _file_matches(p, info) -> bool:
     if not os.path.exists(p):
         return False
     found = flows.read_config(p).get("run_info")
+    if isinstance(found, dict) and "flow" in found:     # a flow file of an older version: today's [flow] form
+        from ..config import upgrade_flow_section
+        found = {**found, "flow": upgrade_flow_section(found["flow"])}
     want = json.loads(json.dumps(info))
     if found != want:
         diff = _differences(found or {}, want)
@@ -185,10 +182,12 @@ def pf_flow_path(ctx: JobContext):
 
 
 def make_pf_model(cfg):
-    """The conditional pseudofermion flow of ``[pf_flow]`` (boundary phases of ``[fermions]``)."""
-    from flows.pseudofermion import PseudofermionFlow
-    p = cfg["pf_flow"]
-    return PseudofermionFlow(p["n_layers"], p["hidden"], bc=cfg["fermions"]["bc_time"])
+    """The conditional pseudofermion flow of ``[pf_flow]`` (its model keys:
+    :class:`flows.PseudofermionFlowConfig`; boundary phases of ``[fermions]``)."""
+    from flows import PseudofermionFlow, PseudofermionFlowConfig
+    names = PseudofermionFlowConfig.__dataclass_fields__
+    settings = PseudofermionFlowConfig.from_dict({k: v for k, v in cfg["pf_flow"].items() if k in names})
+    return PseudofermionFlow(bc=cfg["fermions"]["bc_time"], config=settings)
 
 
 def pf_run_info(cfg, marginal_sha256: str) -> dict:
