@@ -136,7 +136,7 @@ def run(quick: bool = False):
     if not quick:
         big = (8, 8, 8, 16)
         lb = L.Layout(big)
-        Ub = chain(S1, big, 3, seed=31)
+        Ub = chain(S1, big, 2, seed=31)
         Vb = np.concatenate([gauge.forward(gp, Ub[i:i + 1], layout=lb)[0] for i in range(len(Ub))])
         lw_g = log_weights(gauge, gp, Ub, S1, S2, lb)
         lw, sec = _shots(Ub, Vb, maps, lb, seed=200)
