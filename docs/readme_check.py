@@ -15,13 +15,14 @@ Rules:
   files it writes, .h5, .lime, .png, stay there), with PYTHONPATH = the repository root,
   OMP_NUM_THREADS = 1 (and the OpenBLAS/MKL equivalents), MPLBACKEND = Agg. Its stdout is
   compared with the output block line by line; stderr (progress bars, warnings) is ignored but
-  shown when the example fails. The repository must not change while an example runs (git
-  status, including ignored files, is compared before and after).
+  shown when the example fails. An example must not write into the checkout: a file that is
+  new in `git status --ignored` after it ran is a failure.
 * Line comparison: the text between numbers must be equal; numbers are compared with a
   relative tolerance of 1e-6 (rounding differences between BLAS builds and CPUs), and two
   numbers below 1e-10 in magnitude count as equal (round-off residuals such as "~1e-15").
   `...` in an expected line matches any text (for values that change by construction, such
-  as a git commit). With --update a line that already matches is kept as written.
+  as a git commit); a run of whitespace matches any run of whitespace (numpy pads array
+  elements by their sign). With --update a line that already matches is kept as written.
 * An HTML comment on the last non-blank line before a block's opening fence controls it:
   `<!-- readme-check: skip (reason) -->` does not run it (fragments, shell, GPU or MPI-only
   code, runs of many minutes); the skips are reported with their reasons.
@@ -106,15 +107,18 @@ def parse(lines: list[str]) -> list[Block]:
 def line_matches(expected: str, actual: str) -> bool:
     """Equal text between numbers, numbers to RTOL (ATOL near zero), `...` matches anything."""
     pattern, nums, pos = [], [], 0
+    def text(t):               # a run of whitespace matches any whitespace (numpy pads by sign)
+        return r"\s*".join(re.escape(w) for w in re.split(r"\s+", t))
+
     for m in TOKEN.finditer(expected):
-        pattern.append(re.escape(expected[pos:m.start()]))
+        pattern.append(text(expected[pos:m.start()]))
         if m.group(1):
             pattern.append(".*?")
         else:
             pattern.append(f"({NUM})")
             nums.append(float(m.group(2)))
         pos = m.end()
-    pattern.append(re.escape(expected[pos:]))
+    pattern.append(text(expected[pos:]))
     m = re.fullmatch("".join(pattern), actual.rstrip())
     if m is None:
         return False
@@ -151,7 +155,8 @@ def repo_state() -> set[str]:
                        cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         return set()
-    return {ln for ln in r.stdout.splitlines() if "__pycache__" not in ln and ".pytest_cache" not in ln}
+    return {ln for ln in r.stdout.splitlines()             # new files only ("??" untracked, "!!" ignored)
+            if ln[:2] in ("??", "!!") and "__pycache__" not in ln and ".pytest_cache" not in ln}
 
 
 def run_block(blk: Block, python: str, timeout: float):
