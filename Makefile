@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast test-mpi test-slow bench venv clean
+.PHONY: demo test test-fast test-mpi test-slow docs-check bench venv clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ test-mpi: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
+
+# the README's python examples, each in a temporary directory, against their printed output
+# (docs/readme_check.py; --update rewrites the output blocks); also run by test-slow
+docs-check: $(STAMP)
+	$(BIN)/python docs/readme_check.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
