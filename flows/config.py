@@ -73,6 +73,17 @@ def _bad(name, value, allowed):
 class _Settings:
     """Shared behaviour: type checks, ``from_dict``/``as_dict``, ``replace``."""
 
+    @classmethod
+    def resolve(cls, config, settings: dict, owner: str):
+        """The settings of a model constructor called with ``config=`` or with keywords (not both)."""
+        if config is None:
+            return cls.from_dict(settings)
+        if settings:
+            raise TypeError(f"{owner}: pass either config= or the settings {sorted(settings)} as keywords, not both")
+        if not isinstance(config, cls):
+            raise TypeError(f"{owner}: config must be a flows.{cls.__name__}, got {type(config).__name__}")
+        return config
+
     def _check_types(self):
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)

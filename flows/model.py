@@ -325,13 +325,7 @@ class SpectralFlow(Flow):
             settings["n_layers"] = n_layers
         if loops is not None:
             settings["loops"] = loops
-        if config is None:
-            config = SpectralFlowConfig.from_dict(settings)
-        elif settings:
-            raise TypeError(f"SpectralFlow: pass either config= or the settings {sorted(settings)} as keywords, "
-                            f"not both")
-        elif not isinstance(config, SpectralFlowConfig):
-            raise TypeError(f"SpectralFlow: config must be a flows.SpectralFlowConfig, got {type(config).__name__}")
+        config = SpectralFlowConfig.resolve(config, settings, "SpectralFlow")
         Nd, N = int(Nd), int(N)
         c = config
         if c.masks is None:

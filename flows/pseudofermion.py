@@ -320,15 +320,9 @@ class PseudofermionFlow:
                  config=None):
         from .config import PseudofermionFlowConfig
         kw = {k: v for k, v in (("n_layers", n_layers), ("hidden", hidden), ("masks", masks)) if v is not None}
-        if config is None:
-            if masks is not None and n_layers is None:
-                kw["n_layers"] = len(masks)
-            config = PseudofermionFlowConfig.from_dict(kw)
-        elif kw:
-            raise TypeError(f"PseudofermionFlow: pass either config= or the settings {sorted(kw)}, not both")
-        elif not isinstance(config, PseudofermionFlowConfig):
-            raise TypeError(f"PseudofermionFlow: config must be a flows.PseudofermionFlowConfig, got "
-                            f"{type(config).__name__}")
+        if config is None and masks is not None and n_layers is None:
+            kw["n_layers"] = len(masks)
+        config = PseudofermionFlowConfig.resolve(config, kw, "PseudofermionFlow")
         self.n_layers, self.hidden = config.n_layers, config.hidden
         self.bc = normalise_bc(bc)
         self.masks = [_as_mask(m) for m in (config.masks if config.masks is not None else pf_schedule(self.n_layers))]

@@ -563,13 +563,7 @@ class ResidualFlow(Flow):
     def __init__(self, Nd: int, N: int, *, config=None, **settings):
         from .config import ResidualFlowConfig
         from .masks import residual_schedule
-        if config is None:
-            config = ResidualFlowConfig.from_dict(settings)
-        elif settings:
-            raise TypeError(f"ResidualFlow: pass either config= or the settings {sorted(settings)} as keywords, "
-                            f"not both")
-        elif not isinstance(config, ResidualFlowConfig):
-            raise TypeError(f"ResidualFlow: config must be a flows.ResidualFlowConfig, got {type(config).__name__}")
+        config = ResidualFlowConfig.resolve(config, settings, "ResidualFlow")
         self.settings = c = config
         Nd, N = int(Nd), int(N)
         layers = []
