@@ -232,7 +232,7 @@ def _train_pf_flow(ctx: JobContext):
     model = make_pf_model(cfg)
     identity = model.init(cfg["job"]["seed"] + 23, xp=ctx.xp)
     params0 = model.hopping_init(identity, fe["kappa"], fe["mu"]) if p["init"] == "hopping" else identity
-    ctx.say(f"pseudofermion flow: {model.describe()}; {obj.n_train} training pairs (U, f(U)), "
+    ctx.say(f"{model.describe()}; {obj.n_train} training pairs (U, f(U)), "
             f"{obj.n_holdout} held out, {p['n_shots']} shots per configuration and step")
     params, hist = params0, flows.TrainHistory()
     if p["steps"]:
