@@ -149,7 +149,7 @@ def test_mpirun_evaluate_reproduces_the_single_process_flow_evaluation(tmp_path)
     flow's site sums are blocked in rank order, not bitwise)."""
     import shutil
     from lattice.io import RecordStore, EnsembleStore
-    small = ("--set", "hmc.n_traj=4", "--set", "flow.n_layers=2", "--set", "train.steps=1", "--set", "train.warmup=0",
+    small = ("--set", "hmc.n_traj=4", "--set", "flow.masks=[\"M2\"]", "--set", "train.steps=1", "--set", "train.warmup=0",
              "--set", "train.batch_size=1", "--set", "train.holdout_every=0", "--set", "train.init=identity")
     s, p = tmp_path / "s", tmp_path / "p"
     for cmd in ("hmc", "train", "evaluate"):
