@@ -50,8 +50,26 @@ contains an active link vanishes, so S^act depends on frozen links only (exactly
 Receptive field: N_l lattice steps. Neighbour access only via ``layout.shift``.
 
 Arrays: U ``(*batch, Nd, *sites, N, N)``; mask ``(Nd, *sites)`` with 0/1 entries (bool,
-int or float); output ``(*batch, *sites, N, N)``. Internally channels lead:
-``(K, *batch, *sites, N, N)``, so that the mixing is one matrix product per direction.
+int or float); output ``(*batch, *sites, N, N)``.
+
+Implementation (issue 14): internally every staple field is *colour-first*,
+``(N, N, K, *batch, *sites)`` (:mod:`lattice.kernels`), so each 3x3 product is an unrolled
+entry-wise kernel over long vectors (NumPy) or one fused CUDA kernel (CuPy), daggers are index
+swaps inside the product, and the mixing (eq. 7) is one real-coefficient matrix product per
+colour entry with no transposition. The augmented vector is written block by block into one
+preallocated array (no concatenation). The two-link products
+
+      Y_a,b(x) = S_a(x) S_b(x + a^)
+
+are shared: S^L_mu,nu = shift_-nu(S_nu^dag Y_mu,nu) and S^R_mu,nu = Y_nu,mu S_nu(x + mu^)^dag,
+so a hidden layer costs 3 products per ordered pair (mu, nu) instead of 4, and the VJP reuses
+the Y (8 products per pair). Every product is batched over all pairs of a layer (one kernel
+call for all Y, one for all S^L, one for all S^R; eight in the VJP): fields of all directions
+live in one array ``(N, N, Nd, K, *batch, *sites)`` and the pairs are gathered along axis 2.
+Cotangents of the shifted fields S_b(x + a^) are summed over the pairs that use them before
+being shifted back, once. The colour-last implementation this
+replaced is kept as the benchmark reference (``bench/reference/staples_colour_last.py``);
+tests/test_flows_staples.py checks that both give the same numbers.
 """
 from __future__ import annotations
 
@@ -60,7 +78,7 @@ import math
 from lattice.backend import namespace, real_dtype
 from lattice.layout import infer_gauge_layout, LayoutError
 from lattice.fields import links, stack_links
-from lattice import su_n
+from lattice import kernels
 
 from .module import Module
 
@@ -166,25 +184,55 @@ class StapleNet(Module):
         return params
 
     # ------------------------------------------------------------------ forward
-    def _augment(self, S, mu, layout):
-        xp = namespace(S[mu])
-        Smu = S[mu]
-        Ls, Rs = [], []
-        for nu in self.others(mu):
-            Snu = S[nu]
-            T = layout.shift(Snu, mu, +1)                     # S_nu(x + mu)
-            P = layout.shift(Smu, nu, +1)                     # S_mu(x + nu)
-            D = su_n.dagger(Snu) @ Smu @ T                     # S^L at x + nu
-            Ls.append(layout.shift(D, nu, -1))
-            Rs.append(Snu @ P @ su_n.dagger(T))
-        return xp.concat([Smu] + Ls + Rs, axis=0)
+    @staticmethod
+    def _shift(layout, F, mu, sign):
+        return layout.shift(F, mu, sign, inner=0)
+
+    def _plan(self, i):
+        """Pairs of layer i. Q: the (mu, nu) blocks of the augmented vectors (mu in dirs,
+        nu != mu, in block order); E: the ordered pairs (a, b) whose two-link products
+        Y_a,b = S_a(x) S_b(x + a^) and shifted fields T_a,b = S_b(x + a^) are needed."""
+        Q = [(mu, nu) for mu in self.dirs[i] for nu in self.others(mu)]
+        E = []
+        for mu, nu in Q:
+            for e in ((mu, nu), (nu, mu)):
+                if e not in E:
+                    E.append(e)
+        return Q, E
+
+    def _two_link(self, S, E, layout):
+        """T_E = S_b(x + a^) and Y_E = S_a T_E, each (N, N, |E|, K, *rest)."""
+        xp = namespace(S)
+        T = xp.stack([self._shift(layout, S[:, :, b, ...], a, +1) for a, b in E], axis=2)
+        return T, kernels.mul_gather(S, T, [a for a, _ in E], range(len(E)))
+
+    def _augment(self, S, i, T, Y, layout):
+        """aug (N, N, n_dirs, 2Nd - 1, K, *rest): [S_mu | S^L_mu,nu ... | S^R_mu,nu ...] per
+        direction mu of layer i (eqs. 5-6); one batched product each for all S^L and all S^R."""
+        xp = namespace(S)
+        Q, E = self._plan(i)
+        dirs, Nd = self.dirs[i], self.Nd
+        N, rest = S.shape[0], tuple(S.shape[3:])
+        i_mn = [E.index((mu, nu)) for mu, nu in Q]
+        i_nm = [E.index((nu, mu)) for mu, nu in Q]
+        D = kernels.mul_gather(S, Y, [nu for _, nu in Q], i_mn, da=True)      # S^L at x + nu
+        R = kernels.mul_gather(Y, T, i_nm, i_mn, db=True)
+        aug = xp.empty((N, N, len(dirs), self.n_blocks) + rest, dtype=S.dtype)
+        for d, mu in enumerate(dirs):
+            aug[:, :, d, 0, ...] = S[:, :, mu, ...]
+        for q, (mu, nu) in enumerate(Q):
+            aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...] = self._shift(layout, D[:, :, q, ...], nu, -1)
+        aug[:, :, :, Nd:, ...] = xp.reshape(R, (N, N, len(dirs), Nd - 1) + rest)
+        return aug
 
     @staticmethod
     def _mix(c, aug):
+        """S^(i+1)_mu,k = sum_l c_mu,kl aug_mu,l (eq. 7): (n_dirs, K_out, n_aug) @ (N, N, n_dirs,
+        n_aug, M), one real-coefficient product per colour entry; shape (N, N, n_dirs, K_out, *rest)."""
         xp = namespace(aug)
-        n_aug = aug.shape[0]
-        y = c @ xp.reshape(aug, (n_aug, -1))
-        return xp.reshape(y, (c.shape[0],) + tuple(aug.shape[1:]))
+        N, n_dirs = aug.shape[0], aug.shape[2]
+        a = xp.reshape(aug, (N, N, n_dirs, aug.shape[3] * aug.shape[4], -1))
+        return xp.reshape(c @ a, (N, N, n_dirs, c.shape[1]) + tuple(aug.shape[5:]))
 
     def _check_params(self, params):
         for k, shape in self.param_shapes().items():
@@ -194,95 +242,99 @@ class StapleNet(Module):
                 raise ValueError(f"StapleNet: parameter {k!r} has shape {tuple(params[k].shape)}, "
                                  f"expected {shape} ({self.config()})")
 
+    def _inputs(self, U, mask, layout):
+        """Masked input field S^(0) (eq. 4), colour-first (N, N, Nd, 1, *batch, *sites)."""
+        xp = namespace(U)
+        sites = tuple(layout.local_shape)
+        keep = [xp.reshape(k, sites) for k in staple_mask_factor(mask, layout, U)]
+        S = [keep[mu] * kernels.colour_first(Ul) for mu, Ul in enumerate(links(U, layout))]
+        return keep, xp.expand_dims(xp.stack(S, axis=2), axis=3)
+
     def forward(self, params, U, mask, *, layout=None):
         layout = infer_gauge_layout(U, layout)
         if layout.Nd != self.Nd:
             raise LayoutError(f"StapleNet built for Nd = {self.Nd} got a {layout.Nd}d gauge field")
         self._check_params(params)
         xp = namespace(U)
-        keep = staple_mask_factor(mask, layout, U)
-        S = [xp.expand_dims(keep[mu] * Ul, axis=0) for mu, Ul in enumerate(links(U, layout))]
+        keep, S = self._inputs(U, mask, layout)
         saved = []
         for i in range(self.n_layers):
-            c = xp.astype(params[f"c{i}"], U.dtype)
-            augs, outs = [], [None] * self.Nd
-            for j, mu in enumerate(self.dirs[i]):
-                aug = self._augment(S, mu, layout)
-                augs.append(None if self.save_memory else aug)
-                outs[mu] = self._mix(c[j, ...], aug)
-            saved.append((S, augs))
-            S = outs
+            c = xp.astype(params[f"c{i}"], U.dtype, copy=False)
+            T, Y = self._two_link(S, self._plan(i)[1], layout)
+            aug = self._augment(S, i, T, Y, layout)
+            saved.append((S, None, None, None) if self.save_memory else (S, T, Y, aug))
+            S = self._mix(c, aug)
         ctx = (layout, keep, saved)
-        return (S[self.mu][0, ...],), ctx
+        return (kernels.colour_last(S[:, :, 0, 0, ...]),), ctx
 
     # ------------------------------------------------------------------ adjoint
-    def _augment_vjp(self, S, mu, aug_bar, acc, layout):
-        """Accumulate the cotangents of the S_nu from that of the augmented vector of mu."""
-        K = S[mu].shape[0]
-        Smu = S[mu]
-
-        def add(nu, v):
-            acc[nu] = v if acc[nu] is None else acc[nu] + v
-
-        add(mu, aug_bar[0:K, ...])
-        for j, nu in enumerate(self.others(mu)):
-            bL, bR = 1 + j, self.Nd + j
-            Lb = aug_bar[bL * K:(bL + 1) * K, ...]
-            Rb = aug_bar[bR * K:(bR + 1) * K, ...]
-            Snu = S[nu]
-            T = layout.shift(Snu, mu, +1)
-            P = layout.shift(Smu, nu, +1)
-            # R = S_nu P T^dag:  S_nu_b = R_b T P^dag, P_b = S_nu^dag R_b T, T_b = R_b^dag S_nu P
-            RbT = Rb @ T
-            Snu_b = RbT @ su_n.dagger(P)
-            P_b = su_n.dagger(Snu) @ RbT
-            T_b = su_n.dagger(Rb) @ (Snu @ P)
-            # L = shift(D, nu, -1), D = S_nu^dag S_mu T:
-            # S_nu_b += S_mu T D_b^dag, S_mu_b = S_nu D_b T^dag, T_b += S_mu^dag S_nu D_b
-            Db = layout.shift(Lb, nu, +1)
-            Snu_b = Snu_b + (Smu @ T) @ su_n.dagger(Db)
-            SnuDb = Snu @ Db
-            Smu_b = SnuDb @ su_n.dagger(T)
-            T_b = T_b + su_n.dagger(Smu) @ SnuDb
-            add(nu, Snu_b + layout.shift(T_b, mu, -1))
-            add(mu, Smu_b + layout.shift(P_b, nu, -1))
+    def _augment_vjp(self, S, i, aug_bar, T, Y, layout):
+        """Cotangent of the layer input S (N, N, Nd, K, *rest) from that of aug (the adjoint
+        of :meth:`_augment` and :meth:`_two_link`, eight batched products)."""
+        xp = namespace(S)
+        mul = kernels.mul_gather
+        Q, E = self._plan(i)
+        dirs, Nd = self.dirs[i], self.Nd
+        N, rest = S.shape[0], tuple(S.shape[3:])
+        nQ = len(Q)
+        i_mn = [E.index((mu, nu)) for mu, nu in Q]
+        i_nm = [E.index((nu, mu)) for mu, nu in Q]
+        i_mu, i_nu, iq = [mu for mu, _ in Q], [nu for _, nu in Q], range(nQ)
+        Lb = xp.reshape(aug_bar[:, :, :, 1:Nd, ...], (N, N, nQ) + rest)
+        Rb = xp.reshape(aug_bar[:, :, :, Nd:, ...], (N, N, nQ) + rest)
+        Db = xp.stack([self._shift(layout, Lb[:, :, q, ...], nu, +1) for q, (_, nu) in enumerate(Q)], axis=2)
+        # per pair q = (mu, nu): Tq = T[i_mn] = S_nu(x + mu), Pq = T[i_nm] = S_mu(x + nu),
+        # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq.
+        # R = Ynm Tq^dag:  Ynm_b = R_b Tq, Tq_b = R_b^dag Ynm, S_nu_b = Ynm_b Pq^dag, Pq_b = S_nu^dag Ynm_b
+        Ynm_b = mul(Rb, T, iq, i_mn)
+        T_b = mul(Rb, Y, iq, i_nm, da=True)
+        B_b = mul(Ynm_b, T, iq, i_nm, db=True)
+        P_b = mul(S, Ynm_b, i_nu, iq, da=True)
+        # L = shift_-nu(D), D = S_nu^dag Ymn:  S_nu_b += Ymn D_b^dag, Ymn_b = S_nu D_b,
+        # Tq_b += S_mu^dag Ymn_b, S_mu_b = Ymn_b Tq^dag
+        B_b += mul(Y, Db, i_mn, iq, db=True)
+        Ymn_b = mul(S, Db, i_nu, iq)
+        T_b += mul(S, Ymn_b, i_mu, iq, da=True)
+        A_b = mul(Ymn_b, T, iq, i_mn, db=True)
+        # scatter: direct uses, then shifted uses summed per (a, b) and shifted back once
+        S_bar = xp.zeros(S.shape, dtype=S.dtype)
+        for d, mu in enumerate(dirs):
+            S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
+        sh_bar = [None] * len(E)
+        for q, (mu, nu) in enumerate(Q):
+            S_bar[:, :, mu, ...] += A_b[:, :, q, ...]
+            S_bar[:, :, nu, ...] += B_b[:, :, q, ...]
+            for e, v in ((E.index((mu, nu)), T_b[:, :, q, ...]), (E.index((nu, mu)), P_b[:, :, q, ...])):
+                sh_bar[e] = v if sh_bar[e] is None else sh_bar[e] + v
+        for e, (a, b) in enumerate(E):
+            if sh_bar[e] is not None:
+                S_bar[:, :, b, ...] += self._shift(layout, sh_bar[e], a, -1)
+        return S_bar
 
     def vjp(self, params, ctx, S_bar):
         layout, keep, saved = ctx
-        Sin0 = saved[0][0][0]
-        xp = namespace(Sin0)
-        grads = {}
+        S0 = saved[0][0]
+        xp = namespace(S0)
         if S_bar is None:
             grads = {k: xp.zeros(v.shape, dtype=v.dtype) for k, v in params.items()}
             return (None, None), grads
-        acc_dt = xp.complex128
-        out_bar = [None] * self.Nd
-        out_bar[self.mu] = xp.expand_dims(xp.astype(S_bar, Sin0.dtype), axis=0)
+        grads = {}
+        N = S0.shape[0]
+        ob = xp.reshape(kernels.colour_first(xp.astype(S_bar, S0.dtype)), (N, N, 1, 1) + tuple(S0.shape[4:]))
         for i in reversed(range(self.n_layers)):
-            S, augs = saved[i]
-            c = xp.astype(params[f"c{i}"], Sin0.dtype)
-            acc = [None] * self.Nd
-            gc = []
-            for j, mu in enumerate(self.dirs[i]):
-                aug, ob = augs[j], out_bar[mu]
-                if aug is None and ob is not None:
-                    aug = self._augment(S, mu, layout)      # recomputed (save_memory=True)
-                if ob is None:
-                    gc.append(xp.zeros(tuple(c.shape[1:]), dtype=xp.float64))
-                    continue
-                n_aug, K_out = aug.shape[0], ob.shape[0]
-                ob_f = xp.reshape(ob, (K_out, -1))
-                aug_f = xp.reshape(aug, (n_aug, -1))
-                # c_bar = Re sum conj(ob) aug, accumulated in double precision
-                g = xp.conj(xp.astype(ob_f, acc_dt)) @ xp.matrix_transpose(xp.astype(aug_f, acc_dt))
-                gc.append(xp.real(g))
-                aug_bar = xp.reshape(xp.matrix_transpose(c[j, ...]) @ ob_f, tuple(aug.shape))
-                self._augment_vjp(S, mu, aug_bar, acc, layout)
+            S, T, Y, aug = saved[i]
+            c = xp.astype(params[f"c{i}"], S0.dtype, copy=False)
+            if aug is None:                                       # recomputed (save_memory=True)
+                T, Y = self._two_link(S, self._plan(i)[1], layout)
+                aug = self._augment(S, i, T, Y, layout)
+            n_dirs, n_aug = aug.shape[2], aug.shape[3] * aug.shape[4]
+            ob_f = xp.reshape(ob, (N, N, n_dirs, ob.shape[3], -1))             # (N, N, d, K_out, M)
+            aug_f = xp.reshape(aug, (N, N, n_dirs, n_aug, -1))                 # (N, N, d, n_aug, M)
+            # c_bar = Re sum_{colour, M} conj(ob) aug, accumulated in double precision
             p = params[f"c{i}"]
-            grads[f"c{i}"] = xp.astype(xp.stack(gc, axis=0), p.dtype)
-            out_bar = acc
-        Ub = []
-        for mu in range(self.Nd):
-            b = out_bar[mu]
-            Ub.append(xp.zeros_like(Sin0[0, ...]) if b is None else keep[mu] * b[0, ...])
+            g = kernels.real_inner(ob_f, aug_f)                                # (N, N, d, K_out, n_aug)
+            grads[f"c{i}"] = xp.astype(xp.sum(g, axis=(0, 1)), p.dtype)
+            aug_bar = xp.reshape(xp.matrix_transpose(c) @ ob_f, tuple(aug.shape))
+            ob = self._augment_vjp(S, i, aug_bar, T, Y, layout)
+        Ub = [kernels.colour_last(keep[mu] * ob[:, :, mu, 0, ...]) for mu in range(self.Nd)]
         return (stack_links(Ub, layout), None), grads

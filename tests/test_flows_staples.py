@@ -246,3 +246,37 @@ def test_active_loop_recipe():
     (S,), _ = net.forward(params, U, mask, layout=lay)
     eq1 = flows.project_su(U[:, mu][:, act] @ su_n.dagger(S[:, act]))
     np.testing.assert_allclose(L[:, act], eq1, atol=1e-12)
+
+
+@pytest.mark.parametrize("save_memory", [False, True])
+@pytest.mark.parametrize("Nd,N,n_layers", [(4, 3, 2), (4, 3, 3), (2, 2, 2), (3, 3, 1)])
+def test_equals_the_colour_last_implementation_it_replaced(Nd, N, n_layers, save_memory):
+    """The colour-first, pair-batched network (issue 14) gives the numbers of the colour-last
+    one it replaced (bench/reference/staples_colour_last.py, the benchmark reference), forward
+    and VJP, on the compiled path and on the array-API reference kernels."""
+    from bench.reference.staples_colour_last import StapleNet as ColourLast
+    from lattice import kernels
+    lay, U = _setup(Nd, N, 0, 11)
+    mu = 1 % Nd
+    new = flows.StapleNet(Nd, mu, width=3, n_layers=n_layers, save_memory=save_memory)
+    old = ColourLast(Nd, mu, width=3, n_layers=n_layers, save_memory=save_memory)
+    params = new.init(Rng(3))
+    mask = _random_mask(5, lay)
+    (S_old,), ctx_old = old.forward(params, U, mask, layout=lay)
+    rng = np.random.default_rng(0)
+    S_bar = rng.normal(size=S_old.shape) + 1j * rng.normal(size=S_old.shape)
+    (U_old, _), g_old = old.vjp(params, ctx_old, S_bar)
+    for ref in (False, True):
+        if ref:
+            cm = kernels.reference_only()
+            cm.__enter__()
+        try:
+            (S_new,), ctx_new = new.forward(params, U, mask, layout=lay)
+            (U_new, _), g_new = new.vjp(params, ctx_new, S_bar)
+        finally:
+            if ref:
+                cm.__exit__(None, None, None)
+        assert np.max(np.abs(S_new - S_old)) < 1e-12
+        assert np.max(np.abs(U_new - U_old)) < 1e-11
+        for k in params:
+            assert np.max(np.abs(g_new[k] - g_old[k])) < 1e-10 * max(1.0, float(np.max(np.abs(g_old[k]))))

@@ -1,0 +1,34 @@
+"""Kernel layer: the hot operations, each with one array-API reference implementation and
+optional fast implementations per backend (docs/design.md §3, "Kernels").
+
+Every public function here dispatches on the array namespace of its arguments:
+
+* ``"reference"`` - the array-API formulation (``xp.matmul``, ``xp.linalg``): the test oracle
+  and the fallback for any namespace without a fast path (``array_api_strict``, ...);
+* ``"numba"`` - compiled loop nests over colour-first arrays, site index innermost
+  (:mod:`lattice.kernels._numba`), for NumPy arrays;
+* ``"numpy"`` - unrolled NumPy formulas with preallocated outputs (:mod:`lattice.kernels._numpy`),
+  for NumPy arrays where Numba is not installed;
+* ``"cupy"`` - fused element-wise CUDA kernels, one thread per site
+  (:mod:`lattice.kernels._cupy`, loaded only when a CuPy array arrives).
+
+:func:`implementation` says which one a namespace gets; :func:`reference_only` forces the
+reference everywhere inside a ``with`` block (tests compare the two; ``make bench`` times both
+in the same run). No other module of ``lattice/``, ``flows/`` or ``fermions/`` contains its
+own fast path: callers go through these functions.
+
+Colour-first matrix fields
+--------------------------
+The SU(N) kernels act on *colour-first* stacks of N x N matrices, shape ``(N, N, *rest)``
+with ``rest`` the batch/channel/site axes (structure-of-arrays: each matrix entry is one
+contiguous vector over sites). Entry-wise formulas then run over long contiguous vectors on
+the CPU and coalesce on the GPU; a stacked ``@`` on colour-last ``(*rest, N, N)`` arrays does
+not. :func:`colour_first` / :func:`colour_last` convert (one copy each way); the gauge-field
+convention of the public API stays colour-last (docs/design.md §3).
+"""
+from __future__ import annotations
+
+from .dispatch import implementation, reference_only
+from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner
+
+__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner"]

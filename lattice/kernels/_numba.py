@@ -1,0 +1,130 @@
+"""Numba fast paths of the kernel layer for NumPy arrays (CPU).
+
+Each kernel is a loop nest compiled once per dtype with the site index innermost, so that the
+compiler vectorises it over contiguous colour-first vectors (``fastmath`` restricted to
+re-association and FMA contraction: NaN and Inf still propagate). Compiled code is cached on
+disk (``cache=True``), so a process pays the compilation (about a second per kernel and
+dtype) only the first time.
+
+Kernels run single-threaded: the parallelism of a job is its MPI ranks (and BLAS threads for
+the dense products, ``job.threads``).
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_FLAGS = dict(nopython=True, nogil=True, cache=True, boundscheck=False,
+              fastmath={"reassoc", "contract", "nsz", "arcp"})
+_BLOCK = 512          # sites per block: a block of all operands stays in L1/L2
+
+
+def _make_mul(da: bool, db: bool):
+    @numba.jit(**_FLAGS)
+    def kernel(A, B, C):
+        N = A.shape[0]
+        M = A.shape[2]
+        for m0 in range(0, M, _BLOCK):
+            m1 = min(m0 + _BLOCK, M)
+            for i in range(N):
+                for j in range(N):
+                    for m in range(m0, m1):
+                        C[i, j, m] = 0
+                    for k in range(N):
+                        for m in range(m0, m1):
+                            if da:
+                                x = A[k, i, m].conjugate()
+                            else:
+                                x = A[i, k, m]
+                            if db:
+                                y = B[j, k, m].conjugate()
+                            else:
+                                y = B[k, j, m]
+                            C[i, j, m] += x * y
+    return kernel
+
+
+def _make_mul3(da: bool, db: bool):
+    """N = 3, fully unrolled over k."""
+    @numba.jit(**_FLAGS)
+    def kernel(A, B, C):
+        M = A.shape[2]
+        for i in range(3):
+            for j in range(3):
+                for m in range(M):
+                    if da:
+                        x0, x1, x2 = A[0, i, m].conjugate(), A[1, i, m].conjugate(), A[2, i, m].conjugate()
+                    else:
+                        x0, x1, x2 = A[i, 0, m], A[i, 1, m], A[i, 2, m]
+                    if db:
+                        y0, y1, y2 = B[j, 0, m].conjugate(), B[j, 1, m].conjugate(), B[j, 2, m].conjugate()
+                    else:
+                        y0, y1, y2 = B[0, j, m], B[1, j, m], B[2, j, m]
+                    C[i, j, m] = x0 * y0 + x1 * y1 + x2 * y2
+    return kernel
+
+
+def _make_mul3_gather(da: bool, db: bool):
+    """N = 3 with operands gathered along axis 2: C[:, :, q] = op(A[:, :, ia[q]]) op(B[:, :, ib[q]])."""
+    @numba.jit(**_FLAGS)
+    def kernel(A, B, C, ia, ib):
+        R = A.shape[3]
+        for q in range(C.shape[2]):
+            qa, qb = ia[q], ib[q]
+            for i in range(3):
+                for j in range(3):
+                    for m in range(R):
+                        if da:
+                            x0 = A[0, i, qa, m].conjugate()
+                            x1 = A[1, i, qa, m].conjugate()
+                            x2 = A[2, i, qa, m].conjugate()
+                        else:
+                            x0, x1, x2 = A[i, 0, qa, m], A[i, 1, qa, m], A[i, 2, qa, m]
+                        if db:
+                            y0 = B[j, 0, qb, m].conjugate()
+                            y1 = B[j, 1, qb, m].conjugate()
+                            y2 = B[j, 2, qb, m].conjugate()
+                        else:
+                            y0, y1, y2 = B[0, j, qb, m], B[1, j, qb, m], B[2, j, qb, m]
+                        C[i, j, q, m] = x0 * y0 + x1 * y1 + x2 * y2
+    return kernel
+
+
+_MUL = {(da, db): _make_mul(da, db) for da in (False, True) for db in (False, True)}
+_MUL3 = {(da, db): _make_mul3(da, db) for da in (False, True) for db in (False, True)}
+_MUL3G = {(da, db): _make_mul3_gather(da, db) for da in (False, True) for db in (False, True)}
+
+
+def _flat(X, N, rest, dtype):
+    X = np.broadcast_to(X, (N, N) + rest) if tuple(X.shape[2:]) != rest else X
+    X = np.ascontiguousarray(X, dtype=dtype)
+    return X.reshape(N, N, -1)
+
+
+def mul_gather(A, B, da: bool, db: bool, ia, ib):
+    """C[:, :, q] = op(A[:, :, ia[q]]) op(B[:, :, ib[q]]) for A, B of one shape beyond axis 2."""
+    N = A.shape[0]
+    if N != 3 or tuple(A.shape[3:]) != tuple(B.shape[3:]):
+        return None
+    dtype = np.result_type(A.dtype, B.dtype)
+    rest = tuple(A.shape[3:])
+    a = np.ascontiguousarray(A, dtype=dtype).reshape(N, N, A.shape[2], -1)
+    b = np.ascontiguousarray(B, dtype=dtype).reshape(N, N, B.shape[2], -1)
+    C = np.empty((N, N, len(ia)) + rest, dtype=dtype)
+    _MUL3G[(bool(da), bool(db))](a, b, C.reshape(N, N, len(ia), -1), np.asarray(ia, dtype=np.int64),
+                                 np.asarray(ib, dtype=np.int64))
+    return C
+
+
+def mul(A, B, da: bool, db: bool, out):
+    N = A.shape[0]
+    rest = tuple(np.broadcast_shapes(A.shape[2:], B.shape[2:]))
+    dtype = np.result_type(A.dtype, B.dtype)
+    a, b = _flat(A, N, rest, dtype), _flat(B, N, rest, dtype)
+    direct = out is not None and out.flags.c_contiguous and out.dtype == dtype
+    C = out if direct else np.empty((N, N) + rest, dtype=dtype)
+    (_MUL3 if N == 3 else _MUL)[(bool(da), bool(db))](a, b, C.reshape(N, N, -1))
+    if out is not None and not direct:
+        out[...] = C
+        return out
+    return C

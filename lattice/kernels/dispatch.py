@@ -1,0 +1,48 @@
+"""Which implementation of a kernel an array namespace gets (see :mod:`lattice.kernels`)."""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import array_api_compat
+
+__all__ = ["implementation", "reference_only"]
+
+_FORCE_REFERENCE = contextvars.ContextVar("gaugeflow_kernels_reference", default=False)
+
+
+def _numba_available() -> bool:
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numba  # noqa: F401
+            _NUMBA = True
+        except ImportError:   # pragma: no cover - numba is a dependency; kept for stripped installs
+            _NUMBA = False
+    return _NUMBA
+
+
+_NUMBA = None
+
+
+def implementation(xp) -> str:
+    """``"numba"``, ``"numpy"``, ``"cupy"`` or ``"reference"``: the implementation ``xp``
+    arrays get now (``"numpy"`` = unrolled NumPy, where Numba is not installed)."""
+    if _FORCE_REFERENCE.get():
+        return "reference"
+    if array_api_compat.is_numpy_namespace(xp):
+        return "numba" if _numba_available() else "numpy"
+    if array_api_compat.is_cupy_namespace(xp):
+        return "cupy"
+    return "reference"
+
+
+@contextlib.contextmanager
+def reference_only():
+    """Inside this block every kernel uses its array-API reference implementation (the test
+    oracle; ``make bench`` times both in one run)."""
+    token = _FORCE_REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _FORCE_REFERENCE.reset(token)

@@ -1,0 +1,138 @@
+"""lattice.kernels: every fast implementation equals its array-API reference (tolerances by
+dtype) and the adjoint identities of the products pass central finite differences."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from lattice import kernels
+from lattice.backend import get_namespace
+
+TOL = {np.complex128: 1e-13, np.complex64: 2e-5}
+
+
+def _rand(rng, shape, dtype=np.complex128):
+    return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+
+
+def test_numpy_arrays_get_the_compiled_path_and_reference_only_switches_it_off():
+    xp = get_namespace("numpy")
+    assert kernels.implementation(xp) == "numba"
+    with kernels.reference_only():
+        assert kernels.implementation(xp) == "reference"
+    assert kernels.implementation(xp) == "numba"
+    assert kernels.implementation(get_namespace("array_api_strict")) == "reference"
+
+
+@given(N=st.sampled_from([2, 3, 4]), rest=st.lists(st.integers(1, 5), min_size=0, max_size=3),
+       da=st.booleans(), db=st.booleans(), single=st.booleans(), seed=st.integers(0, 2**31))
+def test_mul_equals_reference(N, rest, da, db, single, seed):
+    """C = op(A) op(B) on colour-first stacks, every dagger combination, both precisions."""
+    dtype = np.complex64 if single else np.complex128
+    rng = np.random.default_rng(seed)
+    A, B = _rand(rng, (N, N, *rest), dtype), _rand(rng, (N, N, *rest), dtype)
+    C = kernels.mul(A, B, da=da, db=db)
+    ref = kernels.mul_reference(A, B, da=da, db=db)
+    assert C.dtype == dtype and C.shape == ref.shape
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    assert np.max(np.abs(C - ref)) <= TOL[dtype] * N * scale
+    # and the reference is what stacked colour-last matmul gives
+    op = lambda X, d: np.conj(np.swapaxes(X, 0, 1)) if d else X  # noqa: E731
+    direct = np.einsum("ik...,kj...->ij...", op(A, da), op(B, db))
+    assert np.allclose(ref, direct, rtol=0, atol=TOL[dtype] * N * scale)
+
+
+def test_mul_broadcasts_the_rest_axes_and_writes_into_out():
+    rng = np.random.default_rng(1)
+    A, B = _rand(rng, (3, 3, 4, 1, 5)), _rand(rng, (3, 3, 1, 2, 5))
+    ref = kernels.mul_reference(A, B, db=True)
+    assert np.allclose(kernels.mul(A, B, db=True), ref, atol=1e-13)
+    out = np.empty((3, 3, 2, 4, 2, 5), dtype=np.complex128)[:, :, 1]      # non-contiguous target
+    res = kernels.mul(A, B, db=True, out=out)
+    assert res is out and np.allclose(out, ref, atol=1e-13)
+
+
+def test_mul_rejects_mismatched_matrices():
+    with pytest.raises(ValueError, match="colour-first"):
+        kernels.mul(np.zeros((3, 3, 4), complex), np.zeros((2, 2, 4), complex))
+    with pytest.raises(ValueError, match="colour-first"):
+        kernels.mul(np.zeros((3, 2, 4), complex), np.zeros((3, 2, 4), complex))
+
+
+def test_nan_and_inf_propagate_through_the_compiled_product():
+    """fastmath is limited to re-association/contraction: a NaN link poisons its product."""
+    A = np.ones((3, 3, 6), dtype=np.complex128)
+    A[1, 2, 4] = np.nan
+    A[0, 0, 1] = np.inf
+    C = kernels.mul(A, A)
+    assert np.isnan(C[1, :, 4]).all() and np.isnan(C[:, 2, 4]).any()
+    assert not np.isfinite(C[0, :, 1]).all()
+    assert np.isfinite(C[:, :, [0, 2, 3, 5]]).all()
+
+
+@given(da=st.booleans(), db=st.booleans(), seed=st.integers(0, 2**31))
+def test_mul_gather_equals_take_then_mul(da, db, seed):
+    rng = np.random.default_rng(seed)
+    A, B = _rand(rng, (3, 3, 4, 2, 3)), _rand(rng, (3, 3, 5, 2, 3))
+    ia, ib = list(rng.integers(0, 4, size=6)), list(rng.integers(0, 5, size=6))
+    C = kernels.mul_gather(A, B, ia, ib, da=da, db=db)
+    ref = kernels.mul_reference(A[:, :, ia], B[:, :, ib], da=da, db=db)
+    assert np.max(np.abs(C - ref)) < 1e-13
+    with kernels.reference_only():
+        assert np.max(np.abs(kernels.mul_gather(A, B, ia, ib, da=da, db=db) - ref)) < 1e-13
+    with pytest.raises(ValueError, match="indices"):
+        kernels.mul_gather(A, B, ia, ib[:-1])
+
+
+def test_real_inner_equals_reference():
+    rng = np.random.default_rng(3)
+    A, B = _rand(rng, (3, 3, 2, 4, 7)), _rand(rng, (3, 3, 2, 5, 7))
+    G = kernels.real_inner(A, B)
+    with kernels.reference_only():
+        R = kernels.real_inner(A, B)
+    assert G.dtype == np.float64 and G.shape == (3, 3, 2, 4, 5)
+    assert np.max(np.abs(G - R)) < 1e-12
+    assert np.allclose(G, np.real(np.einsum("...km,...lm->...kl", np.conj(A), B)))
+
+
+@pytest.mark.parametrize("da", [False, True])
+@pytest.mark.parametrize("db", [False, True])
+def test_product_adjoints_match_central_differences(da, db):
+    """f = Re sum conj(W) C with C = op(A) op(B): the cotangents the VJPs of the staple network
+    use, A_bar and B_bar written as products of the same kernel, against central differences."""
+    rng = np.random.default_rng(7 + 2 * da + db)
+    A, B, W = (_rand(rng, (3, 3, 4)) for _ in range(3))
+    f = lambda A, B: float(np.sum(np.real(np.conj(W) * kernels.mul(A, B, da=da, db=db))))  # noqa: E731
+    # C = a b with a = op(A), b = op(B): a_bar = W b^dag, b_bar = a^dag W; op = dagger maps back by dagger
+    a_bar = kernels.mul(W, B, db=not db)
+    b_bar = kernels.mul(A, W, da=not da)
+    A_bar = np.conj(np.swapaxes(a_bar, 0, 1)) if da else a_bar
+    B_bar = np.conj(np.swapaxes(b_bar, 0, 1)) if db else b_bar
+    h = 1e-6
+    for X, X_bar, which in ((A, A_bar, 0), (B, B_bar, 1)):
+        dX = _rand(rng, X.shape)
+        args_p = [A, B]
+        args_m = [A, B]
+        args_p[which] = X + h * dX
+        args_m[which] = X - h * dX
+        fd = (f(*args_p) - f(*args_m)) / (2 * h)
+        an = float(np.sum(np.real(np.conj(X_bar) * dX)))
+        assert abs(fd - an) <= 1e-7 * max(1.0, abs(an)), (which, fd, an)
+
+
+def test_colour_first_round_trip_is_contiguous():
+    rng = np.random.default_rng(2)
+    M = _rand(rng, (2, 4, 3, 3))
+    X = kernels.colour_first(M)
+    assert X.shape == (3, 3, 2, 4) and X.flags.c_contiguous
+    assert np.array_equal(X[1, 2], M[..., 1, 2])
+    assert np.array_equal(kernels.colour_last(X), M) and kernels.colour_last(X).flags.c_contiguous
+
+
+def test_array_api_strict_runs_the_reference():
+    xs = get_namespace("array_api_strict")
+    rng = np.random.default_rng(4)
+    A, B = _rand(rng, (3, 3, 2, 3)), _rand(rng, (3, 3, 2, 3))
+    C = kernels.mul(xs.asarray(A), xs.asarray(B), da=True)
+    assert np.allclose(np.asarray(C), kernels.mul(A, B, da=True), atol=1e-13)
+    G = kernels.mul_gather(xs.asarray(A), xs.asarray(B), [1, 0], [0, 0], db=True)
+    assert np.allclose(np.asarray(G), kernels.mul_gather(A, B, [1, 0], [0, 0], db=True), atol=1e-13)
