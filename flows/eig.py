@@ -38,7 +38,7 @@ import math
 from typing import Any, NamedTuple
 
 from lattice.backend import namespace, real_dtype
-from lattice import su_n
+from lattice import su_n, kernels
 
 __all__ = ["eigen_angles", "EigenAngles", "eigen_angles_vjp", "cayley_phase_index", "check_square_complex"]
 
@@ -119,7 +119,9 @@ def eigen_angles(W):
         convention of the module docstring: descending, theta_1 - theta_N <= 2 pi, sum exactly 0.
     V : complex array (..., N, N), unitary, column k the eigenvector of e^{i theta_k}.
 
-    Only array-API operations are used (one batched ``eigh`` of the Cayley transform).
+    One batched Hermitian eigen-decomposition of the Cayley transform
+    (:func:`lattice.kernels.eigh`: closed form for SU(3) on the compiled path, ``xp.linalg.eigh``
+    otherwise).
     Accuracy: |theta - theta_exact| ~ machine epsilon, also at exactly or nearly repeated
     eigenvalues and at eigenvalue -1 (for repeated eigenvalues V spans the eigenspace).
     """
@@ -135,7 +137,7 @@ def eigen_angles(W):
     Minv = _inv_small(W + c[..., None, None] * eye)
     C = 1j * (2.0 * c[..., None, None] * Minv - eye)
     C = 0.5 * (C + su_n.dagger(C))                               # exactly Hermitian
-    _, V = xp.linalg.eigh(C)
+    _, V = kernels.eigh(C)
 
     # Rayleigh quotients r_k = v_k^dag W v_k and their angle relative to phi, in (-pi, pi)
     r = xp.sum(xp.conj(V) * (W @ V), axis=-2)                    # (..., N)

@@ -182,10 +182,11 @@ def polar_svd(M):
 
     They give the polar decomposition M = Q H with Q = W Vh = P_U(N)(M) and
     H = Vh^dag diag(s) Vh = (M^dag M)^(1/2); ``flows.project_u`` keeps them for its adjoint.
+    Computed by :func:`lattice.kernels.polar` (closed form for SU(3) on the compiled path, the
+    SVD otherwise and for ill-conditioned matrices).
     """
-    xp = namespace(M)
-    W, s, Vh = xp.linalg.svd(M, full_matrices=False)
-    return W, s, Vh
+    from .kernels import polar
+    return polar(M)
 
 
 def project_u(M):

@@ -136,3 +136,90 @@ def test_array_api_strict_runs_the_reference():
     assert np.allclose(np.asarray(C), kernels.mul(A, B, da=True), atol=1e-13)
     G = kernels.mul_gather(xs.asarray(A), xs.asarray(B), [1, 0], [0, 0], db=True)
     assert np.allclose(np.asarray(G), kernels.mul_gather(A, B, [1, 0], [0, 0], db=True), atol=1e-13)
+
+
+def _dag(X):
+    return np.conj(np.swapaxes(X, -1, -2))
+
+
+def _hermitian_with_spectrum(rng, lam):
+    X = _rand(rng, (len(lam), 3, 3))
+    Q, _ = np.linalg.qr(X)
+    return Q @ (np.asarray(lam)[..., None] * _dag(Q))
+
+
+@pytest.mark.parametrize("kind", ["random", "near-degenerate", "degenerate", "scalar", "shifted"])
+def test_eigh_closed_form_equals_reference(kind):
+    """Closed-form 3x3 eigensystem (E1)-(E4): eigenvalues as LAPACK's, V unitary, A V = V diag(w),
+    including nearly and exactly repeated eigenvalues (the flagged fallback) and a spread tiny
+    against the trace (ill-conditioned shift)."""
+    rng = np.random.default_rng(["random", "near-degenerate", "degenerate", "scalar", "shifted"].index(kind))
+    n = 400
+    if kind == "random":
+        X = _rand(rng, (n, 3, 3))
+        H = X + _dag(X)
+    else:
+        base = rng.normal(size=(n, 3))
+        if kind == "near-degenerate":
+            base[:, 1] = base[:, 0] + 10.0 ** rng.uniform(-12, -1, size=n)
+        elif kind == "degenerate":
+            base[:, 1] = base[:, 0]
+        elif kind == "scalar":
+            base[:, :] = base[:, :1]
+        else:
+            base = 1e4 + 1e-2 * base
+        H = _hermitian_with_spectrum(rng, base)
+        H = 0.5 * (H + _dag(H))
+    w, V = kernels.eigh(H)
+    with kernels.reference_only():
+        wr, _ = kernels.eigh(H)
+    scale = np.max(np.abs(H), axis=(-2, -1))[:, None]
+    assert np.all(np.abs(w - wr) <= 1e-13 * np.maximum(scale, 1.0))
+    assert np.all(np.diff(w, axis=-1) >= -1e-13 * scale)                    # ascending
+    assert np.max(np.abs(_dag(V) @ V - np.eye(3))) < 1e-13
+    assert np.max(np.abs(H @ V - V * w[:, None, :])) < 1e-12 * max(1.0, float(np.max(scale)))
+
+
+def test_eigh_single_precision_and_nonfinite_input():
+    rng = np.random.default_rng(9)
+    X = _rand(rng, (50, 3, 3))
+    H = (X + _dag(X)).astype(np.complex64)
+    w, V = kernels.eigh(H)
+    assert w.dtype == np.float32 and V.dtype == np.complex64
+    assert np.max(np.abs(H @ V - V * w[:, None, :])) < 1e-5 * float(np.max(np.abs(H)))
+    Hn = (X + _dag(X)).copy()
+    Hn[3, 0, 0] = np.nan
+    # a NaN matrix is flagged and handed to LAPACK, which fails loudly as the reference does
+    with pytest.raises(np.linalg.LinAlgError):
+        kernels.eigh(Hn)
+    with kernels.reference_only(), pytest.raises(np.linalg.LinAlgError):
+        kernels.eigh(Hn)
+
+
+@pytest.mark.parametrize("cond", [1.0, 10.0, 1e3, 1e8])
+def test_polar_closed_form_equals_svd(cond):
+    """M = W diag(s) Vh with s descending and W, Vh unitary, equal to the SVD's polar factor
+    W Vh; s_max/s_min beyond POLAR_MAX_COND takes the SVD (ill-conditioned staples)."""
+    rng = np.random.default_rng(int(np.log10(cond)))
+    A, B = (np.linalg.qr(_rand(rng, (200, 3, 3)))[0] for _ in range(2))
+    s_true = np.stack([np.ones(200), 10.0 ** rng.uniform(-np.log10(cond), 0, 200), np.full(200, 1.0 / cond)], -1)
+    M = (A * s_true[:, None, :]) @ _dag(B)
+    W, s, Vh = kernels.polar(M)
+    Wr, sr, Vhr = np.linalg.svd(M)
+    np.testing.assert_allclose(s, sr, rtol=1e-12, atol=1e-14)
+    assert np.all(np.diff(s, axis=-1) <= 0)
+    assert np.max(np.abs(W @ Vh - Wr @ Vhr)) < 1e-12
+    assert np.max(np.abs(_dag(W) @ W - np.eye(3))) < 1e-12
+    assert np.max(np.abs((W * s[:, None, :]) @ Vh - M)) < 1e-13
+
+
+def test_polar_feeds_the_projection_with_the_same_numbers():
+    """lattice.su_n.polar_svd goes through kernels.polar: the U(N) and SU(N) projections on the
+    compiled path equal those on the reference (the SVD) to rounding."""
+    from lattice import su_n
+    rng = np.random.default_rng(5)
+    M = _rand(rng, (300, 3, 3))
+    Q, P = su_n.project_u(M), su_n.project_su(M)
+    with kernels.reference_only():
+        Qr, Pr = su_n.project_u(M), su_n.project_su(M)
+    assert np.max(np.abs(Q - Qr)) < 1e-12 and np.max(np.abs(P - Pr)) < 1e-12

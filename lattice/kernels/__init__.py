@@ -30,5 +30,6 @@ from __future__ import annotations
 
 from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner
+from .eigh3 import eigh, polar
 
-__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner"]
+__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner", "eigh", "polar"]
