@@ -3,7 +3,9 @@
 Each ``bench/bench_<topic>.py`` exposes ``run(quick: bool) -> list[dict]``; every record has
 at least ``name`` and ``seconds`` and, where it makes sense, ``ratio`` to a reference measured
 in the same run together with a ``reference`` that says what the ratio is against.
-Usage: ``python -m bench.run [--quick] [topic ...]``.
+Every record also carries ``threads``, the BLAS/OpenMP/Numba thread count the run was limited
+to (``--threads``, default 1, set through :func:`lattice.threads.set_threads`).
+Usage: ``python -m bench.run [--quick] [--threads N] [topic ...]``.
 """
 from __future__ import annotations
 
@@ -21,18 +23,24 @@ def main(argv=None):
     ap.add_argument("topics", nargs="*", help="bench modules to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for smoke tests")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS/OpenMP/Numba threads (default 1, as make exports; 0 = the libraries' defaults)")
     a = ap.parse_args(argv)
+    from lattice.threads import set_threads
+    threads = set_threads(a.threads)
+    print(f"threads: {threads['threads']} ({', '.join(p['library'] or '?' for p in threads['pools'])})")
     here = Path(__file__).parent
     mods = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
     topics = a.topics or mods
     results = {"platform": platform.platform(), "python": platform.python_version(),
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": []}
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": threads, "records": []}
     for t in topics:
         mod = importlib.import_module(f"bench.bench_{t}")
         t0 = time.perf_counter()
         recs = mod.run(quick=a.quick)
         for r in recs:
             r.setdefault("topic", t)
+            r.setdefault("threads", threads["threads"])
         results["records"].extend(recs)
         print(f"\n== {t} ({time.perf_counter() - t0:.1f} s)")
         for r in recs:

@@ -44,7 +44,7 @@ PER_KIND = object()
 
 SCHEMA: dict[str, dict[str, tuple]] = {
     "job": {"name": (str, "gaugeflow"), "output": (str, "out"), "seed": (int, 0),
-            "backend": (str, "numpy"), "progress": (bool, True)},
+            "backend": (str, "numpy"), "progress": (bool, True), "threads": (int, 1)},
     "lattice": {"shape": (list, REQUIRED), "N": (int, 3)},
     "action": {"type": (str, "wilson"), "beta": ((int, float), REQUIRED), "c1": ((int, float), -1.0 / 12.0)},
     "fermions": {"enabled": (bool, False), "kappa": ((int, float), 0.125), "mu": ((int, float), 0.0),
@@ -274,6 +274,8 @@ def _any_number():
 
 RANGES: dict[tuple, tuple] = {
     ("job", "seed"): ((lambda v: 0 <= v < 2**63), "an integer in [0, 2^63)"),
+    ("job", "threads"): ((lambda v: 0 <= v <= 1024), "an integer >= 0 (BLAS/OpenMP threads per rank; 0 = the "
+                                                        "libraries' defaults)"),
     ("lattice", "N"): ((lambda v: 2 <= v <= 16), "an integer from 2 to 16 (the gauge group SU(N))"),
     ("action", "beta"): _positive_float(),
     ("action", "c1"): _any_number(),

@@ -57,8 +57,10 @@ class JobContext:
         from lattice.io import atomic_write
         p = self.path("timings.json")
         data = json.loads(p.read_text()) if p.exists() else {}
+        from lattice.threads import thread_record
         data[stage] = {"seconds": float(seconds), "n_configs": int(n_configs),
-                       "lattice": list(lattice or self.layout.global_shape), "ranks": self.layout.size}
+                       "lattice": list(lattice or self.layout.global_shape), "ranks": self.layout.size,
+                       "threads": thread_record()["threads"]}
         atomic_write(p, json.dumps(data, indent=1).encode())
 
 
@@ -130,6 +132,8 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
         install_abort_on_error(comm)
     out = Path(cfg["job"]["output"])
     xp = L.get_namespace(cfg["job"]["backend"])
+    from lattice.threads import set_threads
+    threads = set_threads(cfg["job"].get("threads", 1))
     shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
     from lattice.io._parallel import mark_all_ranks
     try:   # decided identically on every rank: each reports it and returns (no abort needed)
@@ -152,7 +156,9 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
                 log.info(f"took over the stale lock of pid {lock.took_over.get('pid')} on host "
                          f"{lock.took_over.get('host')} (that job is gone)")
             log.info(f"gaugeflow {command}: config {cfg.get('_source', '?')}, output {out}/, lattice {shape}, "
-                     f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}")
+                     f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}, "
+                     f"{threads['threads']} thread(s) per rank "
+                     f"({', '.join(p['library'] or '?' for p in threads['pools']) or 'no BLAS pool'})")
         on_root(layout, lambda: atomic_write(out / f"{command}.config.toml", dump_toml(cfg).encode()))
     except BaseException:
         lock.release()
