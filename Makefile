@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast test-mpi test-slow docs-check bench venv clean
+.PHONY: demo test test-fast test-mpi test-slow test-gpu docs-check bench bench-gpu venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ test-mpi: $(STAMP)
 	  done; \
 	fi
 
+# CuPy on a GPU: every kernel against its reference, flow/HMC/CG/det ratio equal to NumPy
+# (needs the gpu extra: pip install -e '.[gpu]'); fails instead of skipping without a GPU
+test-gpu: $(STAMP)
+	GAUGEFLOW_REQUIRE_GPU=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_gpu.py
+
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
 
@@ -44,6 +49,9 @@ docs-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.run --out bench/results-gpu.json gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,107 @@
+"""GPU benchmarks (``make bench-gpu``; skipped with a record saying why where no GPU is usable).
+
+On one CuPy device, 12^3x24 unless stated:
+
+* Dslash: the Wilson hopping term in complex128 and complex64, GFLOP/s (1320 flop per site)
+  and percent of the measured device copy bandwidth (2880 / 1440 bytes per site, as in
+  ``bench_fermions``), and of the card's nominal HBM bandwidth when ``--hbm`` /
+  GAUGEFLOW_HBM_TBS gives it (H200: 4.8 TB/s);
+* the learned-loop flow training step (4^4, 16 layers, batch 16, path gradient);
+* CG on the Schur normal operator at kappa = 0.1394, mu = 0.0025 on a random-gauge start
+  (time and iterations: a cost stand-in, not the thermalised ensemble);
+* the per-configuration costs of eq. (19) in GPU-hours next to the paper's A100 figures
+  (generation 0.17, measurement 0.17, flow 0.01, reweighting 0.04): one HMC trajectory with
+  the fermion determinant is not timed here, so "generation" is reported as the CG cost times
+  the number of solves per trajectory given by ``GAUGEFLOW_SOLVES_PER_TRAJ`` (default 200) and
+  the measurement as 16 point-source pion inversions.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+
+def _cupy():
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy, None
+        return None, "CuPy sees 0 CUDA devices"
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _timed(cp, fn, repeat=5):
+    fn()
+    cp.cuda.Device().synchronize()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        cp.cuda.Device().synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(quick: bool = False):
+    cp, why = _cupy()
+    if cp is None:
+        return [{"name": "gpu benchmarks skipped", "seconds": 0.0, "reason": f"no usable GPU: {why}"}]
+    import numpy as np
+    import lattice as L
+    import fermions as F
+    from analysis.cost import PAPER_COSTS
+    recs = []
+    shape = (6, 6, 6, 12) if quick else (12, 12, 12, 24)
+    V = int(np.prod(shape))
+    lay = L.Layout(shape)
+    buf = cp.ones(2**27, dtype=cp.float64)
+    out = cp.empty_like(buf)
+    t = _timed(cp, lambda: cp.copyto(out, buf))
+    bw = 2 * buf.nbytes / t
+    hbm = float(os.environ.get("GAUGEFLOW_HBM_TBS", "0")) * 1e12
+    recs.append({"name": "device copy bandwidth", "seconds": t, "GBps": bw / 1e9})
+    U = cp.asarray(L.random_gauge(shape, seed=1))
+    for dtype, nbytes in (("complex128", 2880), ("complex64", 1440)):
+        Ud = U.astype(dtype)
+        op = F.TwistedMassWilson(Ud, 0.1394, 0.0025)
+        psi = cp.asarray(L.Rng(2).complex_normal(layout=lay, inner=(4, 3))).astype(dtype)
+        t = _timed(cp, lambda: op.hopping(psi))
+        rec = {"name": f"Dslash {'x'.join(map(str, shape))} {dtype}", "seconds": t,
+               "gflops": 1320 * V / t / 1e9, "ratio": nbytes * V / bw / t,
+               "reference": "device copy bandwidth (2880/1440 B per site)"}
+        if hbm:
+            rec["hbm_fraction"] = nbytes * V / hbm / t
+        recs.append(rec)
+    op = F.TwistedMassWilson(U, 0.1394, 0.0025)
+    b = op.pack(cp.asarray(L.Rng(3).complex_normal(layout=lay, inner=(4, 3))))[1]
+    t0 = time.perf_counter()
+    x, info = F.cg(op.apply_schur_normal, b, tol=1e-10, maxiter=20000, layout=op.half_layout)
+    cp.cuda.Device().synchronize()
+    t_cg = time.perf_counter() - t0
+    recs.append({"name": f"CG Schur normal {'x'.join(map(str, shape))}", "seconds": t_cg,
+                 "iterations": int(info.iterations) if hasattr(info, "iterations") else None})
+    # flow training step
+    import flows
+    from flows.train import sample_loss_and_grad
+    from lattice.actions import Wilson
+    fshape = (4, 4, 4, 4)
+    flay = L.Layout(fshape)
+    n_layers, batch = (4, 2) if quick else (16, 16)
+    m = flows.SpectralFlow(4, 3, n_layers, "learned", schedule="simple", context_hidden=(16, 16), context_kernel=1)
+    p = {k: cp.asarray(v) for k, v in m.init(0).items()}
+    base = flows.HaarBase(fshape, 3, layout=flay, xp=L.get_namespace("cupy"))
+    target = flows.GaugeTarget(Wilson(2.0))
+    z = cp.asarray(base.sample(batch, L.Rng(1)))
+    t_step = _timed(cp, lambda: sample_loss_and_grad(m, p, base, target, z, "path", flay), repeat=2)
+    recs.append({"name": f"flow train step learned path 4^4 {n_layers} layers B={batch}", "seconds": t_step})
+    # flow evaluation per 12^3x24 configuration
+    U1 = U[None]
+    t_flow = _timed(cp, lambda: m.forward(p, U1, lay), repeat=2)
+    solves = int(os.environ.get("GAUGEFLOW_SOLVES_PER_TRAJ", "200"))
+    per_cfg = {"generation": solves * t_cg, "measurement": 16 * 12 * t_cg, "flow_eval": t_flow,
+               "reweighting": 4 * t_cg}
+    for k, v in per_cfg.items():
+        recs.append({"name": f"eq.19 {k} per config", "seconds": v, "gpu_hours": v / 3600,
+                     "paper_a100_gpu_hours": PAPER_COSTS[k]})
+    return recs

@@ -1,0 +1,158 @@
+"""The kernel layer (issue 14): fast implementations against their references, and the
+training steps that use them against the code they replaced, interleaved in one run.
+
+Records (thread count in every record, ``--threads``, default 1):
+
+* ``su3 product``: ``kernels.mul`` (colour-first, compiled) against stacked colour-last ``@``
+  (the reference), and as a fraction of the copy-bandwidth roofline (27 complex numbers moved
+  per product: 18 read, 9 written);
+* ``eigh 3x3`` / ``polar 3x3``: closed forms against LAPACK ``eigh`` / ``svd``;
+* ``staple net fwd+vjp``: the colour-first pair-batched network against the colour-last one it
+  replaced (``bench/reference/staples_colour_last.py``);
+* ``train step``: the learned-loop path-gradient step (4^4 SU(3) Wilson beta = 2, 16 layers,
+  batch 16; ``--quick``: 2^3x4, 4 layers, batch 2) with today's code against the previous
+  code (old staple network, reference kernels), interleaved A B A B, the ratio per pair, and
+  the peak NumPy memory of each (tracemalloc);
+* ``residual train step``: the residual flow (M2 M4, plaquette + rectangle, field-dependent)
+  with the compiled kernels against the reference kernels.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+
+from .common import best_time, copy_bandwidth
+
+
+def _pairs(fa, fb, n):
+    """Interleaved timings A B A B ...: (median ratio b/a, best a, best b)."""
+    ta, tb = [], []
+    fa(), fb()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fa()
+        ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fb()
+        tb.append(time.perf_counter() - t0)
+    ratios = [b / a for a, b in zip(ta, tb)]
+    return float(np.median(ratios)), min(ta), min(tb), ratios
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def _primitive_records(quick):
+    from lattice import kernels
+    rng = np.random.default_rng(0)
+    M = 4096 if quick else 65536
+    A = rng.normal(size=(3, 3, M)) + 1j * rng.normal(size=(3, 3, M))
+    B = A.copy()
+    Al = np.ascontiguousarray(np.moveaxis(A, (0, 1), (-2, -1)))
+    bw = copy_bandwidth(64 * 2**20 if quick else 256 * 2**20)
+    n = 3 if quick else 7
+    r, t_ref, t_fast, _ = _pairs(lambda: Al @ Al, lambda: kernels.mul(A, B, da=True), n)
+    recs = [{"name": f"su3 product x{M} (A^dag B)", "seconds": t_fast, "reference": "stacked colour-last @",
+             "ratio": r, "speedup": 1 / r, "roofline_fraction": 27 * 16 * M / bw / t_fast}]
+    X = rng.normal(size=(M // 4, 3, 3)) + 1j * rng.normal(size=(M // 4, 3, 3))
+    H = X + np.conj(np.swapaxes(X, -1, -2))
+    r, _, t_fast, _ = _pairs(lambda: np.linalg.eigh(H), lambda: kernels.eigh(H), n)
+    recs.append({"name": f"eigh 3x3 x{M // 4}", "seconds": t_fast, "reference": "LAPACK eigh", "ratio": r,
+                 "speedup": 1 / r})
+    r, _, t_fast, _ = _pairs(lambda: np.linalg.svd(X), lambda: kernels.polar(X), n)
+    recs.append({"name": f"polar 3x3 x{M // 4}", "seconds": t_fast, "reference": "LAPACK svd", "ratio": r,
+                 "speedup": 1 / r})
+    return recs
+
+
+def _staple_records(quick):
+    import flows
+    from bench.reference.staples_colour_last import StapleNet as ColourLast
+    from lattice import Layout, random_gauge
+    shape = (2, 2, 2, 4) if quick else (4, 4, 4, 4)
+    batch = 2 if quick else 16
+    lay = Layout(shape)
+    U = random_gauge(shape, N=3, batch=(batch,), seed=1)
+    mask = np.zeros((4,) + shape)
+    mask[0] = np.asarray(lay.parity()) == 0
+    new, old = flows.StapleNet(4, 0, width=8, n_layers=2), ColourLast(4, 0, width=8, n_layers=2)
+    from lattice.backend import Rng
+    p = new.init(Rng(0))
+    Sb = np.ones(U.shape[:1] + shape + (3, 3), complex)
+
+    def step(net):
+        (S,), ctx = net.forward(p, U, mask, layout=lay)
+        net.vjp(p, ctx, Sb)
+    r, t_old, t_new, _ = _pairs(lambda: step(old), lambda: step(new), 3 if quick else 5)
+    return [{"name": f"staple net fwd+vjp {'x'.join(map(str, shape))} B={batch} (width 8, 2 layers)",
+             "seconds": t_new, "reference": "colour-last staple net (previous code)", "ratio": r,
+             "speedup": 1 / r, "peak_MB": _peak(lambda: step(new)), "peak_MB_reference": _peak(lambda: step(old))}]
+
+
+def _train_records(quick):
+    import flows
+    import flows.layers
+    from bench.reference.staples_colour_last import StapleNet as ColourLast
+    from flows.train import sample_loss_and_grad
+    from lattice import Layout, kernels
+    from lattice.actions import Wilson
+    from lattice.backend import Rng
+    shape = (2, 2, 2, 4) if quick else (4, 4, 4, 4)
+    n_layers, batch = (4, 2) if quick else (16, 16)
+    lay = Layout(shape)
+    kw = dict(schedule="simple", context_hidden=(16, 16), context_kernel=1)
+    new = flows.SpectralFlow(4, 3, n_layers, "learned", **kw)
+    current = flows.layers.StapleNet
+    flows.layers.StapleNet = ColourLast
+    try:
+        old = flows.SpectralFlow(4, 3, n_layers, "learned", **kw)
+    finally:
+        flows.layers.StapleNet = current
+    p = new.init(0)
+    rng = np.random.default_rng(0)
+    p = {k: v + 0.01 * rng.normal(size=v.shape) for k, v in p.items()}
+    base, target = flows.HaarBase(shape, 3, layout=lay), flows.GaugeTarget(Wilson(2.0))
+    z = base.sample(batch, Rng(1))
+
+    def step_new():
+        return sample_loss_and_grad(new, p, base, target, z, "path", lay)
+
+    def step_old():
+        with kernels.reference_only():
+            return sample_loss_and_grad(old, p, base, target, z, "path", lay)
+    ln, lo = step_new(), step_old()
+    tag = f"{'x'.join(map(str, shape))}, {n_layers} layers, B={batch}"
+    r, t_old, t_new, ratios = _pairs(step_old, step_new, 1 if quick else 3)
+    recs = [{"name": f"train step learned path ({tag})", "seconds": t_new, "seconds_reference": t_old,
+             "reference": "previous code (colour-last staple net, LAPACK eigh/svd)", "ratio": r, "speedup": 1 / r,
+             "ratios": [round(x, 3) for x in ratios], "loss_diff": abs(float(ln[0]) - float(lo[0])),
+             "peak_MB": _peak(step_new), "peak_MB_reference": _peak(step_old)}]
+    # residual flow: compiled against reference kernels
+    pattern = ("M2",) if quick else ("M2", "M4")          # M4 needs extents divisible by 4
+    res = flows.residual_flow(4, 3, pattern, ("plaquette", "rectangle"), field_dependent=True)
+    pr = res.init(0)
+    pr = {k: v + 0.01 * rng.normal(size=v.shape) for k, v in pr.items()}
+
+    def rstep():
+        return sample_loss_and_grad(res, pr, base, target, z, "path", lay)
+
+    def rstep_ref():
+        with kernels.reference_only():
+            return rstep()
+    r, t_ref, t_fast, _ = _pairs(rstep_ref, rstep, 1 if quick else 3)
+    recs.append({"name": f"residual train step path ({' '.join(pattern)}, {'x'.join(map(str, shape))}, B={batch})",
+                 "seconds": t_fast, "seconds_reference": t_ref, "reference": "reference kernels", "ratio": r,
+                 "speedup": 1 / r})
+    return recs
+
+
+def run(quick: bool = False):
+    return _primitive_records(quick) + _staple_records(quick) + _train_records(quick)

@@ -1,0 +1,114 @@
+"""CuPy on a GPU (issue 14): every kernel against its array-API reference on random inputs
+(complex64 and complex128), and the flow, HMC, CG and determinant ratio on CuPy equal to NumPy
+to rounding. Collected everywhere, skipped with the reason where there is no usable GPU;
+``make test-gpu`` runs this file alone and sets GAUGEFLOW_REQUIRE_GPU=1, which turns the skip
+into a failure."""
+import os
+
+import numpy as np
+import pytest
+
+import lattice as L
+from lattice import kernels
+
+
+def _cupy_or_skip():
+    try:
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:   # ImportError, CUDARuntimeError (no driver), ...
+        reason = f"no usable GPU: {type(exc).__name__}: {exc}"
+    else:
+        if n > 0:
+            return cupy
+        reason = "no usable GPU: CuPy sees 0 CUDA devices"
+    if os.environ.get("GAUGEFLOW_REQUIRE_GPU") == "1":
+        pytest.fail(f"GAUGEFLOW_REQUIRE_GPU=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return _cupy_or_skip()
+
+
+@pytest.fixture(scope="module")
+def xcp(cp):
+    return L.get_namespace("cupy")
+
+
+TOL = {"complex128": 1e-12, "complex64": 5e-5}
+
+
+def _rand(shape, dtype, seed=0):
+    r = np.random.default_rng(seed)
+    return (r.normal(size=shape) + 1j * r.normal(size=shape)).astype(dtype)
+
+
+def _close(a, b, tol):
+    a, b = L.to_host(a), L.to_host(b)
+    return float(np.max(np.abs(a - b))) <= tol * max(1.0, float(np.max(np.abs(b))))
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "complex64"])
+@pytest.mark.parametrize("da,db", [(False, False), (True, False), (False, True), (True, True)])
+def test_mul_kernels_on_the_device(cp, xcp, dtype, da, db):
+    assert kernels.implementation(xcp) == "cupy"
+    A, B = _rand((3, 3, 5, 7), dtype, 1), _rand((3, 3, 5, 7), dtype, 2)
+    C = kernels.mul(cp.asarray(A), cp.asarray(B), da=da, db=db)
+    assert C.dtype == A.dtype
+    assert _close(C, kernels.mul_reference(A, B, da=da, db=db), TOL[dtype])
+    G = kernels.mul_gather(cp.asarray(A), cp.asarray(B), [4, 0, 2], [1, 1, 3], da=da, db=db)
+    assert _close(G, kernels.mul_reference(A[:, :, [4, 0, 2]], B[:, :, [1, 1, 3]], da=da, db=db), TOL[dtype])
+    with kernels.reference_only():
+        R = kernels.mul(cp.asarray(A), cp.asarray(B), da=da, db=db)
+    assert _close(C, R, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "complex64"])
+def test_eigh_polar_real_inner_on_the_device(cp, dtype):
+    X = _rand((64, 3, 3), dtype, 3)
+    H = X + np.conj(np.swapaxes(X, -1, -2))
+    w, V = kernels.eigh(cp.asarray(H))
+    Hd = cp.asarray(H)
+    assert _close(Hd @ V, V * w[:, None, :], 10 * TOL[dtype])
+    W, s, Vh = kernels.polar(cp.asarray(X))
+    assert _close((W * s[:, None, :]) @ Vh, X, 10 * TOL[dtype])
+    A, B = _rand((3, 3, 4, 9), dtype, 4), _rand((3, 3, 5, 9), dtype, 5)
+    assert _close(kernels.real_inner(cp.asarray(A), cp.asarray(B)), kernels.real_inner(A, B), TOL[dtype])
+
+
+def test_staple_network_and_flow_equal_numpy(cp):
+    import flows
+    shape = (4, 4, 4, 4)
+    lay = L.Layout(shape)
+    m = flows.SpectralFlow(4, 3, 4, "learned", schedule="simple", context_hidden=(8,), context_kernel=1)
+    p = m.init(0)
+    U = L.random_gauge(shape, N=3, batch=(2,), seed=5)
+    V, ld = m.forward(p, U, lay)
+    pd = {k: cp.asarray(v) for k, v in p.items()}
+    Vd, ldd = m.forward(pd, cp.asarray(U), lay)
+    assert _close(Vd, V, 1e-11) and _close(ldd, ld, 1e-10)
+
+
+def test_hmc_cg_and_det_ratio_equal_numpy(cp, xcp):
+    import fermions as F
+    from lattice.actions import Wilson
+    shape = (4, 2, 2, 2)
+    Un = L.random_gauge(shape, seed=1)
+    Ud = cp.asarray(Un)
+    S = Wilson(5.0)
+    lay = L.Layout(shape)
+    assert _close(S.force(Ud, lay), S.force(Un, lay), 1e-12)
+    opn, opd = F.TwistedMassWilson(Un, 0.17, 0.1), F.TwistedMassWilson(Ud, 0.17, 0.1)
+    psi = L.Rng(2).complex_normal(layout=lay, inner=(4, 3))
+    xn, _ = F.cg(opn.apply_schur_normal, opn.pack(psi)[1], tol=1e-11)
+    xd, info = F.cg(opd.apply_schur_normal, opd.pack(cp.asarray(psi))[1], tol=1e-11, layout=opd.half_layout)
+    assert info.converged and _close(xd, xn, 1e-9)
+    rn = F.log_det_ratio(Un, Un, 0.17, 0.1, n_shots=2, seed=1)
+    rd = F.log_det_ratio(Ud, Ud, 0.17, 0.1, n_shots=2, seed=1)
+    assert _close(rd.log_weights, rn.log_weights, 1e-9)
+    from lattice.hmc import run_hmc
+    Uh, _ = run_hmc(S, Un, n_traj=2, n_steps=4, seed=3, progress=False)
+    Uhd, _ = run_hmc(S, Ud, n_traj=2, n_steps=4, seed=3, progress=False)
+    assert _close(Uhd, Uh, 1e-10)
