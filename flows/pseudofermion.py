@@ -634,8 +634,8 @@ class PseudofermionObjective:
     def _ops(self, idx):
         from fermions.twisted_mass import TwistedMassWilson
         xp = namespace(self.U)
-        U = xp.stack([self.U[i] for i in idx])
-        Up = xp.stack([self.Up[i] for i in idx])
+        U = xp.stack([self.U[i, ...] for i in idx])
+        Up = xp.stack([self.Up[i, ...] for i in idx])
         return (U, Up, TwistedMassWilson(U, self.kappa, self.mu, self.layout, self.bc, check=False),
                 TwistedMassWilson(Up, self.kappa, self.mu, self.layout, self.bc, check=False))
 

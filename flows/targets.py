@@ -129,7 +129,7 @@ class EnsembleBase:
             raise ValueError(f"need 0 < held-out < {n} configurations, got {h}")
         self.n_train, self.n_holdout = n - h, h
         self.target = as_target(target)
-        self.layout = infer_gauge_layout(configs[:1], layout)
+        self.layout = infer_gauge_layout(configs[:1, ...], layout)
 
     def sample(self, batch_size: int, rng: Rng):
         xp = namespace(self.configs)
@@ -139,7 +139,7 @@ class EnsembleBase:
     def holdout(self, max_n: int | None = None):
         start = self.n_train
         stop = self.n_train + (self.n_holdout if max_n is None else min(self.n_holdout, int(max_n)))
-        return self.configs[start:stop]
+        return self.configs[start:stop, ...]
 
     def log_prob(self, U, layout: Layout | None = None):
         return self.target.log_prob(U, layout=layout)

@@ -206,6 +206,15 @@ def _ess(log_w):
     return float(ess(to_host(log_w)))
 
 
+def _device_rng(seed: int, base, params) -> Rng:
+    """The base-sampling stream on the device of the model: the base's namespace if it has one,
+    else that of the parameters (Philox is counter-based: the same numbers on every device)."""
+    xp = getattr(base, "xp", None)
+    if xp is None and params:
+        xp = namespace(*[v for v in params.values()][:1])
+    return Rng(seed, xp=xp)
+
+
 def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_size: int = 16, seed: int = 0):
     """ESS and mean loss on held-out samples: fresh Haar draws (seed stream disjoint from
     training) or the held-out configurations of an ensemble base. Returns
@@ -221,10 +230,10 @@ def evaluate_holdout(model, params, base, target, layout, n: int = 64, batch_siz
     if getattr(base, "kind", None) == "ensemble":
         cfgs = base.holdout(n)
         for i in range(0, int(cfgs.shape[0]), batch_size):
-            _, lw = log_weights(model, params, base, target, cfgs[i:i + batch_size], layout)
+            _, lw = log_weights(model, params, base, target, cfgs[i:i + batch_size, ...], layout)
             lws.append(lw)
     else:
-        rng = Rng(seed).child(2**40)
+        rng = _device_rng(seed, base, params).child(2**40)
         for i in range(0, n, batch_size):
             z = base.sample(min(batch_size, n - i), rng.child(i))
             _, lw = log_weights(model, params, base, target, z, layout)
@@ -319,7 +328,7 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
     if progress and root and start < steps:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"train ({estimator})", unit="step")
-    base_rng = Rng(seed)
+    base_rng = _device_rng(seed, base, params)
     if holdout_every and start == 0 and not hist.holdout_step:   # the untrained flow, for reference
         e, l, _ = evaluate_holdout(model, params, base, target, layout, holdout_size, batch_size, seed)
         hist.holdout_step.append(0)

@@ -324,7 +324,7 @@ RANGES: dict[tuple, tuple] = {
 
 # Keys with a fixed set of values (checked in _check_ranges).
 CHOICES: dict[tuple, tuple] = {
-    ("job", "backend"): ("numpy", "cupy"),
+    ("job", "backend"): ("numpy", "cupy", "array_api_strict"),
     ("action", "type"): ("wilson", "luscher_weisz"),
     ("fermions", "bc_time"): ("antiperiodic", "periodic"),
     ("hmc", "integrator"): ("omelyan", "leapfrog"),
@@ -412,8 +412,9 @@ def _check_consistency(c: dict, source: str):
         raise ConfigError(f"{source}: train.estimator must be 'path' or 'plain'")
     if c["train"]["base"] not in ("haar", "ensemble"):
         raise ConfigError(f"{source}: train.base must be 'haar' or 'ensemble'")
-    if c["job"]["backend"] not in ("numpy", "cupy"):
-        raise ConfigError(f"{source}: job.backend must be 'numpy' or 'cupy'")
+    if c["job"]["backend"] not in ("numpy", "cupy", "array_api_strict"):
+        raise ConfigError(f"{source}: job.backend must be 'numpy', 'cupy' or 'array_api_strict' (the array-API "
+                          f"test backend)")
     if c["pf_flow"]["enabled"] and not c["fermions"]["enabled"]:
         raise ConfigError(f"{source}: pf_flow.enabled = true needs dynamical fermions (fermions.enabled = true): the "
                           f"pseudofermion flow improves the determinant-ratio estimator of Nf = 2 reweighting")

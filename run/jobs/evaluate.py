@@ -41,7 +41,7 @@ def run(ctx: JobContext):
     S1, S2 = make_action(cfg, lam1), make_action(cfg, lam2)
     if not flow_path(ctx).exists():
         raise ConfigError(f"{flow_path(ctx)} not found: run `gaugeflow train` with this config first")
-    model, params = flows.load(flow_path(ctx))
+    model, params = flows.load(flow_path(ctx), xp=ctx.xp)
     digest = file_digest(flow_path(ctx))
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
     seed = cfg["job"]["seed"] + 1000
@@ -82,7 +82,7 @@ def run(ctx: JobContext):
             from tqdm.auto import tqdm
             bar = tqdm(total=n, initial=start, desc="evaluate", unit="cfg")
         for i in range(start, n):
-            U = src.read(i, xp=ctx.xp)[None]
+            U = src.read(i, xp=ctx.xp)[None, ...]
             V, logJ = model.forward(params, U, layout=ctx.layout)
             s1 = S1.action(U, ctx.layout)[0]
             s2, s2_id = S2.action(V, ctx.layout)[0], S2.action(U, ctx.layout)[0]
@@ -101,7 +101,7 @@ def run(ctx: JobContext):
             if use_pf:     # the same noise through the trained map
                 shots, lW = ratio(pf_model.bind(pf_params, U, V, ctx.layout))
             if len(flowed) <= i:
-                flowed.append(V[0], index=i, logJ=lj)
+                flowed.append(V[0, ...], index=i, logJ=lj)
             # log w = -S_lambda2(f(U)) + S_lambda1(U) + log J + log det ratio (flows.log_weight)
             log_p, log_r = -float(s2), -float(s1)
             out.append({"index": i, "logJ": lj, "dS": dS, "log_det": shots, "log_det_W": lW,

@@ -60,8 +60,8 @@ def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, pa
                                       layout=ctx.layout) as ens:
         rp = hmc.resume_point(ens)
         if rp is None:
-            U0 = (L.random_gauge(shape, N=N, seed=seed, layout=ctx.layout) if h["start"] == "hot"
-                  else L.unit_gauge(shape, N=N, layout=ctx.layout))
+            U0 = (L.random_gauge(shape, N=N, seed=seed, layout=ctx.layout, xp=ctx.xp) if h["start"] == "hot"
+                  else L.unit_gauge(shape, N=N, layout=ctx.layout, xp=ctx.xp))
             start = 0
         else:
             U0, start = rp

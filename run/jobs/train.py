@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 import lattice as L
-from lattice.backend import to_host
+from lattice.backend import to_host, from_host
 from lattice.io import EnsembleStore, atomic_write
 
 from ..config import ConfigError
@@ -221,9 +221,9 @@ def _train_pf_flow(ctx: JobContext):
         return
     t0 = time.perf_counter()
     U, layout = _base_ensemble(ctx, train_shape(cfg))
-    gauge_model, gauge_params = flows.load(flow_path(ctx))
+    gauge_model, gauge_params = flows.load(flow_path(ctx), xp=ctx.xp)
     bs = cfg["train"]["batch_size"]
-    Up = ctx.xp.concat([gauge_model.forward(gauge_params, U[i:i + bs], layout=layout)[0]
+    Up = ctx.xp.concat([gauge_model.forward(gauge_params, U[i:i + bs, ...], layout=layout)[0]
                         for i in range(0, int(U.shape[0]), bs)], axis=0)
     obj = PseudofermionObjective(U, Up, fe["kappa"], fe["mu"], bc=fe["bc_time"], n_shots=p["n_shots"],
                                  holdout=p["holdout"], tol=fe["cg_tol"], maxiter=fe["cg_maxiter"], layout=layout)
@@ -303,13 +303,13 @@ def _train_gauge_flow(ctx: JobContext):
                 f"({base.n_holdout} held out), target lambda2={t['lam2']}")
     else:
         layout = L.Layout(shape, comm=ctx.comm)
-        base = flows.HaarBase(shape, N=N, layout=layout)
+        base = flows.HaarBase(shape, N=N, layout=layout, xp=ctx.xp)
         ctx.say(f"training base: Haar, target lambda2={t['lam2']}")
     import time
     t0 = time.perf_counter()
     model = make_model(cfg, len(shape), N)
     _warn_uncovered_links(ctx, model, layout)
-    params = model.init(cfg["job"]["seed"])
+    params = {k: from_host(v, ctx.xp) for k, v in model.init(cfg["job"]["seed"]).items()}   # on the device
     extra = {}
     if t["init"] == "linear-response":
         params, extra = _linear_response_init(ctx, model, params, base, base_target, target, layout)
