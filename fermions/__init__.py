@@ -7,7 +7,9 @@ antiperiodic in time (the last axis); chiral gamma basis of tmLQCD with gamma_5 
 axis 0 (:mod:`fermions.evenodd`).
 
 Modules: gamma, evenodd, wilson (hopping kernel and link derivative), twisted_mass (operator,
-even-odd pieces, solve), cg (the one CG), dense (exact determinants and force on small lattices,
+even-odd pieces, solve), cg (the one CG), solvers (solver objects CG and MixedPrecision around it),
+preconditioners (EvenOddSchur, NoPreconditioner: how M psi = b becomes a Hermitian positive-definite
+system; ``op.solve(b, solver=..., preconditioner=...)``), dense (exact determinants and force on small lattices,
 and :class:`ExactNf2Determinant`, the exact determinant as a flow target term), det_ratio
 (stochastic determinant ratio), correlators (pion correlator), pseudofermion and hmc_nf2 (Nf=2 HMC).
 
@@ -19,6 +21,8 @@ from .evenodd import EvenOdd, even_odd, EvenOddError
 from .wilson import WilsonLinks, force_from_omega, FLOPS_PER_SITE_HOPPING
 from .twisted_mass import TwistedMassWilson, SolveInfo
 from .cg import cg, CGInfo, CGNotConverged, CGWarning, CGBreakdown
+from .solvers import CG, MixedPrecision, LinearMap, resolve_solver, solver_from_config
+from .preconditioners import EvenOddSchur, NoPreconditioner, preconditioner_from_config
 from .dense import (dense_matrix, dense_M, dense_schur, dense_log_det, dense_log_det_force, LogDetForce,
                     dense_inverse_blocks, ExactNf2Determinant, dense_force)
 from .det_ratio import log_det_ratio, DetRatio, log_mean_exp, ratio_variance_condition
@@ -26,15 +30,18 @@ from .correlators import (pion_correlator, PionCorrelator, point_source, timesli
                           create_correlator_store, append_correlator)
 from .pseudofermion import PseudofermionNf2
 from .hmc_nf2 import run_hmc_nf2, nf2_levels, nf2_reversibility_check, nf2_meta, create_nf2_store
-from . import gamma, evenodd, wilson, twisted_mass, dense, det_ratio, correlators, pseudofermion, hmc_nf2
+from . import (gamma, evenodd, wilson, twisted_mass, solvers, preconditioners, dense, det_ratio, correlators,
+               pseudofermion, hmc_nf2)
 
 __all__ = [
     "gammas", "gamma5", "projector", "EvenOdd", "even_odd", "EvenOddError", "WilsonLinks", "force_from_omega",
     "FLOPS_PER_SITE_HOPPING", "TwistedMassWilson", "SolveInfo", "cg", "CGInfo", "CGNotConverged", "CGWarning",
-    "CGBreakdown", "dense_matrix", "dense_M", "dense_schur", "dense_log_det", "dense_log_det_force",
-    "LogDetForce", "dense_inverse_blocks", "ExactNf2Determinant", "log_det_ratio", "DetRatio", "log_mean_exp",
-    "ratio_variance_condition", "pion_correlator", "PionCorrelator", "point_source", "timeslice_noise_source",
-    "point_propagator", "create_correlator_store", "append_correlator", "PseudofermionNf2", "run_hmc_nf2", "nf2_levels", "nf2_reversibility_check", "nf2_meta",
-    "create_nf2_store", "gamma", "evenodd", "wilson", "twisted_mass", "dense", "det_ratio", "correlators",
-    "pseudofermion", "hmc_nf2",
+    "CGBreakdown", "CG", "MixedPrecision", "LinearMap", "resolve_solver", "solver_from_config", "EvenOddSchur",
+    "NoPreconditioner", "preconditioner_from_config", "dense_matrix", "dense_M", "dense_schur", "dense_log_det",
+    "dense_log_det_force", "LogDetForce", "dense_inverse_blocks", "ExactNf2Determinant", "log_det_ratio", "DetRatio",
+    "log_mean_exp", "ratio_variance_condition", "pion_correlator", "PionCorrelator", "point_source",
+    "timeslice_noise_source", "point_propagator", "create_correlator_store", "append_correlator", "PseudofermionNf2",
+    "run_hmc_nf2", "nf2_levels", "nf2_reversibility_check", "nf2_meta", "create_nf2_store", "gamma", "evenodd",
+    "wilson", "twisted_mass", "solvers", "preconditioners", "dense", "det_ratio", "correlators", "pseudofermion",
+    "hmc_nf2",
 ]

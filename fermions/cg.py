@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from lattice.backend import namespace, to_host
 from lattice.layout import layout_for
 
-__all__ = ["cg", "CGInfo", "CGNotConverged", "CGWarning", "CGBreakdown", "DEFAULT_MAXITER"]
+__all__ = ["cg", "check_cg_args", "CGInfo", "CGNotConverged", "CGWarning", "CGBreakdown", "DEFAULT_MAXITER"]
 
 DEFAULT_MAXITER = 10000
 
@@ -160,9 +160,21 @@ def _cg_core(apply_A, b, tol, maxiter, x0, layout, inner, bnorm2=None):
         p = r
 
 
+def check_cg_args(tol, maxiter, on_failure) -> int:
+    """Validate the CG settings; returns maxiter as an int (None -> :data:`DEFAULT_MAXITER`)."""
+    if on_failure not in ("raise", "warn"):
+        raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
+    if maxiter < 1:
+        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    return maxiter
+
+
 def cg(apply_A, b, tol: float = 1e-10, maxiter: int | None = None, x0=None, layout=None, *,
        inner: int = 2, on_failure: str = "raise", apply_A_low=None, low_tol: float = 1e-5,
-       what: str = "CG"):
+       low_maxiter: int | None = None, low_dtype=None, what: str = "CG"):
     """Solve A x = b (A Hermitian positive definite) to a true relative residual ``tol``.
 
     Parameters
@@ -178,19 +190,16 @@ def cg(apply_A, b, tol: float = 1e-10, maxiter: int | None = None, x0=None, layo
     on_failure : "raise" (default, :class:`CGNotConverged`) or "warn" (:class:`CGWarning`;
         check ``info.converged``).
     apply_A_low, low_tol : optional complex64 operator for mixed-precision defect correction.
+    low_maxiter : iteration cap of each low-precision solve (default: what is left of ``maxiter``).
+    low_dtype : dtype of the low-precision residual (default complex64, float32 for a real ``b``);
+        ``apply_A_low`` must act on it.
     what : name used in error messages.
 
     Returns
     -------
     (x, info) with info a :class:`CGInfo`.
     """
-    if on_failure not in ("raise", "warn"):
-        raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
-    if not (tol > 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
-    maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
-    if maxiter < 1:
-        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    maxiter = check_cg_args(tol, maxiter, on_failure)
     xp = namespace(b)
     if not xp.isdtype(b.dtype, "complex floating") and not xp.isdtype(b.dtype, "real floating"):
         raise TypeError(f"{what}: right-hand side must be a floating-point array, got {b.dtype}")
@@ -204,7 +213,7 @@ def cg(apply_A, b, tol: float = 1e-10, maxiter: int | None = None, x0=None, layo
         precision = "double"
     else:
         x, rel, its, restarts, low_its = _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0,
-                                                            layout, inner, low_tol)
+                                                            layout, inner, low_tol, low_maxiter, low_dtype)
         precision = "mixed"
     rel_h = [float(v) for v in to_host(xp.reshape(rel, (-1,)))]
     worst = max(rel_h) if rel_h else 0.0
@@ -225,10 +234,14 @@ def cg(apply_A, b, tol: float = 1e-10, maxiter: int | None = None, x0=None, layo
     return x, info
 
 
-def _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0, layout, inner, low_tol):
+def _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0, layout, inner, low_tol, low_maxiter=None,
+                       low_dtype=None):
     """float64 outer loop, complex64 (or float32) inner CG."""
     xp = namespace(b)
-    low = xp.complex64 if xp.isdtype(b.dtype, "complex floating") else xp.float32
+    if low_dtype is not None:
+        low = low_dtype
+    else:
+        low = xp.complex64 if xp.isdtype(b.dtype, "complex floating") else xp.float32
     nb2 = _norm2(layout, b, inner)
     zero_b = nb2 == 0
     nb2_safe = xp.where(zero_b, xp.ones_like(nb2), nb2)
@@ -248,7 +261,8 @@ def _defect_correction(apply_A, apply_A_low, b, tol, maxiter, x0, layout, inner,
         worst = float(xp.max(xp.where(done, xp.zeros_like(rel), rel)))
         ltol = max(floor, min(float(low_tol), 0.5 * tol / worst))
         rl = xp.astype(r, low)
-        d, rel_low, k, _ = _cg_core(apply_A_low, rl, ltol, maxiter - its, None, layout, inner)
+        budget = maxiter - its if low_maxiter is None else min(int(low_maxiter), maxiter - its)
+        d, rel_low, k, _ = _cg_core(apply_A_low, rl, ltol, budget, None, layout, inner)
         its += k
         low_its += k
         steps += 1

@@ -52,7 +52,8 @@ from lattice.backend import Rng, namespace
 from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
-from .cg import cg, CGInfo
+from .cg import CGInfo
+from .solvers import LinearMap, resolve_solver
 from .evenodd import require_even_odd
 
 __all__ = ["log_det_ratio", "DetRatio", "log_mean_exp", "ratio_variance_condition", "draw_odd_noise"]
@@ -130,13 +131,9 @@ def log_det_ratio(U, U_prime, kappa: float, mu: float, n_shots: int, seed: int, 
         phi, log_jac = pf_map(phi)
         if tuple(phi.shape) != tuple(eta.shape):
             raise ValueError(f"pf_map returned phi' of shape {tuple(phi.shape)}, expected {tuple(eta.shape)}")
-    kw = {}
-    if precision == "mixed":
-        kw["apply_A_low"] = opp.astype(xp.complex64).apply_schur_normal
-    elif precision != "double":
-        raise ValueError(f"precision must be 'double' or 'mixed', got {precision!r}")
-    zeta, info = cg(opp.apply_schur_normal, phi, tol=tol, maxiter=maxiter, layout=half, on_failure=on_failure,
-                    what="CG on M^'^dag M^' (determinant ratio)", **kw)
+    solver = resolve_solver(tol=tol, maxiter=maxiter, on_failure=on_failure, precision=precision)
+    zeta, info = solver.solve(LinearMap(opp, "apply_schur_normal"), phi, layout=half,
+                              what="CG on M^'^dag M^' (determinant ratio)")
     y = opp.apply_schur(zeta)
     # log w = |eta|^2 - (2 Re<phi', zeta> - |M^' zeta|^2) + log J, combined per site before the sum
     dens = (xp.real(eta * xp.conj(eta)) - 2.0 * xp.real(xp.conj(phi) * zeta) + xp.real(y * xp.conj(y)))

@@ -27,7 +27,7 @@ from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
 from .wilson import force_from_omega, normalise_bc
-from .cg import cg
+from .solvers import LinearMap, resolve_solver
 
 __all__ = ["PseudofermionNf2"]
 
@@ -98,11 +98,10 @@ class PseudofermionNf2:
             raise ValueError(f"pseudofermion of shape {tuple(self.phi.shape)} does not match the gauge batch {batch}")
 
     def _solve(self, op, tol, x0=None, kind="force"):
-        kw = {}
-        if self.precision == "mixed" and kind == "force":
-            kw["apply_A_low"] = op.astype(op.xp.complex64).apply_schur_normal
-        X, info = cg(op.apply_schur_normal, self.phi, tol=tol, maxiter=self.maxiter, x0=x0,
-                     layout=op.half_layout, what=f"pseudofermion CG ({kind})", **kw)
+        precision = "mixed" if self.precision == "mixed" and kind == "force" else "double"
+        solver = resolve_solver(tol=tol, maxiter=self.maxiter, precision=precision)
+        X, info = solver.solve(LinearMap(op, "apply_schur_normal"), self.phi, x0=x0, layout=op.half_layout,
+                               what=f"pseudofermion CG ({kind})")
         self.cg_iterations.append((kind, info.iterations))
         return X
 

@@ -18,7 +18,8 @@ blocks M_eo = -kappa H_eo, M_oe = -kappa H_oe. The Schur complement on the odd s
 and det M = det M_ee det M^ with det M_ee = (1 + mu~^2)^{2 N V/2} independent of U, so
 determinant ratios can be taken on M^ alone. M^dag = gamma_5 M^(-mu) gamma_5. Solving
 M psi = b: psi_o = M^{-1} (b_o - M_oe A^{-1} b_e) (CG on M^dag M^), then
-psi_e = A^{-1} (b_e - M_eo psi_o).
+psi_e = A^{-1} (b_e - M_eo psi_o); the steps are :class:`fermions.preconditioners.EvenOddSchur`
+and the CG a solver object of :mod:`fermions.solvers`, both exchangeable in :meth:`solve`.
 
 Packed even/odd fields have site shape (L_0/2, L_1, L_2, L_3) (see :mod:`fermions.evenodd`);
 use :meth:`TwistedMassWilson.pack` / :meth:`TwistedMassWilson.unpack`.
@@ -36,7 +37,8 @@ from lattice import su_n
 
 from .wilson import WilsonLinks, to_soa, from_soa, normalise_bc, omega_to_gauge
 from .evenodd import even_odd
-from .cg import cg
+from .solvers import resolve_solver
+from .preconditioners import EvenOddSchur
 
 __all__ = ["TwistedMassWilson", "SolveInfo"]
 
@@ -54,8 +56,9 @@ def _halves(psi):
 
 class SolveInfo(dict):
     """Result record of :meth:`TwistedMassWilson.solve` (a dict with attribute access):
-    ``cg`` (the CG info of the Schur solve), ``residual`` (worst true relative residual
-    ||b - M psi|| / ||b|| of the full system) and ``residuals`` (per batch element)."""
+    ``cg`` (the CG info of the reduced solve), ``residual`` (worst true relative residual
+    ||b - M psi|| / ||b|| of the full system), ``residuals`` (per batch element), ``solver`` and
+    ``preconditioner`` (their ``config()`` dicts)."""
 
     __getattr__ = dict.__getitem__
 
@@ -250,50 +253,41 @@ class TwistedMassWilson:
         return from_soa(_cat(up, -dn))
 
     # ------------------------------------------------------------------ solves
-    def _cg_kwargs(self, precision):
-        if precision == "double":
-            return {}
-        if precision == "mixed":
-            low = self.astype(self.xp.complex64)
-            return {"apply_A_low": low.apply_schur_normal}
-        raise ValueError(f"precision must be 'double' or 'mixed', got {precision!r}")
-
-    def solve_schur(self, b_o, tol: float = 1e-10, maxiter: int | None = None, x0=None,
-                    on_failure: str = "raise", precision: str = "double"):
+    def solve_schur(self, b_o, tol: float | None = None, maxiter: int | None = None, x0=None,
+                    on_failure: str | None = None, precision: str | None = None, *, solver=None):
         """Solve M^ x = b_o on the odd sites via CG on M^dag M^ x = M^dag b_o.
 
-        ``tol`` is the true relative residual of the normal equations. Returns (x, CGInfo).
+        ``tol`` (default 1e-10) is the true relative residual of the normal equations; ``precision``
+        "double" (default) or "mixed" (complex64 inner CG). Or pass a ``solver`` object
+        (:mod:`fermions.solvers`) instead of tol/maxiter/on_failure/precision.
+        Returns (x, CGInfo).
         """
-        rhs = self.apply_schur_dagger(b_o)
-        return cg(self.apply_schur_normal, rhs, tol=tol, maxiter=maxiter, x0=x0, layout=self.half_layout,
-                  on_failure=on_failure, what="CG on M^dag M^ (even-odd)", **self._cg_kwargs(precision))
+        solver = resolve_solver(solver, tol=tol, maxiter=maxiter, on_failure=on_failure, precision=precision)
+        return EvenOddSchur().solve_reduced(self, b_o, solver, x0=x0)
 
-    def solve(self, b, tol: float = 1e-10, maxiter: int | None = None, on_failure: str = "raise",
-              precision: str = "double"):
-        """Solve M psi = b (full lattice) through the even-odd Schur complement.
+    def solve(self, b, tol: float | None = None, maxiter: int | None = None, on_failure: str | None = None,
+              precision: str | None = None, *, solver=None, preconditioner=None):
+        """Solve M psi = b (full lattice), by default through the even-odd Schur complement.
 
         psi_o = M^{-1} (b_o + kappa H_oe A^{-1} b_e), psi_e = A^{-1} (b_e + kappa H_eo psi_o).
-        ``tol`` is the CG tolerance on the odd-site normal equations; the returned
-        :class:`SolveInfo` also reports the true residual of the full system,
-        ||b - M psi|| / ||b||, per batch element.
+        ``tol`` (default 1e-10) is the CG tolerance on the normal equations of the reduced system;
+        ``precision`` "double" (default) or "mixed". ``solver`` (:mod:`fermions.solvers`, instead of
+        tol/maxiter/on_failure/precision) and ``preconditioner`` (:mod:`fermions.preconditioners`,
+        default :class:`EvenOddSchur`) choose the method. The returned :class:`SolveInfo` also
+        reports the true residual of the full system, ||b - M psi|| / ||b||, per batch element.
         """
         xp = self.xp
-        b_e, b_o = self.pack(b)
-        be = to_soa(b_e)
-        bo = to_soa(b_o)
-        t = self._hop_eo(self._diag(be, self._ainv), 1)
-        rhs = from_soa(bo + self.kappa * t)
-        x_o, info = self.solve_schur(rhs, tol=tol, maxiter=maxiter, on_failure=on_failure, precision=precision)
-        xo = to_soa(x_o)
-        x_e = from_soa(self._diag(be + self.kappa * self._hop_eo(xo, 0), self._ainv))
-        psi = self.unpack(x_e, x_o)
+        solver = resolve_solver(solver, tol=tol, maxiter=maxiter, on_failure=on_failure, precision=precision)
+        pre = EvenOddSchur() if preconditioner is None else preconditioner
+        psi, info = pre.solve(self, b, solver)
         r = b - self.apply(psi)
         lay = self.layout
         rr = lay.sum(xp.real(r * xp.conj(r)), inner=2)
         bb = lay.sum(xp.real(b * xp.conj(b)), inner=2)
         rel = xp.sqrt(rr / xp.where(bb == 0, xp.ones_like(bb), bb))
         res = [float(v) for v in to_host(xp.reshape(rel, (-1,)))]
-        return psi, SolveInfo(cg=info, residual=max(res) if res else 0.0, residuals=tuple(res))
+        return psi, SolveInfo(cg=info, residual=max(res) if res else 0.0, residuals=tuple(res),
+                              solver=solver.config(), preconditioner=pre.config())
 
     # ------------------------------------------------------------------ link derivatives
     def hopping_omega(self, a, b):
