@@ -62,12 +62,16 @@ preallocated array (no concatenation). The two-link products
       Y_a,b(x) = S_a(x) S_b(x + a^)
 
 are shared: S^L_mu,nu = shift_-nu(S_nu^dag Y_mu,nu) and S^R_mu,nu = Y_nu,mu S_nu(x + mu^)^dag,
-so a hidden layer costs 3 products per ordered pair (mu, nu) instead of 4, and the VJP reuses
-the Y (8 products per pair). Every product is batched over all pairs of a layer (one kernel
-call for all Y, one for all S^L, one for all S^R; eight in the VJP): fields of all directions
-live in one array ``(N, N, Nd, K, *batch, *sites)`` and the pairs are gathered along axis 2.
-Cotangents of the shifted fields S_b(x + a^) are summed over the pairs that use them before
-being shifted back, once. The colour-last implementation this
+so a hidden layer costs 3 products per ordered pair (mu, nu) instead of 4 when both (mu, nu)
+and (nu, mu) are in one chunk; the VJP recomputes the Y (keeping them would cost more memory
+than the network's inputs) and needs 8 more products per pair. Every product is batched over
+a chunk of pairs (one kernel call for all Y of the chunk, one for all S^L, one for all S^R;
+eight in the VJP): fields of all directions live in one array ``(N, N, Nd, K, *batch,
+*sites)`` and the pairs are gathered along axis 2. Small fields (the first layer, K = 1) go
+in one chunk; large ones in chunks of at most ``StapleNet.CHUNK_MATRICES`` matrices per field,
+which keeps the peak memory near that of the colour-last code. Cotangents of the shifted
+fields S_b(x + a^) are summed over the pairs of a chunk before being shifted back, once.
+The colour-last implementation this
 replaced is kept as the benchmark reference (``bench/reference/staples_colour_last.py``);
 tests/test_flows_staples.py checks that both give the same numbers.
 """
@@ -188,41 +192,70 @@ class StapleNet(Module):
     def _shift(layout, F, mu, sign):
         return layout.shift(F, mu, sign, inner=0)
 
-    def _plan(self, i):
-        """Pairs of layer i. Q: the (mu, nu) blocks of the augmented vectors (mu in dirs,
-        nu != mu, in block order); E: the ordered pairs (a, b) whose two-link products
-        Y_a,b = S_a(x) S_b(x + a^) and shifted fields T_a,b = S_b(x + a^) are needed."""
+    #: pairs are processed in chunks of at most this many matrices per field (>= 1 pair), so
+    #: that small fields are batched into few kernel calls and large ones keep the peak memory
+    #: near that of the network's inputs and augmented vectors
+    CHUNK_MATRICES = 1 << 16
+
+    def _chunks(self, i, S):
+        """Pair chunks of layer i: a list of (qs, E) with qs indices into Q = the (mu, nu) blocks
+        of the augmented vectors (mu in dirs, nu != mu, in block order) and E the ordered pairs
+        (a, b) whose two-link products Y_a,b = S_a(x) S_b(x + a^) and shifted fields
+        T_a,b = S_b(x + a^) the chunk needs (both (mu, nu) and (nu, mu) for each block)."""
         Q = [(mu, nu) for mu in self.dirs[i] for nu in self.others(mu)]
-        E = []
-        for mu, nu in Q:
-            for e in ((mu, nu), (nu, mu)):
-                if e not in E:
-                    E.append(e)
-        return Q, E
+        per_pair = 1
+        for n in S.shape[3:]:
+            per_pair *= int(n)
+        size = max(1, self.CHUNK_MATRICES // max(1, per_pair))
+        out = []
+        for k in range(0, len(Q), size):
+            qs = list(range(k, min(k + size, len(Q))))
+            E = []
+            for q in qs:
+                mu, nu = Q[q]
+                for e in ((mu, nu), (nu, mu)):
+                    if e not in E:
+                        E.append(e)
+            out.append((qs, E))
+        return Q, out
 
     def _two_link(self, S, E, layout):
         """T_E = S_b(x + a^) and Y_E = S_a T_E, each (N, N, |E|, K, *rest)."""
-        xp = namespace(S)
-        T = xp.stack([self._shift(layout, S[:, :, b, ...], a, +1) for a, b in E], axis=2)
+        T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
         return T, kernels.mul_gather(S, T, [a for a, _ in E], range(len(E)))
 
-    def _augment(self, S, i, T, Y, layout):
+    def _stack_shifted(self, F, plan, layout):
+        """``out[:, :, k] = shift(F[:, :, src_k], axis_k, sign_k)`` for plan = [(src, axis, sign)],
+        written slot by slot (one shifted temporary at a time, no list + stack copy)."""
+        xp = namespace(F)
+        out = xp.empty(tuple(F.shape[:2]) + (len(plan),) + tuple(F.shape[3:]), dtype=F.dtype)
+        for k, (src, axis, sign) in enumerate(plan):
+            out[:, :, k, ...] = self._shift(layout, F[:, :, src, ...], axis, sign)
+        return out
+
+    def _augment(self, S, i, layout):
         """aug (N, N, n_dirs, 2Nd - 1, K, *rest): [S_mu | S^L_mu,nu ... | S^R_mu,nu ...] per
-        direction mu of layer i (eqs. 5-6); one batched product each for all S^L and all S^R."""
+        direction mu of layer i (eqs. 5-6); per pair chunk one batched product for the Y, one for
+        all S^L and one for all S^R."""
         xp = namespace(S)
-        Q, E = self._plan(i)
         dirs, Nd = self.dirs[i], self.Nd
         N, rest = S.shape[0], tuple(S.shape[3:])
-        i_mn = [E.index((mu, nu)) for mu, nu in Q]
-        i_nm = [E.index((nu, mu)) for mu, nu in Q]
-        D = kernels.mul_gather(S, Y, [nu for _, nu in Q], i_mn, da=True)      # S^L at x + nu
-        R = kernels.mul_gather(Y, T, i_nm, i_mn, db=True)
+        Q, chunks = self._chunks(i, S)
         aug = xp.empty((N, N, len(dirs), self.n_blocks) + rest, dtype=S.dtype)
         for d, mu in enumerate(dirs):
             aug[:, :, d, 0, ...] = S[:, :, mu, ...]
-        for q, (mu, nu) in enumerate(Q):
-            aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...] = self._shift(layout, D[:, :, q, ...], nu, -1)
-        aug[:, :, :, Nd:, ...] = xp.reshape(R, (N, N, len(dirs), Nd - 1) + rest)
+        for qs, E in chunks:
+            T, Y = self._two_link(S, E, layout)
+            i_mn = [E.index(Q[q]) for q in qs]
+            i_nm = [E.index(Q[q][::-1]) for q in qs]
+            D = kernels.mul_gather(S, Y, [Q[q][1] for q in qs], i_mn, da=True)      # S^L at x + nu
+            for k, q in enumerate(qs):
+                aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...] = self._shift(layout, D[:, :, k, ...], Q[q][1], -1)
+            del D
+            R = kernels.mul_gather(Y, T, i_nm, i_mn, db=True)
+            for k, q in enumerate(qs):
+                aug[:, :, q // (Nd - 1), Nd + q % (Nd - 1), ...] = R[:, :, k, ...]
+            del R, T, Y
         return aug
 
     @staticmethod
@@ -260,55 +293,66 @@ class StapleNet(Module):
         saved = []
         for i in range(self.n_layers):
             c = xp.astype(params[f"c{i}"], U.dtype, copy=False)
-            T, Y = self._two_link(S, self._plan(i)[1], layout)
-            aug = self._augment(S, i, T, Y, layout)
-            saved.append((S, None, None, None) if self.save_memory else (S, T, Y, aug))
+            aug = self._augment(S, i, layout)
+            saved.append((S, None if self.save_memory else aug))
             S = self._mix(c, aug)
         ctx = (layout, keep, saved)
         return (kernels.colour_last(S[:, :, 0, 0, ...]),), ctx
 
     # ------------------------------------------------------------------ adjoint
-    def _augment_vjp(self, S, i, aug_bar, T, Y, layout):
+    def _augment_vjp(self, S, i, aug_bar, layout):
         """Cotangent of the layer input S (N, N, Nd, K, *rest) from that of aug (the adjoint
-        of :meth:`_augment` and :meth:`_two_link`, eight batched products)."""
+        of :meth:`_augment` and :meth:`_two_link`: per pair chunk the Y recomputed, then eight
+        batched products)."""
         xp = namespace(S)
         mul = kernels.mul_gather
-        Q, E = self._plan(i)
         dirs, Nd = self.dirs[i], self.Nd
         N, rest = S.shape[0], tuple(S.shape[3:])
-        nQ = len(Q)
-        i_mn = [E.index((mu, nu)) for mu, nu in Q]
-        i_nm = [E.index((nu, mu)) for mu, nu in Q]
-        i_mu, i_nu, iq = [mu for mu, _ in Q], [nu for _, nu in Q], range(nQ)
-        Lb = xp.reshape(aug_bar[:, :, :, 1:Nd, ...], (N, N, nQ) + rest)
-        Rb = xp.reshape(aug_bar[:, :, :, Nd:, ...], (N, N, nQ) + rest)
-        Db = xp.stack([self._shift(layout, Lb[:, :, q, ...], nu, +1) for q, (_, nu) in enumerate(Q)], axis=2)
-        # per pair q = (mu, nu): Tq = T[i_mn] = S_nu(x + mu), Pq = T[i_nm] = S_mu(x + nu),
-        # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq.
-        # R = Ynm Tq^dag:  Ynm_b = R_b Tq, Tq_b = R_b^dag Ynm, S_nu_b = Ynm_b Pq^dag, Pq_b = S_nu^dag Ynm_b
-        Ynm_b = mul(Rb, T, iq, i_mn)
-        T_b = mul(Rb, Y, iq, i_nm, da=True)
-        B_b = mul(Ynm_b, T, iq, i_nm, db=True)
-        P_b = mul(S, Ynm_b, i_nu, iq, da=True)
-        # L = shift_-nu(D), D = S_nu^dag Ymn:  S_nu_b += Ymn D_b^dag, Ymn_b = S_nu D_b,
-        # Tq_b += S_mu^dag Ymn_b, S_mu_b = Ymn_b Tq^dag
-        B_b += mul(Y, Db, i_mn, iq, db=True)
-        Ymn_b = mul(S, Db, i_nu, iq)
-        T_b += mul(S, Ymn_b, i_mu, iq, da=True)
-        A_b = mul(Ymn_b, T, iq, i_mn, db=True)
-        # scatter: direct uses, then shifted uses summed per (a, b) and shifted back once
+        nb = self.n_blocks
+        Q, chunks = self._chunks(i, S)
+        AB = xp.reshape(aug_bar, (N, N, len(dirs) * nb) + rest)          # a view: no copy
         S_bar = xp.zeros(S.shape, dtype=S.dtype)
         for d, mu in enumerate(dirs):
             S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
-        sh_bar = [None] * len(E)
-        for q, (mu, nu) in enumerate(Q):
-            S_bar[:, :, mu, ...] += A_b[:, :, q, ...]
-            S_bar[:, :, nu, ...] += B_b[:, :, q, ...]
-            for e, v in ((E.index((mu, nu)), T_b[:, :, q, ...]), (E.index((nu, mu)), P_b[:, :, q, ...])):
-                sh_bar[e] = v if sh_bar[e] is None else sh_bar[e] + v
-        for e, (a, b) in enumerate(E):
-            if sh_bar[e] is not None:
-                S_bar[:, :, b, ...] += self._shift(layout, sh_bar[e], a, -1)
+
+        def to_S(targets, X):
+            for k, a in enumerate(targets):
+                S_bar[:, :, a, ...] += X[:, :, k, ...]
+
+        for qs, E in chunks:
+            T, Y = self._two_link(S, E, layout)
+            sh_bar = xp.zeros(T.shape, dtype=S.dtype)   # cotangents of T_E, shifted back once
+
+            def to_T(targets, X):
+                for k, e in enumerate(targets):
+                    sh_bar[:, :, e, ...] += X[:, :, k, ...]
+
+            i_mn = [E.index(Q[q]) for q in qs]
+            i_nm = [E.index(Q[q][::-1]) for q in qs]
+            i_mu, i_nu, iq = [Q[q][0] for q in qs], [Q[q][1] for q in qs], range(len(qs))
+            # blocks of pair q = (mu, nu) = (dirs[d], j-th other direction) in the flat block axis
+            i_L = [(q // (Nd - 1)) * nb + 1 + q % (Nd - 1) for q in qs]
+            i_R = [(q // (Nd - 1)) * nb + Nd + q % (Nd - 1) for q in qs]
+            # per pair q = (mu, nu): Tq = T[i_mn] = S_nu(x + mu), Pq = T[i_nm] = S_mu(x + nu),
+            # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq. Temporaries are dropped as soon as
+            # they are used, so that the peak stays near that of the forward.
+            # R = Ynm Tq^dag: Ynm_b = R_b Tq, Tq_b = R_b^dag Ynm, S_nu_b = Ynm_b Pq^dag, Pq_b = S_nu^dag Ynm_b
+            Ynm_b = mul(AB, T, i_R, i_mn)
+            to_T(i_mn, mul(AB, Y, i_R, i_nm, da=True))
+            to_S(i_nu, mul(Ynm_b, T, iq, i_nm, db=True))
+            to_T(i_nm, mul(S, Ynm_b, i_nu, iq, da=True))
+            del Ynm_b
+            # L = shift_-nu(D), D = S_nu^dag Ymn: S_nu_b += Ymn D_b^dag, Ymn_b = S_nu D_b,
+            # Tq_b += S_mu^dag Ymn_b, S_mu_b = Ymn_b Tq^dag
+            Db = self._stack_shifted(AB, [(i_L[k], i_nu[k], +1) for k in iq], layout)
+            to_S(i_nu, mul(Y, Db, i_mn, iq, db=True))
+            Ymn_b = mul(S, Db, i_nu, iq)
+            del Db, Y
+            to_T(i_mn, mul(S, Ymn_b, i_mu, iq, da=True))
+            to_S(i_mu, mul(Ymn_b, T, iq, i_mn, db=True))
+            del Ymn_b, T
+            for e, (a, b) in enumerate(E):
+                S_bar[:, :, b, ...] += self._shift(layout, sh_bar[:, :, e, ...], a, -1)
         return S_bar
 
     def vjp(self, params, ctx, S_bar):
@@ -322,11 +366,10 @@ class StapleNet(Module):
         N = S0.shape[0]
         ob = xp.reshape(kernels.colour_first(xp.astype(S_bar, S0.dtype)), (N, N, 1, 1) + tuple(S0.shape[4:]))
         for i in reversed(range(self.n_layers)):
-            S, T, Y, aug = saved[i]
+            S, aug = saved[i]
             c = xp.astype(params[f"c{i}"], S0.dtype, copy=False)
             if aug is None:                                       # recomputed (save_memory=True)
-                T, Y = self._two_link(S, self._plan(i)[1], layout)
-                aug = self._augment(S, i, T, Y, layout)
+                aug = self._augment(S, i, layout)
             n_dirs, n_aug = aug.shape[2], aug.shape[3] * aug.shape[4]
             ob_f = xp.reshape(ob, (N, N, n_dirs, ob.shape[3], -1))             # (N, N, d, K_out, M)
             aug_f = xp.reshape(aug, (N, N, n_dirs, n_aug, -1))                 # (N, N, d, n_aug, M)
@@ -335,6 +378,6 @@ class StapleNet(Module):
             g = kernels.real_inner(ob_f, aug_f)                                # (N, N, d, K_out, n_aug)
             grads[f"c{i}"] = xp.astype(xp.sum(g, axis=(0, 1)), p.dtype)
             aug_bar = xp.reshape(xp.matrix_transpose(c) @ ob_f, tuple(aug.shape))
-            ob = self._augment_vjp(S, i, aug_bar, T, Y, layout)
+            ob = self._augment_vjp(S, i, aug_bar, layout)
         Ub = [kernels.colour_last(keep[mu] * ob[:, :, mu, 0, ...]) for mu in range(self.Nd)]
         return (stack_links(Ub, layout), None), grads

@@ -248,9 +248,10 @@ def test_active_loop_recipe():
     np.testing.assert_allclose(L[:, act], eq1, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 40])
 @pytest.mark.parametrize("save_memory", [False, True])
 @pytest.mark.parametrize("Nd,N,n_layers", [(4, 3, 2), (4, 3, 3), (2, 2, 2), (3, 3, 1)])
-def test_equals_the_colour_last_implementation_it_replaced(Nd, N, n_layers, save_memory):
+def test_equals_the_colour_last_implementation_it_replaced(Nd, N, n_layers, save_memory, chunk):
     """The colour-first, pair-batched network (issue 14) gives the numbers of the colour-last
     one it replaced (bench/reference/staples_colour_last.py, the benchmark reference), forward
     and VJP, on the compiled path and on the array-API reference kernels."""
@@ -259,6 +260,8 @@ def test_equals_the_colour_last_implementation_it_replaced(Nd, N, n_layers, save
     lay, U = _setup(Nd, N, 0, 11)
     mu = 1 % Nd
     new = flows.StapleNet(Nd, mu, width=3, n_layers=n_layers, save_memory=save_memory)
+    if chunk is not None:          # pairs in chunks of 1 pair / a few pairs (large-field path)
+        new.CHUNK_MATRICES = chunk
     old = ColourLast(Nd, mu, width=3, n_layers=n_layers, save_memory=save_memory)
     params = new.init(Rng(3))
     mask = _random_mask(5, lay)
