@@ -189,13 +189,13 @@ class StapleNet(Module):
 
     # ------------------------------------------------------------------ forward
     @staticmethod
-    def _shift(layout, F, mu, sign):
-        return layout.shift(F, mu, sign, inner=0)
+    def _shift(layout, F, mu, sign, out=None):
+        return layout.shift(F, mu, sign, inner=0, out=out)
 
     #: pairs are processed in chunks of at most this many matrices per field (>= 1 pair), so
     #: that small fields are batched into few kernel calls and large ones keep the peak memory
     #: near that of the network's inputs and augmented vectors
-    CHUNK_MATRICES = 1 << 16
+    CHUNK_MATRICES = 1 << 15
 
     def _chunks(self, i, S):
         """Pair chunks of layer i: a list of (qs, E) with qs indices into Q = the (mu, nu) blocks
@@ -230,7 +230,7 @@ class StapleNet(Module):
         xp = namespace(F)
         out = xp.empty(tuple(F.shape[:2]) + (len(plan),) + tuple(F.shape[3:]), dtype=F.dtype)
         for k, (src, axis, sign) in enumerate(plan):
-            out[:, :, k, ...] = self._shift(layout, F[:, :, src, ...], axis, sign)
+            self._shift(layout, F[:, :, src, ...], axis, sign, out=out[:, :, k, ...])
         return out
 
     def _augment(self, S, i, layout):
@@ -250,7 +250,7 @@ class StapleNet(Module):
             i_nm = [E.index(Q[q][::-1]) for q in qs]
             D = kernels.mul_gather(S, Y, [Q[q][1] for q in qs], i_mn, da=True)      # S^L at x + nu
             for k, q in enumerate(qs):
-                aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...] = self._shift(layout, D[:, :, k, ...], Q[q][1], -1)
+                self._shift(layout, D[:, :, k, ...], Q[q][1], -1, out=aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...])
             del D
             R = kernels.mul_gather(Y, T, i_nm, i_mn, db=True)
             for k, q in enumerate(qs):

@@ -74,3 +74,18 @@ def test_explicit_grid_errors_name_the_axis():
         Layout((4, 4, 4, 6), grid=(1, 1, 1, 2))
     with pytest.raises(LayoutError, match="does not match 1 ranks"):
         Layout((4, 4, 4, 6), grid=(1, 1, 1))
+
+
+@pytest.mark.parametrize("n", [-5, -1, 0, 1, 2, 7])
+def test_shift_into_out_equals_shift(n):
+    """Layout.shift(..., out=) writes the shifted field into a given array (a slot of a stack)."""
+    lay = Layout((4, 3, 2, 6))
+    F = np.arange(2 * 4 * 3 * 2 * 6 * 3, dtype=float).reshape(2, 4, 3, 2, 6, 3)
+    for mu in range(4):
+        stack = np.zeros((3,) + F.shape)
+        res = lay.shift(F, mu, n, inner=1, out=stack[1])
+        assert res is stack[1] or np.shares_memory(res, stack)
+        np.testing.assert_array_equal(stack[1], lay.shift(F, mu, n, inner=1))
+        assert not stack[0].any() and not stack[2].any()
+    with pytest.raises(Exception, match="out of shape"):
+        lay.shift(F, 0, 1, inner=1, out=np.zeros(F.shape[1:]))

@@ -133,11 +133,13 @@ def polar3(M):
     A = np.ascontiguousarray(M, dtype=np.complex128).reshape(-1, 3, 3)
     H = np.conj(np.swapaxes(A, -1, -2)) @ A
     lam, V = eigh3(H)                                   # ascending
+    del H
     lam, V = lam[:, ::-1], V[:, :, ::-1]                # descending
     with np.errstate(invalid="ignore", divide="ignore"):
         s = np.sqrt(np.maximum(lam, 0.0))
         bad = ~(s[:, 2] * POLAR_MAX_COND > s[:, 0])     # also catches NaN and s = 0
-        W = (A @ V) / s[:, None, :]
+        W = A @ V
+        W /= s[:, None, :]
     Vh = np.conj(np.swapaxes(V, -1, -2))
     if bad.any():
         Wb, sb, Vhb = np.linalg.svd(A[bad], full_matrices=False)
