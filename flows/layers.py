@@ -74,7 +74,7 @@ from __future__ import annotations
 from lattice.backend import namespace
 from lattice.layout import Layout, infer_gauge_layout, LayoutError
 from lattice.fields import links, stack_links
-from lattice import su_n
+from lattice import su_n, kernels
 
 from .active import ActiveSites, flat_sites, gather_active, scatter_active, scatter_density
 from .masks import LayerMask
@@ -262,12 +262,12 @@ class CouplingLayer(MaskedLayer, Module):
         for mu in self.dirs:
             d = per[mu]
             Xa = gather_active(out_links[mu], s, mu, nb, (self.N, self.N))
-            Lin = Xa @ su_n.dagger(d["Shat"])
+            Lin = kernels.matmul(Xa, d["Shat"], db=True)
             if inverse:
                 (Lout, ld), hctx = self.spectral.inverse({}, Lin, d["cond"])
             else:
                 (Lout, ld), hctx = self.spectral.forward({}, Lin, d["cond"])
-            Ya = Lout @ d["Shat"]
+            Ya = kernels.matmul(Lout, d["Shat"])
             out_links[mu] = scatter_active(Ya, s, mu, nb, out_links[mu])
             ld_sites = scatter_density(ld, s, mu, nb)
             dens = ld_sites if dens is None else dens + ld_sites
@@ -304,18 +304,18 @@ class CouplingLayer(MaskedLayer, Module):
                                      tuple(Yb.shape[:nb + 1]))
             if not inverse:
                 # V = L' S_hat, L' = h(L), L = U S_hat^dag
-                Lp_bar = Yb @ su_n.dagger(Shat)
-                Sh_bar = su_n.dagger(d["Lp"]) @ Yb
+                Lp_bar = kernels.matmul(Yb, Shat, db=True)
+                Sh_bar = kernels.matmul(d["Lp"], Yb, da=True)
                 (L_bar, c_bar), _ = self.spectral.vjp({}, d["hctx"], Lp_bar, lb)
-                X_bar = L_bar @ Shat
-                Sh_bar = Sh_bar + su_n.dagger(L_bar) @ d["U"]
+                X_bar = kernels.matmul(L_bar, Shat)
+                Sh_bar = Sh_bar + kernels.matmul(L_bar, d["U"], da=True)
             else:
                 # U = L S_hat, L = h^{-1}(L'), L' = V S_hat^dag
-                L_bar = Yb @ su_n.dagger(Shat)
-                Sh_bar = su_n.dagger(d["L"]) @ Yb
+                L_bar = kernels.matmul(Yb, Shat, db=True)
+                Sh_bar = kernels.matmul(d["L"], Yb, da=True)
                 (Lp_bar, c_bar), _ = self.spectral.inverse_vjp({}, d["hctx"], L_bar, lb)
-                X_bar = Lp_bar @ Shat
-                Sh_bar = Sh_bar + su_n.dagger(Lp_bar) @ d["V"]
+                X_bar = kernels.matmul(Lp_bar, Shat)
+                Sh_bar = Sh_bar + kernels.matmul(Lp_bar, d["V"], da=True)
             in_links[mu] = scatter_active(X_bar, s, mu, nb, in_links[mu])
             c_cols.append(scatter_active(c_bar, s, mu, nb, None))
             # staples

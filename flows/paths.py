@@ -18,7 +18,7 @@ Shapes: links are a list of Nd site fields ``(*lead, *sites, N, N)``; W likewise
 """
 from __future__ import annotations
 
-from lattice import su_n
+from lattice import su_n, kernels
 
 __all__ = ["paths_fwd", "paths_vjp"]
 
@@ -54,7 +54,7 @@ def paths_fwd(Ul, paths, layout):
         for k in range(len(path) - 2, -1, -1):
             m, s = path[k]
             sh[k] = layout.shift(W, m, s)
-            W = Fs[k] @ sh[k]
+            W = kernels.matmul(Fs[k], sh[k])
         Ws.append(W)
         saved.append((path, Fs, sh))
     return Ws, (layout, saved)
@@ -76,8 +76,8 @@ def paths_vjp(ctx, W_bars):
             continue
         for k, (m, s) in enumerate(path):
             if k < len(path) - 1:
-                Fb = Wb @ su_n.dagger(sh[k])
-                Wb = layout.shift(su_n.dagger(Fs[k]) @ Wb, m, -s)
+                Fb = kernels.matmul(Wb, sh[k], db=True)
+                Wb = layout.shift(kernels.matmul(Fs[k], Wb, da=True), m, -s)
             else:
                 Fb = Wb
             add(Ub if s > 0 else Bb, m, Fb)

@@ -46,7 +46,7 @@ in float64 also for complex64 matrices (it is cheap); the matrix work stays in W
 from __future__ import annotations
 
 from lattice.backend import namespace
-from lattice import su_n
+from lattice import su_n, kernels
 
 from .eig import eigen_angles, check_square_complex
 from .module import Module
@@ -157,7 +157,7 @@ class SpectralMap(Module):
         """W_bar = 2 F W with F = V B V^dag, B = A o Gc (off-diagonal) + diag(i tb / 2)."""
         d = 0.5j * xp.astype(tb, V.dtype)
         B = A * Gc + xp.eye(self.N, dtype=V.dtype) * d[..., None, :]
-        F = V @ B @ su_n.dagger(V)
+        F = kernels.matmul(kernels.matmul(V, B), V, db=True)
         return su_n.cotangent_from_force(Win, F)
 
     @staticmethod
@@ -165,7 +165,7 @@ class SpectralMap(Module):
         """A = V^dag F V with F the su(N) gradient of the complex cotangent Wbar at W, and
         2 Im diag(A) (the cotangent of the eigen-angles)."""
         F = su_n.force_from_cotangent(W, Wbar)
-        A = su_n.dagger(V) @ F @ V
+        A = kernels.matmul(kernels.matmul(V, F, da=True), V)
         N = W.shape[-1]
         diag = xp.stack([A[..., k, k] for k in range(N)], axis=-1)
         return A, xp.astype(2.0 * xp.imag(diag), xp.float64)
@@ -177,7 +177,7 @@ class SpectralMap(Module):
         theta, V = eigen_angles(W)
         out, actx = self.angle_map.forward(xp.astype(theta, xp.float64), cond64)
         lam_e = _phase(xp, theta, W.dtype) * _phase_m1(xp, out["dtheta"], W.dtype)
-        Wn = W + (V * lam_e[..., None, :]) @ su_n.dagger(V)
+        Wn = W + kernels.matmul(V * lam_e[..., None, :], V, db=True)
         ctx = dict(W=W, Wn=Wn, V=V, actx=actx, out=out, cond_shape=tuple(cond.shape), cond_dtype=cond.dtype)
         return (Wn, out["logdet"]), ctx
 
@@ -203,7 +203,7 @@ class SpectralMap(Module):
         theta_n, V = eigen_angles(Wn)
         out, actx = self.angle_map.inverse(xp.astype(theta_n, xp.float64), cond64)
         lam_e = _phase(xp, theta_n, Wn.dtype) * _phase_m1(xp, -out["dtheta"], Wn.dtype)
-        W = Wn + (V * lam_e[..., None, :]) @ su_n.dagger(V)
+        W = Wn + kernels.matmul(V * lam_e[..., None, :], V, db=True)
         ctx = dict(W=W, Wn=Wn, V=V, actx=actx, out=out, cond_shape=tuple(cond.shape), cond_dtype=cond.dtype)
         return (W, -out["logdet"]), ctx
 

@@ -25,7 +25,7 @@ from .backend import namespace
 from .layout import Layout, infer_gauge_layout
 from .fields import links, stack_links
 from .loops import plaquette_path, rectangle_path, path_product, path_staples, backward_links
-from . import su_n
+from . import su_n, kernels
 
 __all__ = ["LoopAction", "Wilson", "LuscherWeisz", "action_from_params"]
 
@@ -118,7 +118,7 @@ class LoopAction:
         Ul = links(U, layout)
         F = []
         for mu in range(layout.Nd):
-            Om = Ul[mu] @ A[mu]
+            Om = kernels.matmul(Ul[mu], A[mu])
             # S = sum Re tr(U A) => grad S = -1/4 T[Omega - Omega^dag] (weights carry -beta/N)
             F.append(-0.25 * su_n.traceless(Om - su_n.dagger(Om)))
         return stack_links(F, layout)
@@ -129,7 +129,10 @@ class LoopAction:
         terms = self.terms(layout.Nd, U.shape[-1], lam=1.0, with_base=False)
         A = path_staples(U, terms, layout)
         Ul = links(U, layout)
-        F = [-0.25 * su_n.traceless(Ul[m] @ A[m] - su_n.dagger(Ul[m] @ A[m])) for m in range(layout.Nd)]
+        F = []
+        for m in range(layout.Nd):
+            Om = kernels.matmul(Ul[m], A[m])
+            F.append(-0.25 * su_n.traceless(Om - su_n.dagger(Om)))
         return stack_links(F, layout)
 
     def log_prob(self, U, layout: Layout | None = None):

@@ -17,7 +17,7 @@ import warnings
 from .backend import namespace
 from .layout import Layout, infer_gauge_layout
 from .fields import links
-from . import su_n
+from . import su_n, kernels
 
 __all__ = [
     "plaquette_path", "rectangle_path", "path_product", "path_staples", "plaquette_field",
@@ -77,7 +77,7 @@ def path_product(U, path, layout: Layout | None = None, *, _links=None, _memo=No
             for m, d in enumerate(disp):
                 if d:
                     B = layout.shift(B, m, d)
-            W = prod(p[:h]) @ B
+            W = kernels.matmul(prod(p[:h]), B)
             if uses is None or uses.get(p, 0) > 1:
                 memo[p] = W
         if uses is not None and p in uses:
@@ -205,8 +205,8 @@ def plaquette_planes(U, layout: Layout | None = None):
     for mu in range(Nd):
         for nu in range(mu + 1, Nd):
             # Re tr(U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag) via elementwise trace
-            A = Ul[mu] @ layout.shift(Ul[nu], mu, +1)
-            B = Ul[nu] @ layout.shift(Ul[mu], nu, +1)
+            A = kernels.matmul(Ul[mu], layout.shift(Ul[nu], mu, +1))
+            B = kernels.matmul(Ul[nu], layout.shift(Ul[mu], nu, +1))
             tr = xp.real(xp.sum(A * xp.conj(B), axis=(-2, -1)))
             planes.append((mu, nu))
             vals.append(layout.mean(xp.astype(tr, xp.float64)) / N)

@@ -223,3 +223,22 @@ def test_polar_feeds_the_projection_with_the_same_numbers():
     with kernels.reference_only():
         Qr, Pr = su_n.project_u(M), su_n.project_su(M)
     assert np.max(np.abs(Q - Qr)) < 1e-12 and np.max(np.abs(P - Pr)) < 1e-12
+
+
+@given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=3), da=st.booleans(), db=st.booleans(),
+       single=st.booleans(), seed=st.integers(0, 2**31))
+def test_colour_last_matmul_equals_reference(lead, da, db, single, seed):
+    dtype = np.complex64 if single else np.complex128
+    rng = np.random.default_rng(seed)
+    A, B = _rand(rng, (*lead, 3, 3), dtype), _rand(rng, (*lead, 3, 3), dtype)
+    op = lambda X, d: np.conj(np.swapaxes(X, -1, -2)) if d else X  # noqa: E731
+    C = kernels.matmul(A, B, da=da, db=db)
+    assert C.dtype == dtype
+    assert np.max(np.abs(C - op(A, da) @ op(B, db))) <= TOL[dtype] * 3 * max(1.0, float(np.max(np.abs(C))))
+    with kernels.reference_only():
+        assert np.max(np.abs(kernels.matmul(A, B, da=da, db=db) - C)) <= TOL[dtype] * 3 * max(1.0, float(np.max(np.abs(C))))
+    # broadcasting over leading axes, and the N != 3 fallback
+    assert np.allclose(kernels.matmul(A[None], B, db=db), A[None] @ op(B, db))
+    assert np.allclose(kernels.matmul(A[..., :1, :, :] if lead else A, B, da=da), op(A[..., :1, :, :] if lead else A, da) @ B)
+    A2 = _rand(rng, (*lead, 2, 2))
+    assert np.allclose(kernels.matmul(A2, A2, da=True), op(A2, True) @ A2)

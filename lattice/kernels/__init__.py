@@ -29,7 +29,7 @@ convention of the public API stays colour-last (docs/design.md §3).
 from __future__ import annotations
 
 from .dispatch import implementation, reference_only
-from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner
+from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, matmul
 from .eigh3 import eigh, polar
 
-__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner", "eigh", "polar"]
+__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner", "matmul", "eigh", "polar"]

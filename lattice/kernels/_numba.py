@@ -128,3 +128,40 @@ def mul(A, B, da: bool, db: bool, out):
         out[...] = C
         return out
     return C
+
+
+def _make_matmul3(da: bool, db: bool):
+    """Colour-last N = 3: C[m] = op(A[m]) op(B[m]), one matrix per iteration, fully unrolled."""
+    @numba.jit(**_FLAGS)
+    def kernel(A, B, C):
+        for m in range(A.shape[0]):
+            for i in range(3):
+                if da:
+                    x0, x1, x2 = A[m, 0, i].conjugate(), A[m, 1, i].conjugate(), A[m, 2, i].conjugate()
+                else:
+                    x0, x1, x2 = A[m, i, 0], A[m, i, 1], A[m, i, 2]
+                for j in range(3):
+                    if db:
+                        y0, y1, y2 = B[m, j, 0].conjugate(), B[m, j, 1].conjugate(), B[m, j, 2].conjugate()
+                    else:
+                        y0, y1, y2 = B[m, 0, j], B[m, 1, j], B[m, 2, j]
+                    C[m, i, j] = x0 * y0 + x1 * y1 + x2 * y2
+    return kernel
+
+
+_MATMUL3 = {(da, db): _make_matmul3(da, db) for da in (False, True) for db in (False, True)}
+
+
+def matmul(A, B, da: bool, db: bool):
+    """Colour-last product, or None where this path does not apply (N != 3)."""
+    if A.shape[-1] != 3 or B.shape[-1] != 3 or A.shape[-2] != 3 or B.shape[-2] != 3:
+        return None
+    lead = tuple(np.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
+    dtype = np.result_type(A.dtype, B.dtype)
+    if dtype.kind != "c":
+        return None
+    a = np.ascontiguousarray(np.broadcast_to(A, lead + (3, 3)) if tuple(A.shape[:-2]) != lead else A, dtype=dtype)
+    b = np.ascontiguousarray(np.broadcast_to(B, lead + (3, 3)) if tuple(B.shape[:-2]) != lead else B, dtype=dtype)
+    C = np.empty(lead + (3, 3), dtype=dtype)
+    _MATMUL3[(bool(da), bool(db))](a.reshape(-1, 3, 3), b.reshape(-1, 3, 3), C.reshape(-1, 3, 3))
+    return C
