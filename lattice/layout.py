@@ -35,6 +35,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import array_api_compat
+
 from .backend import namespace, to_host, from_host, default_xp
 
 __all__ = ["Layout", "infer_gauge_layout", "layout_for", "scatter", "gather", "default_tile",
@@ -79,6 +81,39 @@ def _host_buffer(x):
 
 def _empty_host_like(h):
     return default_xp().empty_like(h)
+
+
+# ------------------------------------------------------------------ device buffers under MPI
+#: environment variables by which common MPI builds announce (or are asked for) CUDA support
+_CUDA_AWARE_ENV = {"MPICH_GPU_SUPPORT_ENABLED": "1", "OMPI_MCA_opal_cuda_support": "true",
+                   "MV2_USE_CUDA": "1", "PSP_CUDA": "1", "I_MPI_OFFLOAD": "1"}
+_DEVICE_BUFFERS = "auto"
+
+
+def set_device_buffers(mode: str) -> bool:
+    """How halo slabs of device (CuPy) arrays travel in :meth:`Layout.shift` under MPI.
+
+    ``"host"``: staged through host buffers (works with any MPI); ``"device"``: the device
+    arrays go to mpi4py directly (needs a CUDA-aware MPI; mpi4py reads
+    ``__cuda_array_interface__``); ``"auto"`` (default): ``"device"`` where the environment says
+    the MPI is CUDA-aware (``MPICH_GPU_SUPPORT_ENABLED=1``, ``OMPI_MCA_opal_cuda_support=true``,
+    ``MV2_USE_CUDA=1``, ...), else ``"host"``. Returns whether device buffers are used.
+    NumPy arrays are host arrays: the setting does not matter for them.
+    """
+    global _DEVICE_BUFFERS
+    if mode not in ("auto", "device", "host"):
+        raise ValueError(f"device buffer mode must be 'auto', 'device' or 'host', got {mode!r}")
+    _DEVICE_BUFFERS = mode
+    return device_buffers()
+
+
+def device_buffers() -> bool:
+    """Whether :meth:`Layout.shift` hands device arrays to MPI directly (see
+    :func:`set_device_buffers`)."""
+    if _DEVICE_BUFFERS != "auto":
+        return _DEVICE_BUFFERS == "device"
+    import os
+    return any(os.environ.get(k, "").strip().lower() == v for k, v in _CUDA_AWARE_ENV.items())
 
 
 _XP_BY_TYPE: dict = {}
@@ -294,6 +329,7 @@ class Layout:
         pieces = [(q, r, loc), (q + 1, 0, r)]
         out = [None, None]
         reqs, recvs = [], []
+        on_device = array_api_compat.is_cupy_namespace(xp) and device_buffers()
         for i, (hop, lo, hi) in enumerate(pieces):
             if hi == lo:
                 continue
@@ -302,8 +338,14 @@ class Layout:
                 out[i] = slab
                 continue
             down, up = self._peer(mu, hop % g)
-            sbuf = _host_buffer(slab)
-            rbuf = _empty_host_like(sbuf)
+            if on_device:  # pragma: no cover - GPU only. CUDA-aware MPI: device buffers, no staging
+                import cupy
+                sbuf = cupy.ascontiguousarray(slab)
+                rbuf = cupy.empty_like(sbuf)
+                cupy.cuda.get_current_stream().synchronize()   # sbuf complete before MPI reads it
+            else:
+                sbuf = _host_buffer(slab)
+                rbuf = _empty_host_like(sbuf)
             tag = 2 * mu + i
             reqs.append(self._cart.Irecv(rbuf, source=up, tag=tag))
             reqs.append(self._cart.Isend(sbuf, dest=down, tag=tag))

@@ -44,7 +44,8 @@ PER_KIND = object()
 
 SCHEMA: dict[str, dict[str, tuple]] = {
     "job": {"name": (str, "gaugeflow"), "output": (str, "out"), "seed": (int, 0),
-            "backend": (str, "numpy"), "progress": (bool, True), "threads": (int, 1)},
+            "backend": (str, "numpy"), "progress": (bool, True), "threads": (int, 1),
+            "mpi_device_buffers": (str, "auto")},
     "lattice": {"shape": (list, REQUIRED), "N": (int, 3)},
     "action": {"type": (str, "wilson"), "beta": ((int, float), REQUIRED), "c1": ((int, float), -1.0 / 12.0)},
     "fermions": {"enabled": (bool, False), "kappa": ((int, float), 0.125), "mu": ((int, float), 0.0),
@@ -325,6 +326,7 @@ RANGES: dict[tuple, tuple] = {
 # Keys with a fixed set of values (checked in _check_ranges).
 CHOICES: dict[tuple, tuple] = {
     ("job", "backend"): ("numpy", "cupy", "array_api_strict"),
+    ("job", "mpi_device_buffers"): ("auto", "device", "host"),
     ("action", "type"): ("wilson", "luscher_weisz"),
     ("fermions", "bc_time"): ("antiperiodic", "periodic"),
     ("hmc", "integrator"): ("omelyan", "leapfrog"),

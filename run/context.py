@@ -133,7 +133,9 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
     out = Path(cfg["job"]["output"])
     xp = L.get_namespace(cfg["job"]["backend"])
     from lattice.threads import set_threads
+    from lattice.layout import set_device_buffers
     threads = set_threads(cfg["job"].get("threads", 1))
+    on_device = set_device_buffers(cfg["job"].get("mpi_device_buffers", "auto"))
     shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
     from lattice.io._parallel import mark_all_ranks
     try:   # decided identically on every rank: each reports it and returns (no abort needed)
@@ -158,7 +160,9 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
             log.info(f"gaugeflow {command}: config {cfg.get('_source', '?')}, output {out}/, lattice {shape}, "
                      f"{layout.size} rank(s), grid {layout.grid}, backend {cfg['job']['backend']}, "
                      f"{threads['threads']} thread(s) per rank "
-                     f"({', '.join(p['library'] or '?' for p in threads['pools']) or 'no BLAS pool'})")
+                     f"({', '.join(p['library'] or '?' for p in threads['pools']) or 'no BLAS pool'})"
+                     + (f", halo exchange with {'device' if on_device else 'host'} buffers"
+                        if cfg["job"]["backend"] == "cupy" and layout.size > 1 else ""))
         on_root(layout, lambda: atomic_write(out / f"{command}.config.toml", dump_toml(cfg).encode()))
     except BaseException:
         lock.release()

@@ -89,3 +89,19 @@ def test_shift_into_out_equals_shift(n):
         assert not stack[0].any() and not stack[2].any()
     with pytest.raises(Exception, match="out of shape"):
         lay.shift(F, 0, 1, inner=1, out=np.zeros(F.shape[1:]))
+
+
+def test_device_buffer_mode_is_validated_and_detected(monkeypatch):
+    from lattice import layout as lay_mod
+    try:
+        assert lay_mod.set_device_buffers("host") is False
+        assert lay_mod.set_device_buffers("device") is True
+        for k in lay_mod._CUDA_AWARE_ENV:
+            monkeypatch.delenv(k, raising=False)
+        assert lay_mod.set_device_buffers("auto") is False
+        monkeypatch.setenv("MPICH_GPU_SUPPORT_ENABLED", "1")
+        assert lay_mod.device_buffers() is True
+        with pytest.raises(ValueError, match="'auto', 'device' or 'host'"):
+            lay_mod.set_device_buffers("gpu")
+    finally:
+        lay_mod.set_device_buffers("auto")
