@@ -315,41 +315,34 @@ class StapleNet(Module):
         for d, mu in enumerate(dirs):
             S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
 
-        def to_S(targets, X):
-            for k, a in enumerate(targets):
-                S_bar[:, :, a, ...] += X[:, :, k, ...]
-
         for qs, E in chunks:
             T, Y = self._two_link(S, E, layout)
             sh_bar = xp.zeros(T.shape, dtype=S.dtype)   # cotangents of T_E, shifted back once
-
-            def to_T(targets, X):
-                for k, e in enumerate(targets):
-                    sh_bar[:, :, e, ...] += X[:, :, k, ...]
-
             i_mn = [E.index(Q[q]) for q in qs]
             i_nm = [E.index(Q[q][::-1]) for q in qs]
             i_mu, i_nu, iq = [Q[q][0] for q in qs], [Q[q][1] for q in qs], range(len(qs))
             # blocks of pair q = (mu, nu) = (dirs[d], j-th other direction) in the flat block axis
             i_L = [(q // (Nd - 1)) * nb + 1 + q % (Nd - 1) for q in qs]
             i_R = [(q // (Nd - 1)) * nb + Nd + q % (Nd - 1) for q in qs]
+            to_S = dict(out=S_bar, accumulate=True)
+            to_T = dict(out=sh_bar, accumulate=True)
             # per pair q = (mu, nu): Tq = T[i_mn] = S_nu(x + mu), Pq = T[i_nm] = S_mu(x + nu),
-            # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq. Temporaries are dropped as soon as
-            # they are used, so that the peak stays near that of the forward.
+            # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq. Cotangents are accumulated by the
+            # products themselves into S_bar (slot = the field) and sh_bar (slot = the pair of E).
             # R = Ynm Tq^dag: Ynm_b = R_b Tq, Tq_b = R_b^dag Ynm, S_nu_b = Ynm_b Pq^dag, Pq_b = S_nu^dag Ynm_b
             Ynm_b = mul(AB, T, i_R, i_mn)
-            to_T(i_mn, mul(AB, Y, i_R, i_nm, da=True))
-            to_S(i_nu, mul(Ynm_b, T, iq, i_nm, db=True))
-            to_T(i_nm, mul(S, Ynm_b, i_nu, iq, da=True))
+            mul(AB, Y, i_R, i_nm, da=True, oc=i_mn, **to_T)
+            mul(Ynm_b, T, iq, i_nm, db=True, oc=i_nu, **to_S)
+            mul(S, Ynm_b, i_nu, iq, da=True, oc=i_nm, **to_T)
             del Ynm_b
             # L = shift_-nu(D), D = S_nu^dag Ymn: S_nu_b += Ymn D_b^dag, Ymn_b = S_nu D_b,
             # Tq_b += S_mu^dag Ymn_b, S_mu_b = Ymn_b Tq^dag
             Db = self._stack_shifted(AB, [(i_L[k], i_nu[k], +1) for k in iq], layout)
-            to_S(i_nu, mul(Y, Db, i_mn, iq, db=True))
+            mul(Y, Db, i_mn, iq, db=True, oc=i_nu, **to_S)
             Ymn_b = mul(S, Db, i_nu, iq)
             del Db, Y
-            to_T(i_mn, mul(S, Ymn_b, i_mu, iq, da=True))
-            to_S(i_mu, mul(Ymn_b, T, iq, i_mn, db=True))
+            mul(S, Ymn_b, i_mu, iq, da=True, oc=i_mn, **to_T)
+            mul(Ymn_b, T, iq, i_mn, db=True, oc=i_mu, **to_S)
             del Ymn_b, T
             for e, (a, b) in enumerate(E):
                 S_bar[:, :, b, ...] += self._shift(layout, sh_bar[:, :, e, ...], a, -1)

@@ -242,3 +242,27 @@ def test_colour_last_matmul_equals_reference(lead, da, db, single, seed):
     assert np.allclose(kernels.matmul(A[..., :1, :, :] if lead else A, B, da=da), op(A[..., :1, :, :] if lead else A, da) @ B)
     A2 = _rand(rng, (*lead, 2, 2))
     assert np.allclose(kernels.matmul(A2, A2, da=True), op(A2, True) @ A2)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_mul_gather_scatters_into_out(accumulate):
+    """out[:, :, oc[q]] (+)= op(A[ia[q]]) op(B[ib[q]]), repeated slots adding up in order."""
+    rng = np.random.default_rng(12)
+    A, B = _rand(rng, (3, 3, 4, 2, 5)), _rand(rng, (3, 3, 5, 2, 5))
+    ia, ib, oc = [0, 3, 1, 2], [4, 0, 0, 2], [1, 0, 1, 2]
+    start = _rand(rng, (3, 3, 3, 2, 5))
+    want = start.copy()
+    for q in range(4):
+        P = kernels.mul_reference(A[:, :, ia[q]], B[:, :, ib[q]], da=True)
+        want[:, :, oc[q]] = want[:, :, oc[q]] + P if accumulate else P
+    for ref in (False, True):
+        out = start.copy()
+        if ref:
+            with kernels.reference_only():
+                res = kernels.mul_gather(A, B, ia, ib, da=True, out=out, oc=oc, accumulate=accumulate)
+        else:
+            res = kernels.mul_gather(A, B, ia, ib, da=True, out=out, oc=oc, accumulate=accumulate)
+        assert res is out
+        assert np.max(np.abs(out - want)) < 1e-13
+    with pytest.raises(ValueError, match="same number"):
+        kernels.mul_gather(A, B, ia, ib, out=start.copy(), oc=oc[:-1])

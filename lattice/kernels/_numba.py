@@ -64,13 +64,14 @@ def _make_mul3(da: bool, db: bool):
     return kernel
 
 
-def _make_mul3_gather(da: bool, db: bool):
-    """N = 3 with operands gathered along axis 2: C[:, :, q] = op(A[:, :, ia[q]]) op(B[:, :, ib[q]])."""
+def _make_mul3_gather(da: bool, db: bool, acc: bool):
+    """N = 3 with operands gathered along axis 2 and results scattered along it:
+    C[:, :, oc[q]] (+)= op(A[:, :, ia[q]]) op(B[:, :, ib[q]])."""
     @numba.jit(**_FLAGS)
-    def kernel(A, B, C, ia, ib):
+    def kernel(A, B, C, ia, ib, oc):
         R = A.shape[3]
-        for q in range(C.shape[2]):
-            qa, qb = ia[q], ib[q]
+        for q in range(ia.shape[0]):
+            qa, qb, qc = ia[q], ib[q], oc[q]
             for i in range(3):
                 for j in range(3):
                     for m in range(R):
@@ -86,13 +87,17 @@ def _make_mul3_gather(da: bool, db: bool):
                             y2 = B[j, 2, qb, m].conjugate()
                         else:
                             y0, y1, y2 = B[0, j, qb, m], B[1, j, qb, m], B[2, j, qb, m]
-                        C[i, j, q, m] = x0 * y0 + x1 * y1 + x2 * y2
+                        if acc:
+                            C[i, j, qc, m] += x0 * y0 + x1 * y1 + x2 * y2
+                        else:
+                            C[i, j, qc, m] = x0 * y0 + x1 * y1 + x2 * y2
     return kernel
 
 
 _MUL = {(da, db): _make_mul(da, db) for da in (False, True) for db in (False, True)}
 _MUL3 = {(da, db): _make_mul3(da, db) for da in (False, True) for db in (False, True)}
-_MUL3G = {(da, db): _make_mul3_gather(da, db) for da in (False, True) for db in (False, True)}
+_MUL3G = {(da, db, acc): _make_mul3_gather(da, db, acc) for da in (False, True) for db in (False, True)
+          for acc in (False, True)}
 
 
 def _flat(X, N, rest, dtype):
@@ -101,18 +106,22 @@ def _flat(X, N, rest, dtype):
     return X.reshape(N, N, -1)
 
 
-def mul_gather(A, B, da: bool, db: bool, ia, ib):
-    """C[:, :, q] = op(A[:, :, ia[q]]) op(B[:, :, ib[q]]) for A, B of one shape beyond axis 2."""
+def mul_gather(A, B, da: bool, db: bool, ia, ib, out=None, oc=None, accumulate=False):
+    """C[:, :, oc[q]] (+)= op(A[:, :, ia[q]]) op(B[:, :, ib[q]]) for A, B (and out) of one shape
+    beyond axis 2; None where this path does not apply (the caller falls back)."""
     N = A.shape[0]
     if N != 3 or tuple(A.shape[3:]) != tuple(B.shape[3:]):
         return None
     dtype = np.result_type(A.dtype, B.dtype)
     rest = tuple(A.shape[3:])
+    if out is not None and (not out.flags.c_contiguous or out.dtype != dtype or tuple(out.shape[3:]) != rest):
+        return None
     a = np.ascontiguousarray(A, dtype=dtype).reshape(N, N, A.shape[2], -1)
     b = np.ascontiguousarray(B, dtype=dtype).reshape(N, N, B.shape[2], -1)
-    C = np.empty((N, N, len(ia)) + rest, dtype=dtype)
-    _MUL3G[(bool(da), bool(db))](a, b, C.reshape(N, N, len(ia), -1), np.asarray(ia, dtype=np.int64),
-                                 np.asarray(ib, dtype=np.int64))
+    C = np.empty((N, N, len(ia)) + rest, dtype=dtype) if out is None else out
+    oc = np.arange(len(ia), dtype=np.int64) if oc is None else np.asarray(oc, dtype=np.int64)
+    _MUL3G[(bool(da), bool(db), bool(accumulate))](a, b, C.reshape(N, N, C.shape[2], -1),
+                                                   np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64), oc)
     return C
 
 

@@ -100,28 +100,43 @@ def mul(A, B, *, da: bool = False, db: bool = False, out=None):
     return out
 
 
-def mul_gather(A, B, ia, ib, *, da: bool = False, db: bool = False):
+def mul_gather(A, B, ia, ib, *, da: bool = False, db: bool = False, out=None, oc=None,
+               accumulate: bool = False):
     """Gathered products along axis 2: ``C[:, :, q] = op_a(A[:, :, ia[q]]) op_b(B[:, :, ib[q]])``.
 
     A ``(N, N, P_a, *rest)``, B ``(N, N, P_b, *rest)``; ``ia``, ``ib`` equal-length sequences of
     ints; result ``(N, N, len(ia), *rest)``. One kernel call for a whole list of products of
     fields stacked along axis 2 (e.g. all direction pairs of a staple-network layer), without
     materialising the gathered operands where a fast path exists.
+
+    With ``out`` ``(N, N, P_out, *rest)`` the products are scattered instead:
+    ``out[:, :, oc[q]] = ...`` (``oc`` default ``range(len(ia))``), or ``+=`` with
+    ``accumulate=True`` (repeated slots add up, in order of q) - an adjoint's sum over the
+    pairs that use a field, with no temporary. Returns ``out``.
     """
     _check(A, B)
-    if len(ia) != len(ib):
-        raise ValueError(f"kernels.mul_gather: {len(ia)} indices into A but {len(ib)} into B")
+    if len(ia) != len(ib) or (oc is not None and len(oc) != len(ia)):
+        raise ValueError(f"kernels.mul_gather: {len(ia)} indices into A, {len(ib)} into B"
+                         + ("" if oc is None else f" and {len(oc)} into out") + ": need the same number")
     xp = namespace(A, B)
     impl = implementation(xp)
     if impl == "numba":
         from . import _numba
-        C = _numba.mul_gather(A, B, da, db, ia, ib)
+        C = _numba.mul_gather(A, B, da, db, ia, ib, out, oc, accumulate)
         if C is not None:
             return C
     dev = getattr(A, "device", None)
     Ag = xp.take(A, xp.asarray(list(ia), dtype=xp.int64, device=dev), axis=2)
     Bg = xp.take(B, xp.asarray(list(ib), dtype=xp.int64, device=dev), axis=2)
-    return mul(Ag, Bg, da=da, db=db)
+    C = mul(Ag, Bg, da=da, db=db)
+    if out is None:
+        return C
+    for q, k in enumerate(range(len(ia)) if oc is None else oc):
+        if accumulate:
+            out[:, :, k, ...] += C[:, :, q, ...]
+        else:
+            out[:, :, k, ...] = C[:, :, q, ...]
+    return out
 
 
 def real_inner(A, B):
