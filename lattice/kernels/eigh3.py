@@ -47,9 +47,14 @@ def eigh(H):
     """Eigenvalues (ascending) and eigenvectors of Hermitian ``(..., N, N)`` stacks, like
     ``xp.linalg.eigh``; closed form for N = 3 on the compiled path (module docstring)."""
     xp = namespace(H)
-    if H.shape[-1] == 3 and H.shape[-2] == 3 and implementation(xp) == "numba":
-        from . import _numba_eigh
-        return _numba_eigh.eigh3(H)
+    if H.shape[-1] == 3 and H.shape[-2] == 3:
+        impl = implementation(xp)
+        if impl == "numba":
+            from . import _numba_eigh
+            return _numba_eigh.eigh3(H)
+        if impl == "cupy":  # pragma: no cover - GPU only
+            from . import _cupy
+            return _cupy.eigh3(H)
     return xp.linalg.eigh(H)
 
 
@@ -57,7 +62,12 @@ def polar(M):
     """SVD-like factors ``(W, s, Vh)`` with M = W diag(s) Vh, s descending (the contract of
     :func:`lattice.su_n.polar_svd`); closed form for N = 3 on the compiled path."""
     xp = namespace(M)
-    if M.shape[-1] == 3 and M.shape[-2] == 3 and implementation(xp) == "numba":
-        from . import _numba_eigh
-        return _numba_eigh.polar3(M)
+    if M.shape[-1] == 3 and M.shape[-2] == 3:
+        impl = implementation(xp)
+        if impl == "numba":
+            from . import _numba_eigh
+            return _numba_eigh.polar3(M)
+        if impl == "cupy":  # pragma: no cover - GPU only
+            from . import _cupy
+            return _cupy.polar3(M)
     return xp.linalg.svd(M, full_matrices=False)
