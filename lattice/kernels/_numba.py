@@ -72,25 +72,27 @@ def _make_mul3_gather(da: bool, db: bool, acc: bool):
         R = A.shape[3]
         for q in range(ia.shape[0]):
             qa, qb, qc = ia[q], ib[q], oc[q]
-            for i in range(3):
-                for j in range(3):
-                    for m in range(R):
-                        if da:
-                            x0 = A[0, i, qa, m].conjugate()
-                            x1 = A[1, i, qa, m].conjugate()
-                            x2 = A[2, i, qa, m].conjugate()
-                        else:
-                            x0, x1, x2 = A[i, 0, qa, m], A[i, 1, qa, m], A[i, 2, qa, m]
-                        if db:
-                            y0 = B[j, 0, qb, m].conjugate()
-                            y1 = B[j, 1, qb, m].conjugate()
-                            y2 = B[j, 2, qb, m].conjugate()
-                        else:
-                            y0, y1, y2 = B[0, j, qb, m], B[1, j, qb, m], B[2, j, qb, m]
-                        if acc:
-                            C[i, j, qc, m] += x0 * y0 + x1 * y1 + x2 * y2
-                        else:
-                            C[i, j, qc, m] = x0 * y0 + x1 * y1 + x2 * y2
+            for m0 in range(0, R, _BLOCK):       # a block of 18 input vectors stays in cache
+                m1 = min(m0 + _BLOCK, R)
+                for i in range(3):
+                    for j in range(3):
+                        for m in range(m0, m1):
+                            if da:
+                                x0 = A[0, i, qa, m].conjugate()
+                                x1 = A[1, i, qa, m].conjugate()
+                                x2 = A[2, i, qa, m].conjugate()
+                            else:
+                                x0, x1, x2 = A[i, 0, qa, m], A[i, 1, qa, m], A[i, 2, qa, m]
+                            if db:
+                                y0 = B[j, 0, qb, m].conjugate()
+                                y1 = B[j, 1, qb, m].conjugate()
+                                y2 = B[j, 2, qb, m].conjugate()
+                            else:
+                                y0, y1, y2 = B[0, j, qb, m], B[1, j, qb, m], B[2, j, qb, m]
+                            if acc:
+                                C[i, j, qc, m] += x0 * y0 + x1 * y1 + x2 * y2
+                            else:
+                                C[i, j, qc, m] = x0 * y0 + x1 * y1 + x2 * y2
     return kernel
 
 
