@@ -1,0 +1,414 @@
+"""Numba fast path of the Wilson hopping term (:mod:`lattice.kernels.hopping`) for NumPy arrays.
+
+One compiled pass over the lattice, row by row: a *row* is the L_3 sites of fixed
+(x_0, x_1, x_2), contiguous in the spin/colour-major layout. For each of the 8 hops the
+kernel
+
+1. projects the source row of psi onto the half spinor h = psi_up + s B_mu psi_dn (the blocks
+   B_mu of the tmLQCD chiral basis written out: multiplications by +-1 and +-i are sign
+   flips and re/im swaps), splitting real and imaginary parts into a row buffer,
+2. multiplies h by the link row: U_mu(x), or U_mu(x - mu^)^dag by index swap and conjugation
+   (no daggered copy of the links is read),
+3. adds the upper rows and the reconstructed lower rows s B_mu^dag (U h) into the output row.
+
+Row buffers hold real and imaginary parts in separate planes, and the links are read from a
+prepared copy in the same split form (:func:`prepare`, kept by the caller with the links), so
+that the site loops vectorise (the complex interleaving of psi is undone in step 1 and redone
+when the output row is stored). Index arithmetic is unsigned (no negative-index wraparound
+in the loops).
+
+Neighbour rows come from index arithmetic with periodic wrap (the boundary phases are already
+in the links). Along the row (direction 3) the source is the row itself shifted by one site,
+through one padding element of the row buffers. On packed even-odd half lattices
+(:mod:`fermions.evenodd`: x_0 = 2h + (p XOR r), r = (x_1 + x_2 + x_3) mod 2) the direction-0
+neighbour of a parity-p site is packed site h + (p XOR r) (forward) or h - 1 + (p XOR r)
+(backward): the kernel reads both candidate rows and selects site by site.
+
+SU(3) only (other N use the reference); complex64 stays single precision; single-threaded
+like every kernel here.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._numba import _FLAGS
+
+_U = np.uint64
+_HELP = dict(nogil=True, cache=True, boundscheck=False, fastmath=_FLAGS["fastmath"])
+
+
+# ---------------------------------------------------------------------------- plane pieces
+# Flat float arrays, all offsets unsigned:
+#   psi / output  P[((b*12 + k)*V + i)*2 + (0 re | 1 im)],   k = 3*spin + colour, i the site;
+#   links         W[(((mu*Bu + u)*9 + e)*2 + (0 | 1))*V + i], e = 3*a + c (entry (a, c));
+#   half spinors h, products g  [(k*2 + (0 | 1))*M + j],      k = 3*row + colour, j in [0, M);
+#   accumulator   acc[(k*2 + (0 | 1))*Q + j],                 k = 3*spin + colour, j in [0, Q).
+# Q = L2*L3 sites of a plane (x0, x1); M = Q + 2 (one padding element at each end).
+
+@numba.jit(**_HELP)
+def _project(h, ho, P, pb, n, V, M, mu, s):
+    """h[., ho + j] = (psi_up + s B_mu psi_dn)(P at float offset pb, site j), j < n."""
+    two, one = _U(2), _U(1)
+    V2 = two * V
+    for c in range(3):
+        cu = _U(c)
+        u0 = pb + cu * V2
+        u1 = pb + (cu + _U(3)) * V2
+        d0 = pb + (cu + _U(6)) * V2
+        d1 = pb + (cu + _U(9)) * V2
+        h0 = two * cu * M + ho
+        h1 = two * (cu + _U(3)) * M + ho
+        if mu == 0:       # B = [[0, -i], [-i, 0]]: (B d)_0 = -i d_1, (B d)_1 = -i d_0
+            for t in range(n):
+                tt = two * t
+                h[h0 + t] = P[u0 + tt] + s * P[d1 + tt + one]
+                h[h0 + M + t] = P[u0 + tt + one] - s * P[d1 + tt]
+                h[h1 + t] = P[u1 + tt] + s * P[d0 + tt + one]
+                h[h1 + M + t] = P[u1 + tt + one] - s * P[d0 + tt]
+        elif mu == 1:     # B = [[0, -1], [1, 0]]: -d_1, d_0
+            for t in range(n):
+                tt = two * t
+                h[h0 + t] = P[u0 + tt] - s * P[d1 + tt]
+                h[h0 + M + t] = P[u0 + tt + one] - s * P[d1 + tt + one]
+                h[h1 + t] = P[u1 + tt] + s * P[d0 + tt]
+                h[h1 + M + t] = P[u1 + tt + one] + s * P[d0 + tt + one]
+        elif mu == 2:     # B = diag(-i, i): -i d_0, i d_1
+            for t in range(n):
+                tt = two * t
+                h[h0 + t] = P[u0 + tt] + s * P[d0 + tt + one]
+                h[h0 + M + t] = P[u0 + tt + one] - s * P[d0 + tt]
+                h[h1 + t] = P[u1 + tt] - s * P[d1 + tt + one]
+                h[h1 + M + t] = P[u1 + tt + one] + s * P[d1 + tt]
+        else:             # B = -1
+            for t in range(n):
+                tt = two * t
+                h[h0 + t] = P[u0 + tt] - s * P[d0 + tt]
+                h[h0 + M + t] = P[u0 + tt + one] - s * P[d0 + tt + one]
+                h[h1 + t] = P[u1 + tt] - s * P[d1 + tt]
+                h[h1 + M + t] = P[u1 + tt + one] - s * P[d1 + tt + one]
+
+
+@numba.jit(**_HELP)
+def _project0_select(h, ho, P, pa, pb, sel, so, n, V, M, s):
+    """:func:`_project` for mu = 0, site j from P at offset pb where sel[so + j] != 0, else pa."""
+    two, one = _U(2), _U(1)
+    V2 = two * V
+    for c in range(3):
+        cu = _U(c)
+        o0 = cu * V2
+        o1 = (cu + _U(3)) * V2
+        o2 = (cu + _U(6)) * V2
+        o3 = (cu + _U(9)) * V2
+        h0 = two * cu * M + ho
+        h1 = two * (cu + _U(3)) * M + ho
+        for t in range(n):
+            tt = two * t
+            odd = sel[so + t] != 0
+            u0r = P[pb + o0 + tt] if odd else P[pa + o0 + tt]
+            u0i = P[pb + o0 + tt + one] if odd else P[pa + o0 + tt + one]
+            u1r = P[pb + o1 + tt] if odd else P[pa + o1 + tt]
+            u1i = P[pb + o1 + tt + one] if odd else P[pa + o1 + tt + one]
+            d0r = P[pb + o2 + tt] if odd else P[pa + o2 + tt]
+            d0i = P[pb + o2 + tt + one] if odd else P[pa + o2 + tt + one]
+            d1r = P[pb + o3 + tt] if odd else P[pa + o3 + tt]
+            d1i = P[pb + o3 + tt + one] if odd else P[pa + o3 + tt + one]
+            h[h0 + t] = u0r + s * d1i
+            h[h0 + M + t] = u0i - s * d1r
+            h[h1 + t] = u1r + s * d0i
+            h[h1 + M + t] = u1i - s * d0r
+
+
+@numba.jit(**_HELP)
+def _mul(g, go, W, wa, wb, sel, so, n, V, dag, h, ho, M, one_r):
+    """g[., go + j] = op(W)(site j) h[., ho + j] for both spin rows, j < n, op = dagger if ``dag``;
+    the link of site j is at offset wb where sel[so + j] != 0, else wa (wa = wb: one row)."""
+    two = _U(2)
+    sg = -one_r if dag else one_r          # conjugation of the imaginary parts
+    for a in range(3):
+        if dag:                            # (W^dag)_{ac} = conj(W_{ca})
+            e0, e1, e2 = a, 3 + a, 6 + a
+        else:
+            e0, e1, e2 = 3 * a, 3 * a + 1, 3 * a + 2
+        x0 = two * _U(e0) * V
+        x1 = two * _U(e1) * V
+        x2 = two * _U(e2) * V
+        ga = two * _U(a) * M + go
+        gb = two * _U(3 + a) * M + go
+        for t in range(n):
+            w = wb if sel[so + t] != 0 else wa
+            w0r = W[w + x0 + t]
+            w0i = sg * W[w + x0 + V + t]
+            w1r = W[w + x1 + t]
+            w1i = sg * W[w + x1 + V + t]
+            w2r = W[w + x2 + t]
+            w2i = sg * W[w + x2 + V + t]
+            j = ho + t
+            a0r, a0i = h[j], h[M + j]
+            a1r, a1i = h[_U(2) * M + j], h[_U(3) * M + j]
+            a2r, a2i = h[_U(4) * M + j], h[_U(5) * M + j]
+            b0r, b0i = h[_U(6) * M + j], h[_U(7) * M + j]
+            b1r, b1i = h[_U(8) * M + j], h[_U(9) * M + j]
+            b2r, b2i = h[_U(10) * M + j], h[_U(11) * M + j]
+            g[ga + t] = w0r * a0r - w0i * a0i + w1r * a1r - w1i * a1i + w2r * a2r - w2i * a2i
+            g[ga + M + t] = w0r * a0i + w0i * a0r + w1r * a1i + w1i * a1r + w2r * a2i + w2i * a2r
+            g[gb + t] = w0r * b0r - w0i * b0i + w1r * b1r - w1i * b1i + w2r * b2r - w2i * b2i
+            g[gb + M + t] = w0r * b0i + w0i * b0r + w1r * b1i + w1i * b1r + w2r * b2i + w2i * b2r
+
+
+@numba.jit(**_HELP)
+def _mul_row(g, go, W, w, n, V, dag, h, ho, M, one_r):
+    """:func:`_mul` with one link row (no select)."""
+    two = _U(2)
+    sg = -one_r if dag else one_r
+    for a in range(3):
+        if dag:
+            e0, e1, e2 = a, 3 + a, 6 + a
+        else:
+            e0, e1, e2 = 3 * a, 3 * a + 1, 3 * a + 2
+        x0 = w + two * _U(e0) * V
+        x1 = w + two * _U(e1) * V
+        x2 = w + two * _U(e2) * V
+        ga = two * _U(a) * M + go
+        gb = two * _U(3 + a) * M + go
+        for t in range(n):
+            w0r = W[x0 + t]
+            w0i = sg * W[x0 + V + t]
+            w1r = W[x1 + t]
+            w1i = sg * W[x1 + V + t]
+            w2r = W[x2 + t]
+            w2i = sg * W[x2 + V + t]
+            j = ho + t
+            a0r, a0i = h[j], h[M + j]
+            a1r, a1i = h[_U(2) * M + j], h[_U(3) * M + j]
+            a2r, a2i = h[_U(4) * M + j], h[_U(5) * M + j]
+            b0r, b0i = h[_U(6) * M + j], h[_U(7) * M + j]
+            b1r, b1i = h[_U(8) * M + j], h[_U(9) * M + j]
+            b2r, b2i = h[_U(10) * M + j], h[_U(11) * M + j]
+            g[ga + t] = w0r * a0r - w0i * a0i + w1r * a1r - w1i * a1i + w2r * a2r - w2i * a2i
+            g[ga + M + t] = w0r * a0i + w0i * a0r + w1r * a1i + w1i * a1r + w2r * a2i + w2i * a2r
+            g[gb + t] = w0r * b0r - w0i * b0i + w1r * b1r - w1i * b1i + w2r * b2r - w2i * b2i
+            g[gb + M + t] = w0r * b0i + w0i * b0r + w1r * b1i + w1i * b1r + w2r * b2i + w2i * b2r
+
+
+@numba.jit(**_HELP)
+def _accumulate(acc, ao, g, go, n, Q, M, mu, s):
+    """acc[upper, ao + j] += g[., go + j], acc[lower, ao + j] += s B_mu^dag g[., go + j], j < n."""
+    two = _U(2)
+    for c in range(3):
+        cu = _U(c)
+        g0 = two * cu * M + go
+        g1 = two * (cu + _U(3)) * M + go
+        a0 = two * cu * Q + ao
+        a1 = two * (cu + _U(3)) * Q + ao
+        a2 = two * (cu + _U(6)) * Q + ao
+        a3 = two * (cu + _U(9)) * Q + ao
+        for t in range(n):
+            acc[a0 + t] += g[g0 + t]
+            acc[a0 + Q + t] += g[g0 + M + t]
+            acc[a1 + t] += g[g1 + t]
+            acc[a1 + Q + t] += g[g1 + M + t]
+        if mu == 0:       # B^dag = [[0, i], [i, 0]]: i g_1, i g_0
+            for t in range(n):
+                acc[a2 + t] -= s * g[g1 + M + t]
+                acc[a2 + Q + t] += s * g[g1 + t]
+                acc[a3 + t] -= s * g[g0 + M + t]
+                acc[a3 + Q + t] += s * g[g0 + t]
+        elif mu == 1:     # B^dag = [[0, 1], [-1, 0]]: g_1, -g_0
+            for t in range(n):
+                acc[a2 + t] += s * g[g1 + t]
+                acc[a2 + Q + t] += s * g[g1 + M + t]
+                acc[a3 + t] -= s * g[g0 + t]
+                acc[a3 + Q + t] -= s * g[g0 + M + t]
+        elif mu == 2:     # B^dag = diag(i, -i): i g_0, -i g_1
+            for t in range(n):
+                acc[a2 + t] -= s * g[g0 + M + t]
+                acc[a2 + Q + t] += s * g[g0 + t]
+                acc[a3 + t] += s * g[g1 + M + t]
+                acc[a3 + Q + t] -= s * g[g1 + t]
+        else:             # B^dag = -1
+            for t in range(n):
+                acc[a2 + t] -= s * g[g0 + t]
+                acc[a2 + Q + t] -= s * g[g0 + M + t]
+                acc[a3 + t] -= s * g[g1 + t]
+                acc[a3 + Q + t] -= s * g[g1 + M + t]
+
+
+@numba.jit(**_HELP)
+def _rotate_rows(X, M, L2, L3, forward):
+    """Row wrap of the direction-3 hops on a plane buffer (12 planes of M = L2*L3 + 2, site j at
+    1 + j). forward: position 1 + (x2+1)*L3 (read for the last site of row x2 by a +1-shifted
+    read) := the first site of row x2; backward: position x2*L3 (read for the first site of
+    row x2 by a -1-shifted read) := the last site of row x2. Each step reads a position that
+    no earlier step wrote."""
+    for k in range(12):
+        base = _U(k) * M
+        if forward:
+            for x2 in range(L2 - 1, -1, -1):
+                X[base + _U(1 + (x2 + 1) * L3)] = X[base + _U(1 + x2 * L3)]
+        else:
+            for x2 in range(L2):
+                X[base + _U(x2 * L3)] = X[base + _U(x2 * L3 + L3)]
+
+
+@numba.jit(**_HELP)
+def _store(O, ob, acc, Q, V):
+    """Interleave the accumulator into the output plane at float offset ob."""
+    two, one = _U(2), _U(1)
+    for k in range(12):
+        ku = _U(k)
+        o = ob + ku * two * V
+        a = ku * two * Q
+        for t in range(Q):
+            O[o + two * t] = acc[a + t]
+            O[o + two * t + one] = acc[a + Q + t]
+
+
+@numba.jit(**_FLAGS)
+def _kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sel, sf, one_r, O, h, g, acc):
+    """H psi (or its adjoint, sf = +1) plane by plane; see the module docstring."""
+    Qi = L2 * L3
+    B = P.shape[0] // (24 * L0 * L1 * Qi)
+    V = _U(L0 * L1 * Qi)
+    Q = _U(Qi)
+    M = Q + _U(2)
+    two, one, zero = _U(2), _U(1), _U(0)
+    sb = -sf
+    head = _U((L2 - 1) * L3)          # sites of a plane whose x2 + 1 is in the plane
+    for b in range(B):
+        u = ub[b]
+        pb = _U(b * 12) * two * V      # float offset of (b, k = 0, site 0) in P / O
+        for x0 in range(L0):
+            for x1 in range(L1):
+                pl = (x0 * L1 + x1) * Qi
+                for k in range(24 * Qi):
+                    acc[k] = 0
+                for mu in range(2):
+                    if mu == 0:
+                        rp = ((x0 + 1 if x0 < L0 - 1 else 0) * L1 + x1) * Qi
+                        rm = ((x0 - 1 if x0 > 0 else L0 - 1) * L1 + x1) * Qi
+                    else:
+                        rp = (x0 * L1 + (x1 + 1 if x1 < L1 - 1 else 0)) * Qi
+                        rm = (x0 * L1 + (x1 - 1 if x1 > 0 else L1 - 1)) * Qi
+                    wt = _U((mu * Bu + u) * 18) * V            # float offset of (mu, u, e = 0, re, site 0)
+                    if eo and mu == 0:
+                        # packed half lattice: site j of the plane has x_0 + 1 in plane rp where
+                        # sel[j] != 0 (p XOR r = 1), else in this plane; x_0 - 1 in this plane where
+                        # sel[j] != 0, else in plane rm
+                        so = _U(((p + x1) & 1) * Qi)
+                        _project0_select(h, one, P, pb + two * _U(pl), pb + two * _U(rp), sel, so, Q, V, M, sf)
+                        _mul_row(g, one, Wt, wt + _U(pl), Q, V, False, h, one, M, one_r)
+                        _accumulate(acc, zero, g, one, Q, Q, M, 0, sf)
+                        _project0_select(h, one, P, pb + two * _U(rm), pb + two * _U(pl), sel, so, Q, V, M, sb)
+                        _mul(g, one, Ws, wt + _U(rm), wt + _U(pl), sel, so, Q, V, True, h, one, M, one_r)
+                        _accumulate(acc, zero, g, one, Q, Q, M, 0, sb)
+                    else:
+                        _project(h, one, P, pb + two * _U(rp), Q, V, M, mu, sf)
+                        _mul_row(g, one, Wt, wt + _U(pl), Q, V, False, h, one, M, one_r)
+                        _accumulate(acc, zero, g, one, Q, Q, M, mu, sf)
+                        _project(h, one, P, pb + two * _U(rm), Q, V, M, mu, sb)
+                        _mul_row(g, one, Ws, wt + _U(rm), Q, V, True, h, one, M, one_r)
+                        _accumulate(acc, zero, g, one, Q, Q, M, mu, sb)
+                # direction 2 (within the plane, shift by L3 with wrap), direction 3 (within the
+                # rows, shift by 1 with wrap: _rotate_rows); the backward hops multiply at the
+                # source sites and accumulate shifted
+                w2 = _U((2 * Bu + u) * 18) * V + _U(pl)
+                w3 = _U((3 * Bu + u) * 18) * V + _U(pl)
+                here = pb + two * _U(pl)
+                _project(h, one, P, here + two * _U(L3), head, V, M, 2, sf)
+                _project(h, one + head, P, here, _U(L3), V, M, 2, sf)
+                _mul_row(g, one, Wt, w2, Q, V, False, h, one, M, one_r)
+                _accumulate(acc, zero, g, one, Q, Q, M, 2, sf)
+                _project(h, one, P, here, Q, V, M, 2, sb)
+                _mul_row(g, one, Ws, w2, Q, V, True, h, one, M, one_r)
+                _accumulate(acc, _U(L3), g, one, head, Q, M, 2, sb)
+                _accumulate(acc, zero, g, one + head, _U(L3), Q, M, 2, sb)
+                _project(h, one, P, here, Q, V, M, 3, sf)
+                _rotate_rows(h, M, L2, L3, True)
+                _mul_row(g, one, Wt, w3, Q, V, False, h, two, M, one_r)
+                _accumulate(acc, zero, g, one, Q, Q, M, 3, sf)
+                _project(h, one, P, here, Q, V, M, 3, sb)
+                _mul_row(g, one, Ws, w3, Q, V, True, h, one, M, one_r)
+                _rotate_rows(g, M, L2, L3, False)
+                _accumulate(acc, zero, g, zero, Q, Q, M, 3, sb)
+                _store(O, here, acc, Q, V)
+
+
+# ---------------------------------------------------------------------------- entry points
+def prepare(links, dtype):
+    """Split copy of 4 SoA SU(3) link fields (*bu, 3, 3, *sites): float array
+    (4, Bu, 9, 2, V) (real and imaginary planes), flattened, the form :func:`wilson_hop` reads."""
+    rdt = np.dtype(dtype).type(0).real.dtype
+    sites = tuple(links[0].shape[-4:])
+    V = int(np.prod(sites))
+    bu = tuple(links[0].shape[:-6])
+    Bu = int(np.prod(bu))
+    out = np.empty((4, Bu, 9, 2, V), dtype=rdt)
+    for mu, w in enumerate(links):
+        w = np.asarray(w).reshape(Bu, 9, V)
+        out[mu, :, :, 0] = w.real
+        out[mu, :, :, 1] = w.imag
+    return out.reshape(-1)
+
+
+def _select_mask(L2, L3):
+    """sel[q*L2*L3 + x2*L3 + x3] = (q + x2 + x3) mod 2, q = (p + x1) mod 2: the sites of a packed
+    plane whose direction-0 neighbours are p XOR r = 1 (module docstring)."""
+    x2, x3 = np.meshgrid(np.arange(L2), np.arange(L3), indexing="ij")
+    return np.stack([(x2 + x3) % 2, (x2 + x3 + 1) % 2]).astype(np.uint8).reshape(-1)
+
+
+def _prepared(links, dtype, cache, key):
+    if cache is None:
+        return prepare(links, dtype)
+    k = ("numba", key, np.dtype(dtype).str)
+    W = cache.get(k)
+    if W is None:
+        W = cache[k] = prepare(links, dtype)
+    return W
+
+
+def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None):
+    """(up, dn) of H psi (module docstring). psi (*bp, 4, 3, *sites); Wt[mu] / Ws[mu] the links
+    at the target / source sites (the same for the full lattice), (*bu, 3, 3, *sites).
+    ``target``: the parity of the output sites of a packed half lattice (None: full lattice).
+    ``cache``: a dict kept with the links, for their prepared (split) form.
+    Returns None for inputs it does not handle (the caller uses the reference)."""
+    if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
+        return None
+    N = psi.shape[-5]
+    sites = tuple(int(s) for s in psi.shape[-4:])
+    links = list(Wt) + list(Ws)
+    if N != 3 or psi.shape[-6] != 4 or any(w.ndim < 6 or tuple(w.shape[-6:]) != (N, N) + sites for w in links):
+        return None
+    dtype = np.result_type(psi.dtype, *(w.dtype for w in links))
+    if dtype not in (np.complex64, np.complex128):
+        return None
+    bp = tuple(psi.shape[:-6])
+    bu = tuple(links[0].shape[:-6])
+    if any(tuple(w.shape[:-6]) != bu for w in links):
+        return None
+    try:
+        full = tuple(np.broadcast_shapes(bp, bu))
+    except ValueError:
+        return None
+    V = int(np.prod(sites))
+    B = int(np.prod(full))
+    out = np.empty(full + (4, N) + sites, dtype=dtype)
+    if B and V:
+        if bp != full:
+            psi = np.broadcast_to(psi, full + (4, N) + sites)
+        P = np.ascontiguousarray(psi, dtype=dtype).reshape(-1).view(np.dtype(dtype).type(0).real.dtype)
+        Bu = int(np.prod(bu))
+        ub = np.ascontiguousarray(np.broadcast_to(np.arange(Bu, dtype=np.int64).reshape(bu), full).reshape(-1))
+        eo = target is not None
+        wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))   # key: parity of the sites
+        ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
+        Q = sites[2] * sites[3]
+        rt = P.dtype.type
+        h = np.empty(12 * (Q + 2), dtype=P.dtype)
+        g = np.empty(12 * (Q + 2), dtype=P.dtype)
+        acc = np.empty(24 * Q, dtype=P.dtype)
+        _kernel(P, wt, ws, ub, Bu, *sites, eo, int(target) if eo else 0, _select_mask(sites[2], sites[3]),
+                rt(1 if dagger else -1), rt(1), out.reshape(-1).view(P.dtype), h, g, acc)
+    return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]
