@@ -1,0 +1,220 @@
+"""lattice.kernels.hopping: the compiled Wilson hopping term (full lattice and even-odd blocks,
+and the adjoint gamma_5 H gamma_5) equals its array-API reference on random fields, for both
+precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint relation holds;
+inputs the compiled paths do not cover (distributed layouts, other spin tables, N != 3) get
+the reference."""
+import numpy as np
+import pytest
+
+import lattice as L
+from lattice import kernels
+from lattice.kernels import hopping, _numba_hopping
+import fermions as F
+from fermions.gamma import PROJ
+from fermions.wilson import WilsonLinks, to_soa
+
+TOL = {np.complex128: 1e-13, np.complex64: 3e-6}
+BCS = ["periodic", "antiperiodic", (1j, 1, np.exp(0.3j), -1)]
+
+
+def _links(shape, dtype=np.complex128, batch=(), bc="antiperiodic", seed=1):
+    U = L.random_gauge(shape, seed=seed, batch=batch)
+    return WilsonLinks(U.astype(dtype), L.Layout(shape), bc)
+
+
+def _spinor(layout, lead=(), dtype=np.complex128, seed=2):
+    psi = L.Rng(seed).complex_normal(lead=lead, layout=layout, inner=(4, 3)).astype(dtype)
+    return to_soa(psi)
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Counts the calls of the compiled path that returned a result (no silent fallback)."""
+    calls = []
+    orig = _numba_hopping.wilson_hop
+
+    def counting(*args, **kw):
+        res = orig(*args, **kw)
+        calls.append(res is not None)
+        return res
+    monkeypatch.setattr(_numba_hopping, "wilson_hop", counting)
+    return calls
+
+
+def _close(fast, ref, dtype):
+    for a, b in zip(fast, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype == dtype
+        scale = max(1.0, float(np.max(np.abs(b))))
+        assert float(np.max(np.abs(a - b))) <= TOL[dtype] * scale
+
+
+def _both(fn):
+    fast = fn()
+    with kernels.reference_only():
+        ref = fn()
+    return fast, ref
+
+
+def test_numpy_spinors_get_the_compiled_path():
+    assert kernels.implementation(np) == "numba"
+    assert hopping._fast_basis(PROJ)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 4), (4, 6, 2, 8), (6, 4, 4, 2), (3, 2, 5, 3)])
+@pytest.mark.parametrize("bc", BCS)
+@pytest.mark.parametrize("dagger", [False, True])
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_full_lattice_equals_reference(shape, bc, dagger, dtype, fast_calls):
+    links = _links(shape, dtype, bc=bc)
+    psi = _spinor(links.layout, lead=(2,), dtype=dtype)
+    fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+    assert fast_calls == [True]
+    _close(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 4), (4, 6, 2, 8), (8, 2, 4, 2)])
+@pytest.mark.parametrize("bc", BCS)
+@pytest.mark.parametrize("dagger", [False, True])
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_even_odd_blocks_equal_reference(shape, bc, dagger, dtype, fast_calls):
+    links = _links(shape, dtype, bc=bc)
+    half = links.eo.half
+    for target in (0, 1):
+        psi = _spinor(half, lead=(2,), dtype=dtype, seed=3 + target)
+        fast, ref = _both(lambda: links.hop_eo(psi, target, dagger=dagger))
+        _close(fast, ref, dtype)
+    assert fast_calls == [True, True]
+
+
+@pytest.mark.parametrize("ubatch, pbatch", [((), (3,)), ((2,), ()), ((2,), (3, 1)), ((2, 1), (1, 2))])
+def test_batch_axes_broadcast(ubatch, pbatch, fast_calls):
+    shape = (4, 2, 4, 2)
+    links = _links(shape, batch=ubatch)
+    psi = _spinor(links.layout, lead=pbatch)
+    fast, ref = _both(lambda: links.hop(psi))
+    _close(fast, ref, np.complex128)
+    e = _spinor(links.eo.half, lead=pbatch, seed=5)
+    fast, ref = _both(lambda: links.hop_eo(e, 1, dagger=True))
+    _close(fast, ref, np.complex128)
+    assert fast_calls == [True, True]
+
+
+def test_mixed_precision_inputs_promote():
+    """complex64 spinor, complex128 links: the compiled path computes in double precision."""
+    links = _links((4, 2, 2, 4), np.complex128)
+    psi = _spinor(links.layout, dtype=np.complex64)
+    fast = links.hop(psi)
+    with kernels.reference_only():
+        ref = links.hop(psi.astype(np.complex128))
+    _close(fast, ref, np.complex128)
+
+
+def test_complex64_fast_path_is_accurate_against_double():
+    shape = (4, 4, 2, 4)
+    lo, hi = _links(shape, np.complex64), _links(shape, np.complex128)
+    psi = _spinor(lo.layout)
+    up, dn = lo.hop(psi.astype(np.complex64))
+    with kernels.reference_only():
+        ru, rd = hi.hop(psi)
+    assert up.dtype == np.complex64
+    assert max(np.abs(up - ru).max(), np.abs(dn - rd).max()) < 2e-5 * np.abs(ru).max()
+
+
+def _inner(a, b):
+    return complex(np.vdot(np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+
+def _cat(h):
+    return np.concatenate(h, axis=-6)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_adjoint_relation(impl):
+    """<chi, H psi> = <H^dag chi, psi> on the full lattice and <chi_e, H_eo psi_o> =
+    <(H_eo)^dag chi_e, psi_o>, (H_eo)^dag = gamma_5 H_oe gamma_5 (the dagger flag of target 1)."""
+    links = _links((4, 2, 4, 6), bc=(1j, 1, np.exp(0.7j), -1))
+    psi, chi = _spinor(links.layout, seed=7), _spinor(links.layout, seed=8)
+    pe, po = _spinor(links.eo.half, seed=9), _spinor(links.eo.half, seed=10)
+
+    def run():
+        full = (_inner(chi, _cat(links.hop(psi))), _inner(_cat(links.hop(chi, dagger=True)), psi))
+        eo = (_inner(pe, _cat(links.hop_eo(po, 0))), _inner(_cat(links.hop_eo(pe, 1, dagger=True)), po))
+        return full, eo
+
+    if impl == "fast":
+        full, eo = run()
+    else:
+        with kernels.reference_only():
+            full, eo = run()
+    for lhs, rhs in (full, eo):
+        assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+def test_even_odd_blocks_are_blocks_of_the_full_term():
+    """The compiled packed kernels against the compiled full-lattice kernel (independent of
+    EvenOdd.fetch): H_{p,1-p} psi = the parity-p part of H applied to psi on parity 1-p."""
+    shape = (4, 2, 6, 4)
+    links = _links(shape, bc=(1, 1j, 1, -1))
+    eo = links.eo
+    for target in (0, 1):
+        src = _spinor(eo.half, seed=11 + target)
+        zero = np.zeros_like(src)
+        full = eo.unpack(src, zero, inner=0) if target == 1 else eo.unpack(zero, src, inner=0)
+        want = eo.pack(_cat(links.hop(full)), inner=0)[target]
+        assert np.abs(_cat(links.hop_eo(src, target)) - want).max() < 1e-13
+
+
+def test_distributed_layout_gets_the_reference(fast_calls):
+    """A layout with a split axis uses the reference (neighbours through layout.shift)."""
+    links = _links((4, 2, 2, 4))
+    psi = _spinor(links.layout)
+
+    class Split:
+        grid = (1, 1, 2, 1)
+
+        def __init__(self, lay):
+            self.local_shape = lay.local_shape
+            self.shift = lay.shift
+
+    out = hopping.wilson_hop(psi, links.U, links.Udag, Split(links.layout), PROJ)
+    assert fast_calls == []
+    with kernels.reference_only():
+        ref = links.hop(psi)
+    _close(out, ref, np.complex128)
+
+
+def test_other_spin_tables_and_colours_get_the_reference(fast_calls):
+    links = _links((4, 2, 2, 4))
+    psi = _spinor(links.layout)
+    swapped = (PROJ[1], PROJ[0], PROJ[2], PROJ[3])       # a different (valid) gamma assignment
+    assert not hopping._fast_basis(swapped)
+    out = hopping.wilson_hop(psi, links.U, links.Udag, links.layout, swapped)
+    with kernels.reference_only():
+        ref = hopping.wilson_hop(psi, links.U, links.Udag, links.layout, swapped)
+    _close(out, ref, np.complex128)
+    assert fast_calls == []
+    # SU(2): the compiled path declines, the reference answers
+    U2 = L.random_gauge((4, 2, 2, 4), N=2, seed=3)
+    l2 = WilsonLinks(U2, L.Layout((4, 2, 2, 4)))
+    p2 = to_soa(L.Rng(4).complex_normal(layout=l2.layout, inner=(4, 2)))
+    out = l2.hop(p2)
+    with kernels.reference_only():
+        ref = l2.hop(p2)
+    _close(out, ref, np.complex128)
+    assert fast_calls == [False]
+
+
+def test_operator_through_the_kernel_matches_reference():
+    """The twisted-mass operator (full, dagger, Schur and its dagger) is the same with the
+    compiled kernel and with the reference."""
+    U = L.random_gauge((4, 2, 4, 4), seed=6)
+    op = F.TwistedMassWilson(U, 0.15, 0.07)
+    psi = L.Rng(7).complex_normal(layout=op.layout, inner=(4, 3))
+    _, po = op.pack(psi)
+    names = [("apply", psi), ("apply_dagger", psi), ("apply_schur", po), ("apply_schur_dagger", po),
+             ("apply_schur_normal", po), ("hop_eo", po), ("hop_oe", po)]
+    fast = [getattr(op, n)(x) for n, x in names]
+    with kernels.reference_only():
+        ref = [getattr(op, n)(x) for n, x in names]
+    for (n, _), a, b in zip(names, fast, ref):
+        assert np.abs(a - b).max() < 1e-13 * max(1.0, np.abs(b).max()), n
