@@ -86,6 +86,23 @@ def test_even_odd_blocks_equal_reference(shape, bc, dagger, dtype, fast_calls):
     assert fast_calls == [True, True]
 
 
+@pytest.mark.parametrize("chunk_sites", [8, 16, 24])
+@pytest.mark.parametrize("dagger", [False, True])
+def test_chunks_of_planes(chunk_sites, dagger, monkeypatch, fast_calls):
+    """The compiled kernel works on chunks of consecutive x1-planes (at most _CHUNK_SITES sites):
+    one plane per chunk, chunks that do and do not contain the x1 wrap, and whole slabs."""
+    monkeypatch.setattr(_numba_hopping, "_CHUNK_SITES", chunk_sites)
+    links = _links((4, 6, 2, 4), bc=(1, 1j, 1, -1))           # planes of 8 sites: 1, 2, 3 planes per chunk
+    psi = _spinor(links.layout, lead=(2,))
+    fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+    _close(fast, ref, np.complex128)
+    for target in (0, 1):
+        e = _spinor(links.eo.half, seed=6 + target)             # half planes of 8 sites as well
+        fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
+        _close(fast, ref, np.complex128)
+    assert fast_calls == [True] * 3
+
+
 @pytest.mark.parametrize("ubatch, pbatch", [((), (3,)), ((2,), ()), ((2,), (3, 1)), ((2, 1), (1, 2))])
 def test_batch_axes_broadcast(ubatch, pbatch, fast_calls):
     shape = (4, 2, 4, 2)

@@ -1,28 +1,33 @@
 """Numba fast path of the Wilson hopping term (:mod:`lattice.kernels.hopping`) for NumPy arrays.
 
-One compiled pass over the lattice, row by row: a *row* is the L_3 sites of fixed
-(x_0, x_1, x_2), contiguous in the spin/colour-major layout. For each of the 8 hops the
-kernel
+One compiled pass over the lattice, chunk by chunk: a *chunk* is ``nb`` consecutive planes
+(fixed x_0, consecutive x_1; a plane is the L_2 L_3 sites of fixed (x_0, x_1)), contiguous in
+the spin/colour-major layout, at most ``_CHUNK_SITES`` sites so that its buffers stay in L2.
+For each of the 8 hops the kernel
 
-1. projects the source row of psi onto the half spinor h = psi_up + s B_mu psi_dn (the blocks
-   B_mu of the tmLQCD chiral basis written out: multiplications by +-1 and +-i are sign
-   flips and re/im swaps), splitting real and imaginary parts into a row buffer,
-2. multiplies h by the link row: U_mu(x), or U_mu(x - mu^)^dag by index swap and conjugation
-   (no daggered copy of the links is read),
-3. adds the upper rows and the reconstructed lower rows s B_mu^dag (U h) into the output row.
+1. projects the source sites of psi onto the half spinor h = psi_up + s B_mu psi_dn (the
+   blocks B_mu of the tmLQCD chiral basis written out: multiplications by +-1 and +-i are sign
+   flips and re/im swaps), splitting real and imaginary parts into a chunk buffer,
+2. multiplies h by the links: U_mu(x), or U_mu(x - mu^)^dag by index swap and conjugation (no
+   daggered copy of the links is read),
+3. adds the upper rows and the reconstructed lower rows s B_mu^dag (U h) into the output.
 
-Row buffers hold real and imaginary parts in separate planes, and the links are read from a
+Chunk buffers hold real and imaginary parts in separate planes, and the links are read from a
 prepared copy in the same split form (:func:`prepare`, kept by the caller with the links), so
 that the site loops vectorise (the complex interleaving of psi is undone in step 1 and redone
-when the output row is stored). Index arithmetic is unsigned (no negative-index wraparound
-in the loops).
+when the output is stored). Index arithmetic is unsigned (no negative-index wraparound in the
+loops), and every loop runs over a whole chunk or a long segment of it: LLVM vectorises only
+loops long enough to pay for its runtime alias checks.
 
-Neighbour rows come from index arithmetic with periodic wrap (the boundary phases are already
-in the links). Along the row (direction 3) the source is the row itself shifted by one site,
-through one padding element of the row buffers. On packed even-odd half lattices
-(:mod:`fermions.evenodd`: x_0 = 2h + (p XOR r), r = (x_1 + x_2 + x_3) mod 2) the direction-0
-neighbour of a parity-p site is packed site h + (p XOR r) (forward) or h - 1 + (p XOR r)
-(backward): the kernel reads both candidate rows and selects site by site.
+Neighbours come from index arithmetic with periodic wrap (the boundary phases are already in
+the links): direction 0 reads the neighbour slab x_0 +- 1, direction 1 the neighbour planes in
+one or two contiguous segments; directions 2 and 3 stay inside each plane: they read the chunk
+buffers shifted by L_3 or 1 sites, with the periodic wrap restored by copying the first (last)
+row or site of each block into the position the shifted read takes for the last (first) one
+(:func:`_rotate`). On packed even-odd half lattices (:mod:`fermions.evenodd`:
+x_0 = 2h + (p XOR r), r = (x_1 + x_2 + x_3) mod 2) the direction-0 neighbour of a parity-p site
+is packed site h + (p XOR r) (forward) or h - 1 + (p XOR r) (backward): the kernel reads both
+candidate slabs and selects site by site.
 
 SU(3) only (other N use the reference); complex64 stays single precision; single-threaded
 like every kernel here.
@@ -235,20 +240,30 @@ def _accumulate(acc, ao, g, go, n, Q, M, mu, s):
 
 
 @numba.jit(**_HELP)
-def _rotate_rows(X, M, L2, L3, forward):
-    """Row wrap of the direction-3 hops on a plane buffer (12 planes of M = L2*L3 + 2, site j at
-    1 + j). forward: position 1 + (x2+1)*L3 (read for the last site of row x2 by a +1-shifted
-    read) := the first site of row x2; backward: position x2*L3 (read for the first site of
-    row x2 by a -1-shifted read) := the last site of row x2. Each step reads a position that
-    no earlier step wrote."""
+def _rotate(X, M, o, n_blocks, period, width, forward):
+    """Periodic wrap of a shifted read on chunk buffers (12 planes of M floats, site j at o + j;
+    the chunk is ``n_blocks`` blocks of ``period`` sites, the shift is +-``width`` sites with
+    wrap inside each block: direction 3 has period L3 and width 1, direction 2 period
+    L2*L3 and width L3).
+
+    forward (a read at j + width): the ``width`` positions after block k, read for the last
+    sites of block k, := the first sites of block k (blocks in decreasing order);
+    backward (a read at j - width): the ``width`` positions before block k := the last sites
+    of block k (increasing order). Each step reads positions that no earlier step wrote; the
+    buffers have ``width`` spare positions before and after the chunk."""
+    w = _U(width)
     for k in range(12):
-        base = _U(k) * M
+        base = _U(k) * M + o
         if forward:
-            for x2 in range(L2 - 1, -1, -1):
-                X[base + _U(1 + (x2 + 1) * L3)] = X[base + _U(1 + x2 * L3)]
+            for blk in range(n_blocks - 1, -1, -1):
+                start = base + _U(blk * period)
+                for t in range(w):
+                    X[start + _U(period) + t] = X[start + t]
         else:
-            for x2 in range(L2):
-                X[base + _U(x2 * L3)] = X[base + _U(x2 * L3 + L3)]
+            for blk in range(n_blocks):
+                start = base + _U(blk * period)
+                for t in range(w):
+                    X[start - w + t] = X[start + _U(period) - w + t]
 
 
 @numba.jit(**_HELP)
@@ -265,73 +280,93 @@ def _store(O, ob, acc, Q, V):
 
 
 @numba.jit(**_FLAGS)
-def _kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sel, sf, one_r, O, h, g, acc):
-    """H psi (or its adjoint, sf = +1) plane by plane; see the module docstring."""
-    Qi = L2 * L3
-    B = P.shape[0] // (24 * L0 * L1 * Qi)
-    V = _U(L0 * L1 * Qi)
-    Q = _U(Qi)
-    M = Q + _U(2)
-    two, one, zero = _U(2), _U(1), _U(0)
+def _kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, nb, eo, p, sel, sf, one_r, O, h, g, acc):
+    """H psi (or its adjoint, sf = +1) chunk by chunk (``nb`` consecutive planes of fixed x0);
+    see the module docstring."""
+    Qi = L2 * L3                       # sites per plane (fixed x0, x1)
+    Si = nb * Qi                       # sites per chunk
+    Ti = L1 * Qi                       # sites per slab (fixed x0)
+    B = P.shape[0] // (24 * L0 * Ti)
+    V = _U(L0 * Ti)
+    S = _U(Si)
+    M = S + _U(2 * Qi)                 # chunk buffers: Q spare sites before and after the chunk
+    o = _U(Qi)                         # buffer position of the first site of the chunk
+    two, zero = _U(2), _U(0)
     sb = -sf
-    head = _U((L2 - 1) * L3)          # sites of a plane whose x2 + 1 is in the plane
     for b in range(B):
         u = ub[b]
         pb = _U(b * 12) * two * V      # float offset of (b, k = 0, site 0) in P / O
         for x0 in range(L0):
-            for x1 in range(L1):
-                pl = (x0 * L1 + x1) * Qi
-                for k in range(24 * Qi):
+            s0 = x0 * Ti
+            sp = (x0 + 1 if x0 < L0 - 1 else 0) * Ti
+            sm = (x0 - 1 if x0 > 0 else L0 - 1) * Ti
+            for c in range(0, L1, nb):
+                ch = s0 + c * Qi                        # first site of the chunk
+                for k in range(24 * Si):
                     acc[k] = 0
-                for mu in range(2):
-                    if mu == 0:
-                        rp = ((x0 + 1 if x0 < L0 - 1 else 0) * L1 + x1) * Qi
-                        rm = ((x0 - 1 if x0 > 0 else L0 - 1) * L1 + x1) * Qi
-                    else:
-                        rp = (x0 * L1 + (x1 + 1 if x1 < L1 - 1 else 0)) * Qi
-                        rm = (x0 * L1 + (x1 - 1 if x1 > 0 else L1 - 1)) * Qi
-                    wt = _U((mu * Bu + u) * 18) * V            # float offset of (mu, u, e = 0, re, site 0)
-                    if eo and mu == 0:
-                        # packed half lattice: site j of the plane has x_0 + 1 in plane rp where
-                        # sel[j] != 0 (p XOR r = 1), else in this plane; x_0 - 1 in this plane where
-                        # sel[j] != 0, else in plane rm
-                        so = _U(((p + x1) & 1) * Qi)
-                        _project0_select(h, one, P, pb + two * _U(pl), pb + two * _U(rp), sel, so, Q, V, M, sf)
-                        _mul_row(g, one, Wt, wt + _U(pl), Q, V, False, h, one, M, one_r)
-                        _accumulate(acc, zero, g, one, Q, Q, M, 0, sf)
-                        _project0_select(h, one, P, pb + two * _U(rm), pb + two * _U(pl), sel, so, Q, V, M, sb)
-                        _mul(g, one, Ws, wt + _U(rm), wt + _U(pl), sel, so, Q, V, True, h, one, M, one_r)
-                        _accumulate(acc, zero, g, one, Q, Q, M, 0, sb)
-                    else:
-                        _project(h, one, P, pb + two * _U(rp), Q, V, M, mu, sf)
-                        _mul_row(g, one, Wt, wt + _U(pl), Q, V, False, h, one, M, one_r)
-                        _accumulate(acc, zero, g, one, Q, Q, M, mu, sf)
-                        _project(h, one, P, pb + two * _U(rm), Q, V, M, mu, sb)
-                        _mul_row(g, one, Ws, wt + _U(rm), Q, V, True, h, one, M, one_r)
-                        _accumulate(acc, zero, g, one, Q, Q, M, mu, sb)
-                # direction 2 (within the plane, shift by L3 with wrap), direction 3 (within the
-                # rows, shift by 1 with wrap: _rotate_rows); the backward hops multiply at the
+                here = pb + two * _U(ch)
+                # ---- direction 0: the neighbour slabs
+                w0 = _U(u * 18) * V
+                if eo:
+                    # packed half lattice: site j has x_0 + 1 in slab sp where sel[j] != 0
+                    # (p XOR r = 1), else in this slab; x_0 - 1 in this slab where sel[j] != 0,
+                    # else in slab sm
+                    so = _U(((p + c) & 1) * Si)
+                    _project0_select(h, o, P, here, pb + two * _U(sp + c * Qi), sel, so, S, V, M, sf)
+                    _mul_row(g, o, Wt, w0 + _U(ch), S, V, False, h, o, M, one_r)
+                    _accumulate(acc, zero, g, o, S, S, M, 0, sf)
+                    _project0_select(h, o, P, pb + two * _U(sm + c * Qi), here, sel, so, S, V, M, sb)
+                    _mul(g, o, Ws, w0 + _U(sm + c * Qi), w0 + _U(ch), sel, so, S, V, True, h, o, M, one_r)
+                    _accumulate(acc, zero, g, o, S, S, M, 0, sb)
+                else:
+                    _project(h, o, P, pb + two * _U(sp + c * Qi), S, V, M, 0, sf)
+                    _mul_row(g, o, Wt, w0 + _U(ch), S, V, False, h, o, M, one_r)
+                    _accumulate(acc, zero, g, o, S, S, M, 0, sf)
+                    _project(h, o, P, pb + two * _U(sm + c * Qi), S, V, M, 0, sb)
+                    _mul_row(g, o, Ws, w0 + _U(sm + c * Qi), S, V, True, h, o, M, one_r)
+                    _accumulate(acc, zero, g, o, S, S, M, 0, sb)
+                # ---- direction 1: planes x1 +- 1 of this slab, in one or two contiguous segments
+                w1 = _U((Bu + u) * 18) * V
+                if c + nb < L1:                          # forward: all from x1 + 1
+                    _project(h, o, P, here + two * _U(Qi), S, V, M, 1, sf)
+                else:                                    # the last plane from x1 = 0
+                    _project(h, o, P, here + two * _U(Qi), S - _U(Qi), V, M, 1, sf)
+                    _project(h, o + S - _U(Qi), P, pb + two * _U(s0), _U(Qi), V, M, 1, sf)
+                _mul_row(g, o, Wt, w1 + _U(ch), S, V, False, h, o, M, one_r)
+                _accumulate(acc, zero, g, o, S, S, M, 1, sf)
+                if c > 0:                                # backward: all from x1 - 1
+                    _project(h, o, P, here - two * _U(Qi), S, V, M, 1, sb)
+                    _mul_row(g, o, Ws, w1 + _U(ch - Qi), S, V, True, h, o, M, one_r)
+                else:                                    # the first plane from x1 = L1 - 1
+                    last = s0 + (L1 - 1) * Qi
+                    _project(h, o, P, pb + two * _U(last), _U(Qi), V, M, 1, sb)
+                    _mul_row(g, o, Ws, w1 + _U(last), _U(Qi), V, True, h, o, M, one_r)
+                    if nb > 1:
+                        _project(h, o + _U(Qi), P, here, S - _U(Qi), V, M, 1, sb)
+                        _mul_row(g, o + _U(Qi), Ws, w1 + _U(ch), S - _U(Qi), V, True, h, o + _U(Qi), M, one_r)
+                _accumulate(acc, zero, g, o, S, S, M, 1, sb)
+                # ---- directions 2 and 3 stay inside each plane: shifted reads of the chunk buffers
+                # with the periodic wrap restored by _rotate; the backward hops multiply at the
                 # source sites and accumulate shifted
-                w2 = _U((2 * Bu + u) * 18) * V + _U(pl)
-                w3 = _U((3 * Bu + u) * 18) * V + _U(pl)
-                here = pb + two * _U(pl)
-                _project(h, one, P, here + two * _U(L3), head, V, M, 2, sf)
-                _project(h, one + head, P, here, _U(L3), V, M, 2, sf)
-                _mul_row(g, one, Wt, w2, Q, V, False, h, one, M, one_r)
-                _accumulate(acc, zero, g, one, Q, Q, M, 2, sf)
-                _project(h, one, P, here, Q, V, M, 2, sb)
-                _mul_row(g, one, Ws, w2, Q, V, True, h, one, M, one_r)
-                _accumulate(acc, _U(L3), g, one, head, Q, M, 2, sb)
-                _accumulate(acc, zero, g, one + head, _U(L3), Q, M, 2, sb)
-                _project(h, one, P, here, Q, V, M, 3, sf)
-                _rotate_rows(h, M, L2, L3, True)
-                _mul_row(g, one, Wt, w3, Q, V, False, h, two, M, one_r)
-                _accumulate(acc, zero, g, one, Q, Q, M, 3, sf)
-                _project(h, one, P, here, Q, V, M, 3, sb)
-                _mul_row(g, one, Ws, w3, Q, V, True, h, one, M, one_r)
-                _rotate_rows(g, M, L2, L3, False)
-                _accumulate(acc, zero, g, zero, Q, Q, M, 3, sb)
-                _store(O, here, acc, Q, V)
+                w2 = _U((2 * Bu + u) * 18) * V + _U(ch)
+                w3 = _U((3 * Bu + u) * 18) * V + _U(ch)
+                _project(h, o, P, here, S, V, M, 2, sf)
+                _rotate(h, M, o, nb, Qi, L3, True)
+                _mul_row(g, o, Wt, w2, S, V, False, h, o + _U(L3), M, one_r)
+                _accumulate(acc, zero, g, o, S, S, M, 2, sf)
+                _project(h, o, P, here, S, V, M, 2, sb)
+                _mul_row(g, o, Ws, w2, S, V, True, h, o, M, one_r)
+                _rotate(g, M, o, nb, Qi, L3, False)
+                _accumulate(acc, zero, g, o - _U(L3), S, S, M, 2, sb)
+                _project(h, o, P, here, S, V, M, 3, sf)
+                _rotate(h, M, o, nb * L2, L3, 1, True)
+                _mul_row(g, o, Wt, w3, S, V, False, h, o + _U(1), M, one_r)
+                _accumulate(acc, zero, g, o, S, S, M, 3, sf)
+                _project(h, o, P, here, S, V, M, 3, sb)
+                _mul_row(g, o, Ws, w3, S, V, True, h, o, M, one_r)
+                _rotate(g, M, o, nb * L2, L3, 1, False)
+                _accumulate(acc, zero, g, o - _U(1), S, S, M, 3, sb)
+                _store(O, here, acc, S, V)
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -351,11 +386,20 @@ def prepare(links, dtype):
     return out.reshape(-1)
 
 
-def _select_mask(L2, L3):
-    """sel[q*L2*L3 + x2*L3 + x3] = (q + x2 + x3) mod 2, q = (p + x1) mod 2: the sites of a packed
-    plane whose direction-0 neighbours are p XOR r = 1 (module docstring)."""
-    x2, x3 = np.meshgrid(np.arange(L2), np.arange(L3), indexing="ij")
-    return np.stack([(x2 + x3) % 2, (x2 + x3 + 1) % 2]).astype(np.uint8).reshape(-1)
+_CHUNK_SITES = 1024     # sites per chunk at most (the chunk buffers then stay in L2)
+
+
+def _planes_per_chunk(L1, Q):
+    """The largest divisor nb of L1 with nb * Q <= _CHUNK_SITES (at least 1)."""
+    return max([d for d in range(1, L1 + 1) if L1 % d == 0 and d * Q <= _CHUNK_SITES] or [1])
+
+
+def _select_mask(nb, L2, L3):
+    """sel[q*S + x1'*L2*L3 + x2*L3 + x3] = (q + x1' + x2 + x3) mod 2 for a chunk of nb planes
+    (x1' = x1 - first x1 of the chunk, q = (p + first x1) mod 2): the sites of a packed chunk
+    whose direction-0 neighbours have p XOR r = 1 (module docstring)."""
+    x1, x2, x3 = np.meshgrid(np.arange(nb), np.arange(L2), np.arange(L3), indexing="ij")
+    return np.stack([(x1 + x2 + x3) % 2, (x1 + x2 + x3 + 1) % 2]).astype(np.uint8).reshape(-1)
 
 
 def _prepared(links, dtype, cache, key):
@@ -405,10 +449,11 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))   # key: parity of the sites
         ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
         Q = sites[2] * sites[3]
+        nb = _planes_per_chunk(sites[1], Q)
         rt = P.dtype.type
-        h = np.empty(12 * (Q + 2), dtype=P.dtype)
-        g = np.empty(12 * (Q + 2), dtype=P.dtype)
-        acc = np.empty(24 * Q, dtype=P.dtype)
-        _kernel(P, wt, ws, ub, Bu, *sites, eo, int(target) if eo else 0, _select_mask(sites[2], sites[3]),
+        h = np.empty(12 * (nb + 2) * Q, dtype=P.dtype)
+        g = np.empty(12 * (nb + 2) * Q, dtype=P.dtype)
+        acc = np.empty(24 * nb * Q, dtype=P.dtype)
+        _kernel(P, wt, ws, ub, Bu, *sites, nb, eo, int(target) if eo else 0, _select_mask(nb, sites[2], sites[3]),
                 rt(1 if dagger else -1), rt(1), out.reshape(-1).view(P.dtype), h, g, acc)
     return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]
