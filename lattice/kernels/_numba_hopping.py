@@ -34,6 +34,10 @@ like every kernel here.
 """
 from __future__ import annotations
 
+import functools
+import math
+import threading
+
 import numba
 import numpy as np
 
@@ -95,33 +99,15 @@ def _project(h, ho, P, pb, n, V, M, mu, s):
 
 
 @numba.jit(**_HELP)
-def _project0_select(h, ho, P, pa, pb, sel, so, n, V, M, s):
-    """:func:`_project` for mu = 0, site j from P at offset pb where sel[so + j] != 0, else pa."""
-    two, one = _U(2), _U(1)
-    V2 = two * V
-    for c in range(3):
-        cu = _U(c)
-        o0 = cu * V2
-        o1 = (cu + _U(3)) * V2
-        o2 = (cu + _U(6)) * V2
-        o3 = (cu + _U(9)) * V2
-        h0 = two * cu * M + ho
-        h1 = two * (cu + _U(3)) * M + ho
+def _blend(h, g, o, sel, so, n, M):
+    """h[., o + j] = g[., o + j] where sel[so + j] != 0 (the per-site choice between two
+    projected candidates of the packed direction-0 neighbour), j < n."""
+    for k in range(12):
+        base = _U(k) * M + o
         for t in range(n):
-            tt = two * t
-            odd = sel[so + t] != 0
-            u0r = P[pb + o0 + tt] if odd else P[pa + o0 + tt]
-            u0i = P[pb + o0 + tt + one] if odd else P[pa + o0 + tt + one]
-            u1r = P[pb + o1 + tt] if odd else P[pa + o1 + tt]
-            u1i = P[pb + o1 + tt + one] if odd else P[pa + o1 + tt + one]
-            d0r = P[pb + o2 + tt] if odd else P[pa + o2 + tt]
-            d0i = P[pb + o2 + tt + one] if odd else P[pa + o2 + tt + one]
-            d1r = P[pb + o3 + tt] if odd else P[pa + o3 + tt]
-            d1i = P[pb + o3 + tt + one] if odd else P[pa + o3 + tt + one]
-            h[h0 + t] = u0r + s * d1i
-            h[h0 + M + t] = u0i - s * d1r
-            h[h1 + t] = u1r + s * d0i
-            h[h1 + M + t] = u1i - s * d0r
+            x = h[base + t]
+            y = g[base + t]
+            h[base + t] = y if sel[so + t] != 0 else x
 
 
 @numba.jit(**_HELP)
@@ -141,13 +127,18 @@ def _mul(g, go, W, wa, wb, sel, so, n, V, dag, h, ho, M, one_r):
         ga = two * _U(a) * M + go
         gb = two * _U(3 + a) * M + go
         for t in range(n):
-            w = wb if sel[so + t] != 0 else wa
-            w0r = W[w + x0 + t]
-            w0i = sg * W[w + x0 + V + t]
-            w1r = W[w + x1 + t]
-            w1i = sg * W[w + x1 + V + t]
-            w2r = W[w + x2 + t]
-            w2i = sg * W[w + x2 + V + t]
+            odd = sel[so + t] != 0
+            # both candidate links are loaded, then selected (vectorises)
+            ya = (W[wa + x0 + t], W[wa + x0 + V + t], W[wa + x1 + t], W[wa + x1 + V + t],
+                  W[wa + x2 + t], W[wa + x2 + V + t])
+            yb = (W[wb + x0 + t], W[wb + x0 + V + t], W[wb + x1 + t], W[wb + x1 + V + t],
+                  W[wb + x2 + t], W[wb + x2 + V + t])
+            w0r = yb[0] if odd else ya[0]
+            w0i = sg * (yb[1] if odd else ya[1])
+            w1r = yb[2] if odd else ya[2]
+            w1i = sg * (yb[3] if odd else ya[3])
+            w2r = yb[4] if odd else ya[4]
+            w2i = sg * (yb[5] if odd else ya[5])
             j = ho + t
             a0r, a0i = h[j], h[M + j]
             a1r, a1i = h[_U(2) * M + j], h[_U(3) * M + j]
@@ -312,10 +303,14 @@ def _kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, nb, eo, p, sel, sf, one_r, O, h, 
                     # (p XOR r = 1), else in this slab; x_0 - 1 in this slab where sel[j] != 0,
                     # else in slab sm
                     so = _U(((p + c) & 1) * Si)
-                    _project0_select(h, o, P, here, pb + two * _U(sp + c * Qi), sel, so, S, V, M, sf)
+                    _project(h, o, P, here, S, V, M, 0, sf)
+                    _project(g, o, P, pb + two * _U(sp + c * Qi), S, V, M, 0, sf)
+                    _blend(h, g, o, sel, so, S, M)
                     _mul_row(g, o, Wt, w0 + _U(ch), S, V, False, h, o, M, one_r)
                     _accumulate(acc, zero, g, o, S, S, M, 0, sf)
-                    _project0_select(h, o, P, pb + two * _U(sm + c * Qi), here, sel, so, S, V, M, sb)
+                    _project(h, o, P, pb + two * _U(sm + c * Qi), S, V, M, 0, sb)
+                    _project(g, o, P, here, S, V, M, 0, sb)
+                    _blend(h, g, o, sel, so, S, M)
                     _mul(g, o, Ws, w0 + _U(sm + c * Qi), w0 + _U(ch), sel, so, S, V, True, h, o, M, one_r)
                     _accumulate(acc, zero, g, o, S, S, M, 0, sb)
                 else:
@@ -375,9 +370,9 @@ def prepare(links, dtype):
     (4, Bu, 9, 2, V) (real and imaginary planes), flattened, the form :func:`wilson_hop` reads."""
     rdt = np.dtype(dtype).type(0).real.dtype
     sites = tuple(links[0].shape[-4:])
-    V = int(np.prod(sites))
+    V = math.prod(sites)
     bu = tuple(links[0].shape[:-6])
-    Bu = int(np.prod(bu))
+    Bu = math.prod(bu)
     out = np.empty((4, Bu, 9, 2, V), dtype=rdt)
     for mu, w in enumerate(links):
         w = np.asarray(w).reshape(Bu, 9, V)
@@ -394,12 +389,29 @@ def _planes_per_chunk(L1, Q):
     return max([d for d in range(1, L1 + 1) if L1 % d == 0 and d * Q <= _CHUNK_SITES] or [1])
 
 
+@functools.lru_cache(maxsize=16)
 def _select_mask(nb, L2, L3):
     """sel[q*S + x1'*L2*L3 + x2*L3 + x3] = (q + x1' + x2 + x3) mod 2 for a chunk of nb planes
     (x1' = x1 - first x1 of the chunk, q = (p + first x1) mod 2): the sites of a packed chunk
     whose direction-0 neighbours have p XOR r = 1 (module docstring)."""
     x1, x2, x3 = np.meshgrid(np.arange(nb), np.arange(L2), np.arange(L3), indexing="ij")
-    return np.stack([(x1 + x2 + x3) % 2, (x1 + x2 + x3 + 1) % 2]).astype(np.uint8).reshape(-1)
+    m = np.stack([(x1 + x2 + x3) % 2, (x1 + x2 + x3 + 1) % 2]).astype(np.uint8).reshape(-1)
+    m.flags.writeable = False
+    return m
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(rdt, nb, Q):
+    """Chunk buffers (h, g, acc), kept per thread between calls (allocating and first-touching
+    them on every call was a measurable part of a call at 8^3 x 16)."""
+    key = (np.dtype(rdt).str, nb, Q)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None or bufs[0] != key:
+        n = 12 * (nb + 2) * Q
+        bufs = _SCRATCH.bufs = (key, np.empty(n, dtype=rdt), np.empty(n, dtype=rdt), np.empty(24 * nb * Q, dtype=rdt))
+    return bufs[1:]
 
 
 def _prepared(links, dtype, cache, key):
@@ -436,24 +448,25 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         full = tuple(np.broadcast_shapes(bp, bu))
     except ValueError:
         return None
-    V = int(np.prod(sites))
-    B = int(np.prod(full))
+    V = math.prod(sites)
+    B = math.prod(full)
     out = np.empty(full + (4, N) + sites, dtype=dtype)
     if B and V:
         if bp != full:
             psi = np.broadcast_to(psi, full + (4, N) + sites)
         P = np.ascontiguousarray(psi, dtype=dtype).reshape(-1).view(np.dtype(dtype).type(0).real.dtype)
-        Bu = int(np.prod(bu))
-        ub = np.ascontiguousarray(np.broadcast_to(np.arange(Bu, dtype=np.int64).reshape(bu), full).reshape(-1))
+        Bu = math.prod(bu)
+        if Bu == 1:
+            ub = np.zeros(B, dtype=np.int64)
+        else:
+            ub = np.ascontiguousarray(np.broadcast_to(np.arange(Bu, dtype=np.int64).reshape(bu), full).reshape(-1))
         eo = target is not None
         wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))   # key: parity of the sites
         ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
         Q = sites[2] * sites[3]
         nb = _planes_per_chunk(sites[1], Q)
         rt = P.dtype.type
-        h = np.empty(12 * (nb + 2) * Q, dtype=P.dtype)
-        g = np.empty(12 * (nb + 2) * Q, dtype=P.dtype)
-        acc = np.empty(24 * nb * Q, dtype=P.dtype)
+        h, g, acc = _scratch(P.dtype, nb, Q)
         _kernel(P, wt, ws, ub, Bu, *sites, nb, eo, int(target) if eo else 0, _select_mask(nb, sites[2], sites[3]),
                 rt(1 if dagger else -1), rt(1), out.reshape(-1).view(P.dtype), h, g, acc)
     return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]
