@@ -3,6 +3,14 @@ and the adjoint gamma_5 H gamma_5) equals its array-API reference on random fiel
 precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint relation holds;
 inputs the compiled paths do not cover (distributed layouts, other spin tables, N != 3) get
 the reference."""
+import ctypes
+import importlib.util
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -235,3 +243,116 @@ def test_operator_through_the_kernel_matches_reference():
         ref = [getattr(op, n)(x) for n, x in names]
     for (n, _), a, b in zip(names, fast, ref):
         assert np.abs(a - b).max() < 1e-13 * max(1.0, np.abs(b).max()), n
+
+
+def _cupy_with_device():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as exc:  # noqa: BLE001 - any CUDA runtime failure means: no usable device
+        pytest.skip(f"no usable CUDA device ({exc})")
+    return cp
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_cupy_equals_reference(dtype):
+    """The fused CUDA kernel (lattice/kernels/_cupy_hopping.py) against the reference, full
+    lattice and both even-odd blocks, with the adjoint flag (runs only with CuPy and a GPU)."""
+    cp = _cupy_with_device()
+    shape = (4, 6, 2, 4)
+    U = L.random_gauge(shape, seed=1, batch=(2,)).astype(dtype)
+    links = WilsonLinks(cp.asarray(U), L.Layout(shape), (1j, 1, np.exp(0.3j), -1))
+    assert kernels.implementation(cp) == "cupy"
+    psi = cp.asarray(_spinor(links.layout, lead=(3, 1), dtype=dtype))
+    for dagger in (False, True):
+        fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+        _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+        for target in (0, 1):
+            e = cp.asarray(_spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=4 + target))
+            fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
+            _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+
+
+# ---------------------------------------------------------------- the CUDA source without a GPU
+_CPP_HEAD = r"""
+#include <complex>
+#include <cstdint>
+#define __device__
+#define __forceinline__ inline
+using std::conj;
+template <typename T> struct CArray { T* ptr; T& operator[](long long k) const { return ptr[k]; } };
+"""
+_CPP_RUN = r"""
+template <typename T>
+void run_t(T* P_, T* Wt_, T* Ws_, int64_t* ub_, long long Bu, int L0, int L1, int L2, int L3, bool eo, int p,
+           int sf, T* O_, long long n) {
+  CArray<T> P{P_}, Wt{Wt_}, Ws{Ws_}, O{O_};
+  CArray<int64_t> ub{ub_};
+  for (long long i = 0; i < n; ++i) {
+BODY
+  }
+}
+#define RUN(name, C) extern "C" void name(C* P, C* Wt, C* Ws, int64_t* ub, long long Bu, int L0, int L1, int L2, \
+    int L3, bool eo, int p, int sf, C* O, long long n) { run_t(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, n); }
+RUN(run_d, std::complex<double>)
+RUN(run_f, std::complex<float>)
+"""
+
+
+def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
+    """The CUDA kernel of _cupy_hopping.py (its preamble and body, compiled by g++ with
+    std::complex, one loop iteration per thread) and its Python wrapper (run on NumPy arrays
+    standing in for CuPy) against the reference: full lattice and both even-odd blocks, both
+    precisions, batch axes, the adjoint flag. Checks the index arithmetic and spin algebra of
+    the GPU path where no GPU is present."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no g++")
+    path = Path(hopping.__file__).with_name("_cupy_hopping.py")
+    fake = types.ModuleType("cupy")
+    for name in ("ascontiguousarray", "stack", "asarray", "result_type", "complex64", "complex128", "empty",
+                 "broadcast_to", "arange", "int64", "dtype"):
+        setattr(fake, name, getattr(np, name))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    spec = importlib.util.spec_from_file_location("_cupy_hopping_on_cpu", path)
+    ch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ch)
+    src = tmp_path / "k.cpp"
+    src.write_text(_CPP_HEAD + ch._PREAMBLE + _CPP_RUN.replace("BODY", ch._BODY))
+    lib_path = tmp_path / "k.so"
+    subprocess.run([gxx, "-O1", "-shared", "-fPIC", "-std=c++17", "-o", str(lib_path), str(src)], check=True,
+                   capture_output=True, timeout=300)
+    lib = ctypes.CDLL(str(lib_path))
+    vp = ctypes.c_void_p
+    for fn in (lib.run_d, lib.run_f):
+        fn.argtypes = [vp, vp, vp, vp, ctypes.c_longlong] + [ctypes.c_int] * 4 + [ctypes.c_bool, ctypes.c_int,
+                                                                                   ctypes.c_int, vp, ctypes.c_longlong]
+
+    def kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, size):
+        arrs = [np.ascontiguousarray(a) for a in (P, Wt, Ws)]
+        ub = np.ascontiguousarray(ub, dtype=np.int64)
+        assert O.flags.c_contiguous and all(a.dtype == O.dtype for a in arrs)
+        fn = lib.run_d if O.dtype == np.complex128 else lib.run_f
+        fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, Bu, L0, L1, L2, L3, eo, p, sf, O.ctypes.data, size)
+    monkeypatch.setattr(ch, "_kernel", lambda: kernel)
+
+    for shape in [(4, 2, 2, 4), (4, 6, 2, 8), (3, 2, 5, 3)]:
+        for dtype in (np.complex128, np.complex64):
+            links = _links(shape, dtype, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
+            psi = _spinor(links.layout, lead=(3, 1), dtype=dtype)
+            for dagger in (False, True):
+                cache = {}
+                fast = ch.wilson_hop(psi, links.U, links.U, dagger=dagger, cache=cache)
+                with kernels.reference_only():
+                    ref = links.hop(psi, dagger=dagger)
+                _close(fast, ref, dtype)
+                if any(s % 2 for s in shape):
+                    continue
+                Ueo, _ = links._eo_links()
+                for target in (0, 1):
+                    e = _spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=3 + target)
+                    fast = ch.wilson_hop(e, Ueo[target], Ueo[1 - target], dagger=dagger, target=target, cache=cache)
+                    with kernels.reference_only():
+                        ref = links.hop_eo(e, target, dagger=dagger)
+                    _close(fast, ref, dtype)
