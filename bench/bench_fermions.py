@@ -2,6 +2,8 @@
 paper's kappa and mu on a thermalised pure-gauge configuration, dense log det at 4^4.
 
 References measured in the same run:
+* the hopping term and M^ run through lattice.kernels, i.e. the compiled path for NumPy arrays
+  (bench_kernels_hopping compares it with the array-API reference).
 * roofline: the Wilson hopping term moves at least 2880 bytes per site in double precision
   (8 neighbour spinors 8 x 192 B, 8 links 8 x 144 B, one output spinor 192 B) for 1320 flops;
   ratio = (2880 V / copy bandwidth) / measured time, copy bandwidth from ``bench.common``.

@@ -144,14 +144,10 @@ class TwistedMassWilson:
         return _cat(a * up, a.conjugate() * dn)
 
     def _M(self, psi, dagger=False):
-        if dagger:   # M^dag = (1 - i mu~ g5) - kappa g5 H g5
-            up, dn = _halves(psi)
-            hu, hd = self.links.hop(_cat(up, -dn))
-            a = self._a.conjugate()
-            return _cat(a * up - self.kappa * hu, a.conjugate() * dn + self.kappa * hd)
+        """M psi, or M^dag psi = (1 - i mu~ g5) psi - kappa g5 H g5 psi (the kernel's adjoint)."""
         up, dn = _halves(psi)
-        hu, hd = self.links.hop(psi)
-        a = self._a
+        hu, hd = self.links.hop(psi, dagger=dagger)
+        a = self._a.conjugate() if dagger else self._a
         return _cat(a * up - self.kappa * hu, a.conjugate() * dn - self.kappa * hd)
 
     def _hop(self, psi):
@@ -161,19 +157,15 @@ class TwistedMassWilson:
         return _cat(*self.links.hop_eo(psi, target))
 
     def _schur(self, x, dagger=False):
-        """M^ x (or M^dag x) on packed odd SoA spinors."""
+        """M^ x (or M^dag x = A^dag x - kappa^2 (g5 H_oe g5) A^-dag (g5 H_eo g5) x) on packed odd
+        SoA spinors."""
         k2 = self.kappa * self.kappa
         up, dn = _halves(x)
-        if dagger:   # gamma_5 M^(-mu) gamma_5
-            a = self._a.conjugate()
-            ai = self._ainv.conjugate()
-            t = _cat(up, -dn)
-        else:
-            a, ai, t = self._a, self._ainv, x
-        hu, hd = self.links.hop_eo(t, 0)
-        hu, hd = self.links.hop_eo(_cat(ai * hu, ai.conjugate() * hd), 1)
+        a, ai = self._a, self._ainv
         if dagger:
-            return _cat(a * up - k2 * hu, a.conjugate() * dn + k2 * hd)
+            a, ai = a.conjugate(), ai.conjugate()
+        hu, hd = self.links.hop_eo(x, 0, dagger=dagger)
+        hu, hd = self.links.hop_eo(_cat(ai * hu, ai.conjugate() * hd), 1, dagger=dagger)
         return _cat(a * up - k2 * hu, a.conjugate() * dn - k2 * hd)
 
     # ------------------------------------------------------------------ full lattice (public)
@@ -306,10 +298,9 @@ class TwistedMassWilson:
         eo = self.even_odd
         xs, ys = to_soa(x_o), to_soa(y_o)
         z = self._diag(self._hop_eo(xs, 0), self._ainv)                     # A^{-1} H_eo x
-        yu, yd = _halves(ys)
-        hu, hd = self.links.hop_eo(_cat(yu, -yd), 0)                         # H_eo gamma_5 y
+        hu, hd = self.links.hop_eo(ys, 0, dagger=True)                       # gamma_5 H_eo gamma_5 y
         ai = self._ainv.conjugate()                                          # A^{-dag} on the upper rows
-        w = _cat(ai * hu, -(ai.conjugate() * hd))                            # A^{-dag} gamma_5 H_eo gamma_5 y
+        w = _cat(ai * hu, ai.conjugate() * hd)                               # A^{-dag} gamma_5 H_eo gamma_5 y
         a = eo.unpack(w, ys, inner=0)
         b = eo.unpack(z, xs, inner=0)
         return (-self.kappa * self.kappa) * omega_to_gauge(self.links.omega(a, b))

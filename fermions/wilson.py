@@ -14,14 +14,19 @@ Each of the 8 hops projects psi onto a half spinor h = psi_up + s B_mu psi_dn (2
 :mod:`fermions.gamma`), multiplies by the link (forward: at the target site after the shift;
 backward: U^dag at the source site, then the shift moves the *half* spinor, halving the
 halo), and reconstructs the lower rows as s B_mu^dag h. The conventional count is 1320
-flops per site.
+flops per site. The hopping term itself (full lattice and even-odd blocks, and the adjoint
+gamma_5 H gamma_5) is a kernel of the kernel layer, :mod:`lattice.kernels.hopping`: one
+array-API reference and compiled fast paths chosen by the array namespace; this module
+prepares the links (:class:`WilsonLinks`: boundary phases, SoA order, packing) and passes
+the spin tables :data:`fermions.gamma.PROJ`.
 
-Internally the kernel works on *spin/colour-major* ("SoA") arrays with the sites last,
+Internally the operators work on *spin/colour-major* ("SoA") arrays with the sites last,
 ``(*batch, 4, N, L_0, L_1, L_2, L_3)``, so every arithmetic operation runs over long
-contiguous site vectors (with NumPy the colour multiply is ~6x faster than stacked 3x3 matmuls). The public
+contiguous site vectors. The public
 spinor convention ``(*batch, L_0, ..., L_3, 4, N)`` is converted at the operator boundary
 (:func:`to_soa`, :func:`from_soa`). Neighbours: ``layout.shift(F, mu, sign, inner=0)`` on the
-full lattice, :meth:`fermions.evenodd.EvenOdd.fetch` on packed half lattices.
+full lattice, :meth:`fermions.evenodd.EvenOdd.fetch` on packed half lattices (the compiled
+kernels do the same index arithmetic themselves where no axis is split over ranks).
 
 Link derivative
 ---------------
@@ -41,7 +46,8 @@ from __future__ import annotations
 
 from lattice.backend import namespace
 from lattice.layout import Layout
-from lattice import su_n
+from lattice import su_n, kernels
+from lattice.kernels.hopping import spin_project
 
 from .gamma import PROJ
 from .evenodd import even_odd
@@ -116,81 +122,7 @@ def force_from_omega(Om):
     return -0.5 * su_n.project_algebra(Om)
 
 
-# ---------------------------------------------------------------------------- kernel pieces
-_REV = (Ellipsis, slice(None, None, -1)) + (slice(None),) * 5     # reverse the 2 spin rows (axis -6)
-_PHASES: dict = {}
-
-
-def _phase_array(xp, dtype, phases):
-    """Cached (2, 1, 1, 1, 1, 1) array of per-row phases."""
-    key = (id(xp), dtype, phases)
-    a = _PHASES.get(key)
-    if a is None:
-        a = _PHASES[key] = xp.reshape(xp.asarray(list(phases), dtype=dtype), (2, 1, 1, 1, 1, 1))
-    return a
-
-
-def _apply_block(xp, blk, v, coef: float):
-    """coef * (B v) for a monomial spin block B acting on the 2-row spin axis of v."""
-    w = v[_REV] if blk.swap else v
-    if blk.uniform is not None:
-        c = coef * blk.uniform
-        return w if c == 1.0 else -w if c == -1.0 else c * w
-    return _phase_array(xp, v.dtype, tuple(coef * p for p in blk.phase)) * w
-
-
-def _project(xp, up, dn, mu: int, s: int):
-    """Half spinor h = up + s B_mu dn of (1 + s gamma_mu) psi."""
-    blk = PROJ[mu][0]
-    w = dn[_REV] if blk.swap else dn
-    if blk.uniform is not None:
-        return up + w if s * blk.uniform > 0 else up - w
-    return up + _phase_array(xp, up.dtype, tuple(s * p for p in blk.phase)) * w
-
-
-def _lower(xp, h, mu: int, s: int):
-    """Lower rows s B_mu^dag h of (1 + s gamma_mu) psi."""
-    return _apply_block(xp, PROJ[mu][1], h, float(s))
-
-
-def _cmul(cols, h):
-    """Colour multiply (U h)_a = sum_b U_ab h_b; cols[b] = U[..., None, :, b, sites]."""
-    out = cols[0] * h[..., 0:1, :, :, :, :]
-    for b in range(1, len(cols)):
-        out += cols[b] * h[..., b:b + 1, :, :, :, :]
-    return out
-
-
-def _columns(Usoa):
-    """Column views U[..., None, :, b, sites] of an SoA link field (*batch, N, N, sites)."""
-    xp = namespace(Usoa)
-    N = Usoa.shape[-5]
-    return [xp.expand_dims(Usoa[..., b, :, :, :, :], axis=-6) for b in range(N)]
-
-
-def _hop(psi, fwd, bwd_dag, fetch):
-    """(up, dn) rows of H psi for an SoA spinor; fwd[mu] / bwd_dag[mu] are the column lists of
-    U_mu at the target sites / U_mu^dag at the source sites, fetch(F, mu, sign) = F(x + sign mu)."""
-    xp = namespace(psi)
-    up_in = psi[..., 0:2, :, :, :, :, :]
-    dn_in = psi[..., 2:4, :, :, :, :, :]
-    up = dn = None
-    for mu in range(4):
-        # forward hop: (1 - gamma_mu) U_mu(x) psi(x + mu)
-        hf = _cmul(fwd[mu], fetch(_project(xp, up_in, dn_in, mu, -1), mu, +1))
-        # backward hop: (1 + gamma_mu) U_mu(x - mu)^dag psi(x - mu)
-        hb = fetch(_cmul(bwd_dag[mu], _project(xp, up_in, dn_in, mu, +1)), mu, -1)
-        if up is None:           # fresh arrays (the _lower results may be views of hf, hb)
-            up = hf + hb
-            dn = _lower(xp, hf, mu, -1) + _lower(xp, hb, mu, +1)
-        else:
-            up += hf
-            up += hb
-            dn += _lower(xp, hf, mu, -1)
-            dn += _lower(xp, hb, mu, +1)
-    return up, dn
-
-
+# ---------------------------------------------------------------------------- derivative pieces
 def _outer_sum(g, f):
     """B_{ji} = sum_q g_q,j conj(f_q,i) for SoA half spinors (*, 2, N, sites) -> (*, N, N, sites)."""
     xp = namespace(g, f)
@@ -250,42 +182,37 @@ class WilsonLinks:
                 Umu = Umu * fac
             self.U.append(Umu)
         self.Udag = [_dagger_soa(u) for u in self.U]
-        self._full = None
         self._eo = None
+        self._kcache = {}    # prepared forms of U for the compiled hopping kernels (lattice.kernels)
+        self._kcache_eo = {}
 
     # ---- full lattice
-    def _full_cols(self):
-        if self._full is None:
-            self._full = ([_columns(u) for u in self.U], [_columns(u) for u in self.Udag])
-        return self._full
-
-    def hop(self, psi):
-        """(up, dn) of H psi on the full lattice, psi SoA (*batch, 4, N, sites)."""
-        fwd, bwd = self._full_cols()
-        lay = self.layout
-        return _hop(psi, fwd, bwd, lambda F, mu, s: lay.shift(F, mu, s, inner=0))
+    def hop(self, psi, dagger: bool = False):
+        """(up, dn) of H psi on the full lattice (``dagger``: of H^dag psi = gamma_5 H gamma_5 psi),
+        psi SoA (*batch, 4, N, sites). The kernel layer chooses the implementation
+        (:func:`lattice.kernels.wilson_hop`)."""
+        return kernels.wilson_hop(psi, self.U, self.Udag, self.layout, PROJ, dagger=dagger, cache=self._kcache)
 
     # ---- even-odd
     @property
     def eo(self):
         return even_odd(self.layout)
 
-    def _eo_cols(self):
+    def _eo_links(self):
+        """(packed U, packed U^dag): ``[p][mu]`` the links at the parity-p sites (SoA)."""
         if self._eo is None:
             eo = self.eo
             packed = [eo.pack(u, inner=0) for u in self.U]
             packed_dag = [eo.pack(u, inner=0) for u in self.Udag]
-            # cols[p] = (forward links at parity-p sites, daggered links at parity-p sites)
-            self._eo = [([_columns(packed[mu][p]) for mu in range(4)],
-                         [_columns(packed_dag[mu][p]) for mu in range(4)]) for p in (0, 1)]
+            self._eo = ([[packed[mu][p] for mu in range(4)] for p in (0, 1)],
+                        [[packed_dag[mu][p] for mu in range(4)] for p in (0, 1)])
         return self._eo
 
-    def hop_eo(self, psi, target: int):
-        """(up, dn) of H_{p,1-p} psi: target parity p = ``target``, psi packed SoA on parity 1-p."""
-        cols = self._eo_cols()
-        eo = self.eo
-        return _hop(psi, cols[target][0], cols[1 - target][1],
-                    lambda F, mu, s: eo.fetch(F, mu, s, target, inner=0))
+    def hop_eo(self, psi, target: int, dagger: bool = False):
+        """(up, dn) of H_{p,1-p} psi: target parity p = ``target``, psi packed SoA on parity 1-p
+        (``dagger``: of gamma_5 H_{p,1-p} gamma_5 psi = (H_{1-p,p})^dag psi)."""
+        U, Udag = self._eo_links()
+        return kernels.wilson_hop_eo(psi, U, Udag, self.eo, target, PROJ, dagger=dagger, cache=self._kcache_eo)
 
     # ---- derivative
     def omega(self, a, b):
@@ -294,16 +221,16 @@ class WilsonLinks:
         a, b : full-lattice SoA spinors; the result broadcasts their batch axes with U's.
         """
         lay = self.layout
-        xp = namespace(a, b)
         a_up, a_dn = a[..., 0:2, :, :, :, :, :], a[..., 2:4, :, :, :, :, :]
         b_up, b_dn = b[..., 0:2, :, :, :, :, :], b[..., 2:4, :, :, :, :, :]
         out = []
         for mu in range(4):
-            fm = _project(xp, a_up, a_dn, mu, -1)
-            gm = lay.shift(_project(xp, b_up, b_dn, mu, -1), mu, +1, inner=0)
+            blk = PROJ[mu][0]
+            fm = spin_project(a_up, a_dn, blk, -1)
+            gm = lay.shift(spin_project(b_up, b_dn, blk, -1), mu, +1, inner=0)
             B1 = _outer_sum(gm, fm)
-            fp = lay.shift(_project(xp, a_up, a_dn, mu, +1), mu, +1, inner=0)
-            gp = _project(xp, b_up, b_dn, mu, +1)
+            fp = lay.shift(spin_project(a_up, a_dn, blk, +1), mu, +1, inner=0)
+            gp = spin_project(b_up, b_dn, blk, +1)
             B2 = _outer_sum(gp, fp)
             out.append(_matmul_soa(self.U[mu], B1) - _matmul_soa(B2, self.Udag[mu]))
         return out
@@ -320,6 +247,7 @@ class WilsonLinks:
         new.U = [xp.astype(u, dtype) for u in self.U]
         new.Udag = [xp.astype(u, dtype) for u in self.Udag]
         new.dtype = dtype
-        new._full = None
         new._eo = None
+        new._kcache = {}
+        new._kcache_eo = {}
         return new

@@ -25,11 +25,22 @@ contiguous vector over sites). Entry-wise formulas then run over long contiguous
 the CPU and coalesce on the GPU; a stacked ``@`` on colour-last ``(*rest, N, N)`` arrays does
 not. :func:`colour_first` / :func:`colour_last` convert (one copy each way); the gauge-field
 convention of the public API stays colour-last (docs/design.md §3).
+
+Wilson hopping term
+-------------------
+:func:`wilson_hop` / :func:`wilson_hop_eo` (:mod:`lattice.kernels.hopping`): the hopping term
+of the Wilson-Dirac operator on the full lattice and its even-odd blocks, with the adjoint
+gamma_5 H gamma_5 as a flag, on spin/colour-major spinors ``(*batch, 4, N, *sites)``. The
+fermion operators of :mod:`fermions` call it; the reference takes the neighbours from the
+layout (MPI halo exchange), the compiled paths compute neighbour indices themselves and are
+used when no lattice axis is split over ranks.
 """
 from __future__ import annotations
 
 from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, matmul
 from .eigh3 import eigh, polar
+from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 
-__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather", "real_inner", "matmul", "eigh", "polar"]
+__all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
+           "real_inner", "matmul", "eigh", "polar", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference"]

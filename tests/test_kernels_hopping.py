@@ -1,0 +1,358 @@
+"""lattice.kernels.hopping: the compiled Wilson hopping term (full lattice and even-odd blocks,
+and the adjoint gamma_5 H gamma_5) equals its array-API reference on random fields, for both
+precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint relation holds;
+inputs the compiled paths do not cover (distributed layouts, other spin tables, N != 3) get
+the reference."""
+import ctypes
+import importlib.util
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lattice as L
+from lattice import kernels
+from lattice.kernels import hopping, _numba_hopping
+import fermions as F
+from fermions.gamma import PROJ
+from fermions.wilson import WilsonLinks, to_soa
+
+TOL = {np.complex128: 1e-13, np.complex64: 3e-6}
+BCS = ["periodic", "antiperiodic", (1j, 1, np.exp(0.3j), -1)]
+
+
+def _links(shape, dtype=np.complex128, batch=(), bc="antiperiodic", seed=1):
+    U = L.random_gauge(shape, seed=seed, batch=batch)
+    return WilsonLinks(U.astype(dtype), L.Layout(shape), bc)
+
+
+def _spinor(layout, lead=(), dtype=np.complex128, seed=2):
+    psi = L.Rng(seed).complex_normal(lead=lead, layout=layout, inner=(4, 3)).astype(dtype)
+    return to_soa(psi)
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Counts the calls of the compiled path that returned a result (no silent fallback)."""
+    calls = []
+    orig = _numba_hopping.wilson_hop
+
+    def counting(*args, **kw):
+        res = orig(*args, **kw)
+        calls.append(res is not None)
+        return res
+    monkeypatch.setattr(_numba_hopping, "wilson_hop", counting)
+    return calls
+
+
+def _close(fast, ref, dtype):
+    for a, b in zip(fast, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype == dtype
+        scale = max(1.0, float(np.max(np.abs(b))))
+        assert float(np.max(np.abs(a - b))) <= TOL[dtype] * scale
+
+
+def _both(fn):
+    fast = fn()
+    with kernels.reference_only():
+        ref = fn()
+    return fast, ref
+
+
+def test_numpy_spinors_get_the_compiled_path():
+    assert kernels.implementation(np) == "numba"
+    assert hopping._fast_basis(PROJ)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 4), (4, 6, 2, 8), (6, 4, 4, 2), (3, 2, 5, 3)])
+@pytest.mark.parametrize("bc", BCS)
+@pytest.mark.parametrize("dagger", [False, True])
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_full_lattice_equals_reference(shape, bc, dagger, dtype, fast_calls):
+    links = _links(shape, dtype, bc=bc)
+    psi = _spinor(links.layout, lead=(2,), dtype=dtype)
+    fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+    assert fast_calls == [True]
+    _close(fast, ref, dtype)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 2, 4), (4, 6, 2, 8), (8, 2, 4, 2)])
+@pytest.mark.parametrize("bc", BCS)
+@pytest.mark.parametrize("dagger", [False, True])
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_even_odd_blocks_equal_reference(shape, bc, dagger, dtype, fast_calls):
+    links = _links(shape, dtype, bc=bc)
+    half = links.eo.half
+    for target in (0, 1):
+        psi = _spinor(half, lead=(2,), dtype=dtype, seed=3 + target)
+        fast, ref = _both(lambda: links.hop_eo(psi, target, dagger=dagger))
+        _close(fast, ref, dtype)
+    assert fast_calls == [True, True]
+
+
+@pytest.mark.parametrize("chunk_sites", [8, 16, 24])
+@pytest.mark.parametrize("dagger", [False, True])
+def test_chunks_of_planes(chunk_sites, dagger, monkeypatch, fast_calls):
+    """The compiled kernel works on chunks of consecutive x1-planes (at most _CHUNK_SITES sites):
+    one plane per chunk, chunks that do and do not contain the x1 wrap, and whole slabs."""
+    monkeypatch.setattr(_numba_hopping, "_CHUNK_SITES", chunk_sites)
+    links = _links((4, 6, 2, 4), bc=(1, 1j, 1, -1))           # planes of 8 sites: 1, 2, 3 planes per chunk
+    psi = _spinor(links.layout, lead=(2,))
+    fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+    _close(fast, ref, np.complex128)
+    for target in (0, 1):
+        e = _spinor(links.eo.half, seed=6 + target)             # half planes of 8 sites as well
+        fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
+        _close(fast, ref, np.complex128)
+    assert fast_calls == [True] * 3
+
+
+@pytest.mark.parametrize("ubatch, pbatch", [((), (3,)), ((2,), ()), ((2,), (3, 1)), ((2, 1), (1, 2))])
+def test_batch_axes_broadcast(ubatch, pbatch, fast_calls):
+    shape = (4, 2, 4, 2)
+    links = _links(shape, batch=ubatch)
+    psi = _spinor(links.layout, lead=pbatch)
+    fast, ref = _both(lambda: links.hop(psi))
+    _close(fast, ref, np.complex128)
+    e = _spinor(links.eo.half, lead=pbatch, seed=5)
+    fast, ref = _both(lambda: links.hop_eo(e, 1, dagger=True))
+    _close(fast, ref, np.complex128)
+    assert fast_calls == [True, True]
+
+
+def test_mixed_precision_inputs_promote():
+    """complex64 spinor, complex128 links: the compiled path computes in double precision."""
+    links = _links((4, 2, 2, 4), np.complex128)
+    psi = _spinor(links.layout, dtype=np.complex64)
+    fast = links.hop(psi)
+    with kernels.reference_only():
+        ref = links.hop(psi.astype(np.complex128))
+    _close(fast, ref, np.complex128)
+
+
+def test_complex64_fast_path_is_accurate_against_double():
+    shape = (4, 4, 2, 4)
+    lo, hi = _links(shape, np.complex64), _links(shape, np.complex128)
+    psi = _spinor(lo.layout)
+    up, dn = lo.hop(psi.astype(np.complex64))
+    with kernels.reference_only():
+        ru, rd = hi.hop(psi)
+    assert up.dtype == np.complex64
+    assert max(np.abs(up - ru).max(), np.abs(dn - rd).max()) < 2e-5 * np.abs(ru).max()
+
+
+def _inner(a, b):
+    return complex(np.vdot(np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+
+def _cat(h):
+    return np.concatenate(h, axis=-6)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_adjoint_relation(impl):
+    """<chi, H psi> = <H^dag chi, psi> on the full lattice and <chi_e, H_eo psi_o> =
+    <(H_eo)^dag chi_e, psi_o>, (H_eo)^dag = gamma_5 H_oe gamma_5 (the dagger flag of target 1)."""
+    links = _links((4, 2, 4, 6), bc=(1j, 1, np.exp(0.7j), -1))
+    psi, chi = _spinor(links.layout, seed=7), _spinor(links.layout, seed=8)
+    pe, po = _spinor(links.eo.half, seed=9), _spinor(links.eo.half, seed=10)
+
+    def run():
+        full = (_inner(chi, _cat(links.hop(psi))), _inner(_cat(links.hop(chi, dagger=True)), psi))
+        eo = (_inner(pe, _cat(links.hop_eo(po, 0))), _inner(_cat(links.hop_eo(pe, 1, dagger=True)), po))
+        return full, eo
+
+    if impl == "fast":
+        full, eo = run()
+    else:
+        with kernels.reference_only():
+            full, eo = run()
+    for lhs, rhs in (full, eo):
+        assert abs(lhs - rhs) <= 1e-12 * abs(lhs)
+
+
+def test_even_odd_blocks_are_blocks_of_the_full_term():
+    """The compiled packed kernels against the compiled full-lattice kernel (independent of
+    EvenOdd.fetch): H_{p,1-p} psi = the parity-p part of H applied to psi on parity 1-p."""
+    shape = (4, 2, 6, 4)
+    links = _links(shape, bc=(1, 1j, 1, -1))
+    eo = links.eo
+    for target in (0, 1):
+        src = _spinor(eo.half, seed=11 + target)
+        zero = np.zeros_like(src)
+        full = eo.unpack(src, zero, inner=0) if target == 1 else eo.unpack(zero, src, inner=0)
+        want = eo.pack(_cat(links.hop(full)), inner=0)[target]
+        assert np.abs(_cat(links.hop_eo(src, target)) - want).max() < 1e-13
+
+
+def test_distributed_layout_gets_the_reference(fast_calls):
+    """A layout with a split axis uses the reference (neighbours through layout.shift)."""
+    links = _links((4, 2, 2, 4))
+    psi = _spinor(links.layout)
+
+    class Split:
+        grid = (1, 1, 2, 1)
+
+        def __init__(self, lay):
+            self.local_shape = lay.local_shape
+            self.shift = lay.shift
+
+    out = hopping.wilson_hop(psi, links.U, links.Udag, Split(links.layout), PROJ)
+    assert fast_calls == []
+    with kernels.reference_only():
+        ref = links.hop(psi)
+    _close(out, ref, np.complex128)
+
+
+def test_other_spin_tables_and_colours_get_the_reference(fast_calls):
+    links = _links((4, 2, 2, 4))
+    psi = _spinor(links.layout)
+    swapped = (PROJ[1], PROJ[0], PROJ[2], PROJ[3])       # a different (valid) gamma assignment
+    assert not hopping._fast_basis(swapped)
+    out = hopping.wilson_hop(psi, links.U, links.Udag, links.layout, swapped)
+    with kernels.reference_only():
+        ref = hopping.wilson_hop(psi, links.U, links.Udag, links.layout, swapped)
+    _close(out, ref, np.complex128)
+    assert fast_calls == []
+    # SU(2): the compiled path declines, the reference answers
+    U2 = L.random_gauge((4, 2, 2, 4), N=2, seed=3)
+    l2 = WilsonLinks(U2, L.Layout((4, 2, 2, 4)))
+    p2 = to_soa(L.Rng(4).complex_normal(layout=l2.layout, inner=(4, 2)))
+    out = l2.hop(p2)
+    with kernels.reference_only():
+        ref = l2.hop(p2)
+    _close(out, ref, np.complex128)
+    assert fast_calls == [False]
+
+
+def test_operator_through_the_kernel_matches_reference():
+    """The twisted-mass operator (full, dagger, Schur and its dagger) is the same with the
+    compiled kernel and with the reference."""
+    U = L.random_gauge((4, 2, 4, 4), seed=6)
+    op = F.TwistedMassWilson(U, 0.15, 0.07)
+    psi = L.Rng(7).complex_normal(layout=op.layout, inner=(4, 3))
+    _, po = op.pack(psi)
+    names = [("apply", psi), ("apply_dagger", psi), ("apply_schur", po), ("apply_schur_dagger", po),
+             ("apply_schur_normal", po), ("hop_eo", po), ("hop_oe", po)]
+    fast = [getattr(op, n)(x) for n, x in names]
+    with kernels.reference_only():
+        ref = [getattr(op, n)(x) for n, x in names]
+    for (n, _), a, b in zip(names, fast, ref):
+        assert np.abs(a - b).max() < 1e-13 * max(1.0, np.abs(b).max()), n
+
+
+def _cupy_with_device():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as exc:  # noqa: BLE001 - any CUDA runtime failure means: no usable device
+        pytest.skip(f"no usable CUDA device ({exc})")
+    return cp
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_cupy_equals_reference(dtype):
+    """The fused CUDA kernel (lattice/kernels/_cupy_hopping.py) against the reference, full
+    lattice and both even-odd blocks, with the adjoint flag (runs only with CuPy and a GPU)."""
+    cp = _cupy_with_device()
+    shape = (4, 6, 2, 4)
+    U = L.random_gauge(shape, seed=1, batch=(2,)).astype(dtype)
+    links = WilsonLinks(cp.asarray(U), L.Layout(shape), (1j, 1, np.exp(0.3j), -1))
+    assert kernels.implementation(cp) == "cupy"
+    psi = cp.asarray(_spinor(links.layout, lead=(3, 1), dtype=dtype))
+    for dagger in (False, True):
+        fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+        _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+        for target in (0, 1):
+            e = cp.asarray(_spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=4 + target))
+            fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
+            _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+
+
+# ---------------------------------------------------------------- the CUDA source without a GPU
+_CPP_HEAD = r"""
+#include <complex>
+#include <cstdint>
+#define __device__
+#define __forceinline__ inline
+using std::conj;
+template <typename T> struct CArray { T* ptr; T& operator[](long long k) const { return ptr[k]; } };
+"""
+_CPP_RUN = r"""
+template <typename T>
+void run_t(T* P_, T* Wt_, T* Ws_, int64_t* ub_, long long Bu, int L0, int L1, int L2, int L3, bool eo, int p,
+           int sf, T* O_, long long n) {
+  CArray<T> P{P_}, Wt{Wt_}, Ws{Ws_}, O{O_};
+  CArray<int64_t> ub{ub_};
+  for (long long i = 0; i < n; ++i) {
+BODY
+  }
+}
+#define RUN(name, C) extern "C" void name(C* P, C* Wt, C* Ws, int64_t* ub, long long Bu, int L0, int L1, int L2, \
+    int L3, bool eo, int p, int sf, C* O, long long n) { run_t(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, n); }
+RUN(run_d, std::complex<double>)
+RUN(run_f, std::complex<float>)
+"""
+
+
+def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
+    """The CUDA kernel of _cupy_hopping.py (its preamble and body, compiled by g++ with
+    std::complex, one loop iteration per thread) and its Python wrapper (run on NumPy arrays
+    standing in for CuPy) against the reference: full lattice and both even-odd blocks, both
+    precisions, batch axes, the adjoint flag. Checks the index arithmetic and spin algebra of
+    the GPU path where no GPU is present."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no g++")
+    path = Path(hopping.__file__).with_name("_cupy_hopping.py")
+    fake = types.ModuleType("cupy")
+    for name in ("ascontiguousarray", "stack", "asarray", "result_type", "complex64", "complex128", "empty",
+                 "broadcast_to", "arange", "int64", "dtype"):
+        setattr(fake, name, getattr(np, name))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    spec = importlib.util.spec_from_file_location("_cupy_hopping_on_cpu", path)
+    ch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ch)
+    src = tmp_path / "k.cpp"
+    src.write_text(_CPP_HEAD + ch._PREAMBLE + _CPP_RUN.replace("BODY", ch._BODY))
+    lib_path = tmp_path / "k.so"
+    subprocess.run([gxx, "-O1", "-shared", "-fPIC", "-std=c++17", "-o", str(lib_path), str(src)], check=True,
+                   capture_output=True, timeout=300)
+    lib = ctypes.CDLL(str(lib_path))
+    vp = ctypes.c_void_p
+    for fn in (lib.run_d, lib.run_f):
+        fn.argtypes = [vp, vp, vp, vp, ctypes.c_longlong] + [ctypes.c_int] * 4 + [ctypes.c_bool, ctypes.c_int,
+                                                                                   ctypes.c_int, vp, ctypes.c_longlong]
+
+    def kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, size):
+        arrs = [np.ascontiguousarray(a) for a in (P, Wt, Ws)]
+        ub = np.ascontiguousarray(ub, dtype=np.int64)
+        assert O.flags.c_contiguous and all(a.dtype == O.dtype for a in arrs)
+        fn = lib.run_d if O.dtype == np.complex128 else lib.run_f
+        fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, Bu, L0, L1, L2, L3, eo, p, sf, O.ctypes.data, size)
+    monkeypatch.setattr(ch, "_kernel", lambda: kernel)
+
+    for shape in [(4, 2, 2, 4), (4, 6, 2, 8), (3, 2, 5, 3)]:
+        for dtype in (np.complex128, np.complex64):
+            links = _links(shape, dtype, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
+            psi = _spinor(links.layout, lead=(3, 1), dtype=dtype)
+            for dagger in (False, True):
+                cache = {}
+                fast = ch.wilson_hop(psi, links.U, links.U, dagger=dagger, cache=cache)
+                with kernels.reference_only():
+                    ref = links.hop(psi, dagger=dagger)
+                _close(fast, ref, dtype)
+                if any(s % 2 for s in shape):
+                    continue
+                Ueo, _ = links._eo_links()
+                for target in (0, 1):
+                    e = _spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=3 + target)
+                    fast = ch.wilson_hop(e, Ueo[target], Ueo[1 - target], dagger=dagger, target=target, cache=cache)
+                    with kernels.reference_only():
+                        ref = links.hop_eo(e, target, dagger=dagger)
+                    _close(fast, ref, dtype)
