@@ -25,10 +25,23 @@ def _numba_available() -> bool:
 _NUMBA = None
 
 
+def _env_reference() -> bool:
+    import os
+    mode = os.environ.get("GAUGEFLOW_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in ("auto", "reference"):
+        raise ValueError(f"GAUGEFLOW_KERNELS={mode!r}: use 'auto' (fast paths where available) or 'reference'")
+    return mode == "reference"
+
+
 def implementation(xp) -> str:
     """``"numba"``, ``"numpy"``, ``"cupy"`` or ``"reference"``: the implementation ``xp``
-    arrays get now (``"numpy"`` = unrolled NumPy, where Numba is not installed)."""
-    if _FORCE_REFERENCE.get():
+    arrays get now (``"numpy"`` = unrolled NumPy, where Numba is not installed).
+
+    The environment variable ``GAUGEFLOW_KERNELS=reference`` forces the reference in the whole
+    process (e.g. for results bit-identical between a single-process and a distributed run:
+    the compiled hopping term runs on unsplit lattices only, so the two agree to rounding
+    otherwise, docs/design.md §8)."""
+    if _FORCE_REFERENCE.get() or _env_reference():
         return "reference"
     if array_api_compat.is_numpy_namespace(xp):
         return "numba" if _numba_available() else "numpy"
