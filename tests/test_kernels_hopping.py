@@ -1,8 +1,9 @@
 """lattice.kernels.hopping: the compiled Wilson hopping term (full lattice and even-odd blocks,
 and the adjoint gamma_5 H gamma_5) equals its array-API reference on random fields, for both
 precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint relation holds;
-inputs the compiled paths do not cover (distributed layouts, other spin tables, N != 3) get
-the reference."""
+on layouts with split axes (ghost layers) it is bit for bit the one-process result; inputs the
+compiled paths do not cover (other spin tables, N != 3) get the reference; the CUDA source is
+checked as C++ where no GPU is present."""
 import ctypes
 import importlib.util
 import shutil
