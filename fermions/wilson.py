@@ -26,7 +26,7 @@ contiguous site vectors. The public
 spinor convention ``(*batch, L_0, ..., L_3, 4, N)`` is converted at the operator boundary
 (:func:`to_soa`, :func:`from_soa`). Neighbours: ``layout.shift(F, mu, sign, inner=0)`` on the
 full lattice, :meth:`fermions.evenodd.EvenOdd.fetch` on packed half lattices (the compiled
-kernels do the same index arithmetic themselves where no axis is split over ranks).
+kernels do the index arithmetic themselves and take only the halo faces from the layout).
 
 Link derivative
 ---------------

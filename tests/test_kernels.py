@@ -266,3 +266,14 @@ def test_mul_gather_scatters_into_out(accumulate):
         assert np.max(np.abs(out - want)) < 1e-13
     with pytest.raises(ValueError, match="same number"):
         kernels.mul_gather(A, B, ia, ib, out=start.copy(), oc=oc[:-1])
+
+
+def test_environment_forces_the_reference(monkeypatch):
+    xp = get_namespace("numpy")
+    monkeypatch.setenv("GAUGEFLOW_KERNELS", "reference")
+    assert kernels.implementation(xp) == "reference"
+    monkeypatch.setenv("GAUGEFLOW_KERNELS", "fast")
+    with pytest.raises(ValueError, match="GAUGEFLOW_KERNELS"):
+        kernels.implementation(xp)
+    monkeypatch.setenv("GAUGEFLOW_KERNELS", "auto")
+    assert kernels.implementation(xp) == "numba"

@@ -1,8 +1,9 @@
 """lattice.kernels.hopping: the compiled Wilson hopping term (full lattice and even-odd blocks,
 and the adjoint gamma_5 H gamma_5) equals its array-API reference on random fields, for both
 precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint relation holds;
-inputs the compiled paths do not cover (distributed layouts, other spin tables, N != 3) get
-the reference."""
+on layouts with split axes (ghost layers) it is bit for bit the one-process result; inputs the
+compiled paths do not cover (other spin tables, N != 3) get the reference; the CUDA source is
+checked as C++ where no GPU is present."""
 import ctypes
 import importlib.util
 import shutil
@@ -189,23 +190,70 @@ def test_even_odd_blocks_are_blocks_of_the_full_term():
         assert np.abs(_cat(links.hop_eo(src, target)) - want).max() < 1e-13
 
 
-def test_distributed_layout_gets_the_reference(fast_calls):
-    """A layout with a split axis uses the reference (neighbours through layout.shift)."""
-    links = _links((4, 2, 2, 4))
-    psi = _spinor(links.layout)
+class _Split:
+    """A one-process layout that claims a split process grid: the kernels then take the ghost
+    layers from its ``shift`` (here the periodic roll of the real layout)."""
 
-    class Split:
-        grid = (1, 1, 2, 1)
+    def __init__(self, lay, grid, offset=(0, 0, 0, 0)):
+        self.grid = grid
+        self.local_shape = lay.local_shape
+        self.offset = offset
+        self.shift = lay.shift
 
-        def __init__(self, lay):
-            self.local_shape = lay.local_shape
-            self.shift = lay.shift
 
-    out = hopping.wilson_hop(psi, links.U, links.Udag, Split(links.layout), PROJ)
-    assert fast_calls == []
-    with kernels.reference_only():
-        ref = links.hop(psi)
-    _close(out, ref, np.complex128)
+class _SplitEO:
+    def __init__(self, eo, grid, offset):
+        self.half = _Split(eo.half, grid, offset)
+        self.fetch = eo.fetch
+
+
+@pytest.mark.parametrize("grid", [(1, 1, 2, 1), (2, 1, 1, 1), (1, 2, 1, 2), (2, 2, 2, 2)])
+@pytest.mark.parametrize("offset", [(0, 0, 0, 0), (0, 1, 0, 0), (2, 1, 1, 1)])
+def test_split_axes_use_ghost_layers_bit_for_bit(grid, offset, fast_calls):
+    """On a layout with axes split over ranks the compiled kernel runs on the local block with
+    ghost layers from the halo exchange: bit for bit the one-process result (docs/design.md §3:
+    results do not depend on the decomposition), full lattice and both even-odd blocks. The
+    row-parity offset of the block (odd offsets along axes 1..3) is what the packed kernel must
+    take into account: a block at an odd offset is checked against the correspondingly
+    shifted one-process field."""
+    shape = (4, 2, 4, 6)
+    links = _links(shape, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
+    psi = _spinor(links.layout, lead=(3, 1))
+    for dagger in (False, True):
+        serial = links.hop(psi, dagger=dagger)
+        split = hopping.wilson_hop(psi, links.U, links.Udag, _Split(links.layout, grid), PROJ, dagger=dagger,
+                                   cache={})
+        for a, b in zip(split, serial):
+            assert np.array_equal(a, b)
+    if sum(offset[1:]) % 2 == 0:
+        eo = links.eo
+        U, Udag = links._eo_links()
+        for target in (0, 1):
+            e = _spinor(eo.half, lead=(3, 1), seed=5 + target)
+            serial = links.hop_eo(e, target, dagger=True)
+            split = hopping.wilson_hop_eo(e, U, Udag, _SplitEO(eo, grid, offset), target, PROJ, dagger=True,
+                                          cache={})
+            for a, b in zip(split, serial):
+                assert np.array_equal(a, b)
+    assert all(fast_calls)
+
+
+def test_packed_block_row_parity_offset():
+    """A packed block whose first site has odd x_1 + x_2 + x_3: with row_parity = 1 the kernel
+    reproduces the corresponding block of the one-process result (the case of a rank whose
+    block starts at an odd offset)."""
+    shape = (4, 4, 4, 4)
+    links = _links(shape)
+    eo = links.eo
+    U, _ = links._eo_links()
+    e = _spinor(eo.half, seed=9)
+    roll = lambda F: np.roll(F, -1, axis=-3)                    # the block starting at x_1 = 1  # noqa: E731
+    for target in (0, 1):
+        want = [roll(x) for x in links.hop_eo(e, target)]
+        got = _numba_hopping.wilson_hop(roll(e), [roll(u) for u in U[target]], [roll(u) for u in U[1 - target]],
+                                        target=target, row_parity=1)
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
 
 
 def test_other_spin_tables_and_colours_get_the_reference(fast_calls):
@@ -297,6 +345,18 @@ BODY
     int L3, bool eo, int p, int sf, C* O, long long n) { run_t(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, n); }
 RUN(run_d, std::complex<double>)
 RUN(run_f, std::complex<float>)
+template <typename T>
+void face_t(T* P_, T* W_, int64_t* ub_, long long n, int mu, int s, T* G_, long long size) {
+  CArray<T> P{P_}, W{W_}, G{G_};
+  CArray<int64_t> ub{ub_};
+  for (long long i = 0; i < size; ++i) {
+FACE_BODY
+  }
+}
+#define FACE(name, C) extern "C" void name(C* P, C* W, int64_t* ub, long long n, int mu, int s, C* G, \
+    long long size) { face_t(P, W, ub, n, mu, s, G, size); }
+FACE(face_d, std::complex<double>)
+FACE(face_f, std::complex<float>)
 """
 
 
@@ -319,7 +379,7 @@ def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
     ch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ch)
     src = tmp_path / "k.cpp"
-    src.write_text(_CPP_HEAD + ch._PREAMBLE + _CPP_RUN.replace("BODY", ch._BODY))
+    src.write_text(_CPP_HEAD + ch._PREAMBLE + _CPP_RUN.replace("FACE_BODY", ch._FACE_BODY).replace("BODY", ch._BODY))
     lib_path = tmp_path / "k.so"
     subprocess.run([gxx, "-O1", "-shared", "-fPIC", "-std=c++17", "-o", str(lib_path), str(src)], check=True,
                    capture_output=True, timeout=300)
@@ -336,6 +396,16 @@ def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
         fn = lib.run_d if O.dtype == np.complex128 else lib.run_f
         fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, Bu, L0, L1, L2, L3, eo, p, sf, O.ctypes.data, size)
     monkeypatch.setattr(ch, "_kernel", lambda: kernel)
+    for fn in (lib.face_d, lib.face_f):
+        fn.argtypes = [vp, vp, vp, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, vp, ctypes.c_longlong]
+
+    def face_kernel(P, W, ub, n, mu, s, G, size):
+        arrs = [np.ascontiguousarray(a) for a in (P, W)]
+        ub = np.ascontiguousarray(ub, dtype=np.int64)
+        assert G.flags.c_contiguous and all(a.dtype == G.dtype for a in arrs)
+        fn = lib.face_d if G.dtype == np.complex128 else lib.face_f
+        fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, n, mu, s, G.ctypes.data, size)
+    monkeypatch.setattr(ch, "_face_kernel", lambda: face_kernel)
 
     for shape in [(4, 2, 2, 4), (4, 6, 2, 8), (3, 2, 5, 3)]:
         for dtype in (np.complex128, np.complex64):
@@ -356,3 +426,13 @@ def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
                     with kernels.reference_only():
                         ref = links.hop_eo(e, target, dagger=dagger)
                     _close(fast, ref, dtype)
+                    # ghost layers of a split layout (face products included): bit for bit
+                    half = _Split(links.eo.half, (2, 1, 2, 1))
+                    split = hopping._ghost_hop(ch, e, Ueo[target], Ueo[1 - target], half, (0, 2), PROJ, dagger, {},
+                                               None, target=target, row_parity=hopping._block_row_parity(half, (0, 2)))
+                    for a, b in zip(split, fast):
+                        assert np.array_equal(a, b)
+                split = hopping._ghost_hop(ch, psi, links.U, links.U, _Split(links.layout, (1, 2, 1, 2)), (1, 3),
+                                           PROJ, dagger, {}, "full")
+                for a, b in zip(split, ch.wilson_hop(psi, links.U, links.U, dagger=dagger)):
+                    assert np.array_equal(a, b)

@@ -32,8 +32,8 @@ Wilson hopping term
 of the Wilson-Dirac operator on the full lattice and its even-odd blocks, with the adjoint
 gamma_5 H gamma_5 as a flag, on spin/colour-major spinors ``(*batch, 4, N, *sites)``. The
 fermion operators of :mod:`fermions` call it; the reference takes the neighbours from the
-layout (MPI halo exchange), the compiled paths compute neighbour indices themselves and are
-used when no lattice axis is split over ranks.
+layout (MPI halo exchange), the compiled paths compute neighbour indices themselves (on a
+distributed layout on the local block with ghost layers: bit-identical to one process).
 """
 from __future__ import annotations
 

@@ -130,6 +130,47 @@ for (int k = 0; k < 12; ++k) Ob[(long long)k * V + x] = acc[k];
 """
 
 
+_FACE_BODY = r"""
+const long long b = i / n;
+const long long x = i - b * n;
+const long long u = ub[b];
+T h[6], g[6];
+gf_project(&P[0] + b * 12 * n, n, x, mu, s, h);   // the arithmetic of the backward hops above
+gf_link(&W[0] + u * 9 * n, n, x, true, h, g);
+T* Gb = &G[0] + b * 6 * n;
+for (int k = 0; k < 6; ++k) Gb[(long long)k * n + x] = g[k];
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _face_kernel():
+    return cupy.ElementwiseKernel("raw T P, raw T W, raw int64 ub, int64 n, int32 mu, int32 s", "raw T G",
+                                  _FACE_BODY, "gaugeflow_wilson_hop_face", preamble=_PREAMBLE)
+
+
+def face_products(psi, W, mu: int, s: int):
+    """U_mu(y)^dag (psi_up + s B_mu psi_dn)(y) on a slab of sites with the device functions of the
+    backward hops (the faces a rank sends for its neighbour's ghost layers,
+    :mod:`lattice.kernels.hopping`); same contract as
+    :func:`lattice.kernels._numba_hopping.face_products`."""
+    if psi.ndim < 6 or W.ndim < 6 or psi.shape[-5] != 3 or tuple(W.shape[-6:-4]) != (3, 3):
+        return None
+    dtype = cupy.result_type(psi.dtype, W.dtype)
+    if dtype not in (cupy.complex64, cupy.complex128):
+        return None
+    sites = tuple(int(x) for x in psi.shape[-4:])
+    full = tuple(np.broadcast_shapes(tuple(psi.shape[:-6]), tuple(W.shape[:-6])))
+    bu = tuple(W.shape[:-6])
+    n, B, Bu = math.prod(sites), math.prod(full), math.prod(bu)
+    out = cupy.empty(full + (2, 3) + sites, dtype=dtype)
+    if n and B:
+        P = cupy.ascontiguousarray(cupy.broadcast_to(psi.astype(dtype, copy=False), full + (4, 3) + sites)).reshape(-1)
+        Wc = cupy.ascontiguousarray(W.astype(dtype, copy=False)).reshape(-1)
+        ub = cupy.ascontiguousarray(cupy.broadcast_to(cupy.arange(Bu, dtype=cupy.int64).reshape(bu), full)).reshape(-1)
+        _face_kernel()(P, Wc, ub, n, int(mu), int(s), out.reshape(-1), size=B * n)
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def _kernel():
     return cupy.ElementwiseKernel(
@@ -156,7 +197,8 @@ def _prepared(links, dtype, cache, key):
     return W
 
 
-def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None):
+def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
+               row_parity: int = 0):
     """(up, dn) of H psi, same contract as :func:`lattice.kernels._numba_hopping.wilson_hop`
     (None for inputs it does not handle)."""
     if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
@@ -189,6 +231,7 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         eo = target is not None
         wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))
         ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
-        _kernel()(P, wt, ws, ub, Bu, *sites, eo, int(target) if eo else 0, 1 if dagger else -1, out.reshape(-1),
+        p = (int(target) + int(row_parity)) % 2 if eo else 0
+        _kernel()(P, wt, ws, ub, Bu, *sites, eo, p, 1 if dagger else -1, out.reshape(-1),
                   size=B * V)
     return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]

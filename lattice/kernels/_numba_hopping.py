@@ -364,6 +364,56 @@ def _kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, nb, eo, p, sel, sf, one_r, O, h, 
                 _store(O, here, acc, S, V)
 
 
+@numba.jit(**_FLAGS)
+def _face_kernel(P, W, ub, n, mu, s, one_r, h, g, G):
+    """G = U^dag (psi_up + s B_mu psi_dn) on n sites with the helpers of :func:`_kernel` (the same
+    arithmetic as its backward hops). P (B, 12, n) interleaved, W split (Bu, 9, 2, n), G (B, 6, n)
+    interleaved."""
+    nu = _U(n)
+    B = P.shape[0] // (24 * n)
+    two, one = _U(2), _U(1)
+    for b in range(B):
+        _project(h, _U(0), P, _U(b * 24 * n), nu, nu, nu, mu, s)
+        _mul_row(g, _U(0), W, _U(ub[b] * 18 * n), nu, nu, True, h, _U(0), nu, one_r)
+        for k in range(6):
+            o = _U((b * 6 + k) * 2 * n)
+            a = _U(2 * k * n)
+            for t in range(nu):
+                G[o + two * t] = g[a + t]
+                G[o + two * t + one] = g[a + nu + t]
+
+
+def face_products(psi, W, mu: int, s: int):
+    """U_mu(y)^dag (psi_up + s B_mu psi_dn)(y) on a slab of sites, computed exactly as the backward
+    hops of :func:`wilson_hop` compute it (the faces a rank sends for the ghost layers of its
+    neighbour, :mod:`lattice.kernels.hopping`). psi (*bp, 4, 3, *slab), W (*bu, 3, 3, *slab);
+    returns (*batch, 2, 3, *slab), or None where :func:`wilson_hop` would decline."""
+    if psi.ndim < 6 or W.ndim < 6 or psi.shape[-5] != 3 or tuple(W.shape[-6:-4]) != (3, 3):
+        return None
+    dtype = np.result_type(psi.dtype, W.dtype)
+    if dtype not in (np.complex64, np.complex128):
+        return None
+    sites = tuple(int(x) for x in psi.shape[-4:])
+    full = tuple(np.broadcast_shapes(tuple(psi.shape[:-6]), tuple(W.shape[:-6])))
+    bu = tuple(W.shape[:-6])
+    n, B, Bu = math.prod(sites), math.prod(full), math.prod(bu)
+    out = np.empty(full + (2, 3) + sites, dtype=dtype)
+    if n and B:
+        P = np.ascontiguousarray(np.broadcast_to(psi, full + (4, 3) + sites), dtype=dtype).reshape(-1)
+        P = P.view(np.dtype(dtype).type(0).real.dtype)
+        Wc = np.asarray(W, dtype=dtype).reshape(Bu, 9, n)
+        Wf = np.empty((Bu, 9, 2, n), dtype=P.dtype)                # the split form of prepare()
+        Wf[:, :, 0] = Wc.real
+        Wf[:, :, 1] = Wc.imag
+        Wf = Wf.reshape(-1)
+        ub = np.ascontiguousarray(np.broadcast_to(np.arange(Bu, dtype=np.int64).reshape(bu), full).reshape(-1))
+        rt = P.dtype.type
+        h = np.empty(12 * n, dtype=P.dtype)
+        g = np.empty(12 * n, dtype=P.dtype)
+        _face_kernel(P, Wf, ub, n, int(mu), rt(s), rt(1), h, g, out.reshape(-1).view(P.dtype))
+    return out
+
+
 # ---------------------------------------------------------------------------- entry points
 def prepare(links, dtype):
     """Split copy of 4 SoA SU(3) link fields (*bu, 3, 3, *sites): float array
@@ -424,11 +474,14 @@ def _prepared(links, dtype, cache, key):
     return W
 
 
-def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None):
+def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
+               row_parity: int = 0):
     """(up, dn) of H psi (module docstring). psi (*bp, 4, 3, *sites); Wt[mu] / Ws[mu] the links
     at the target / source sites (the same for the full lattice), (*bu, 3, 3, *sites).
     ``target``: the parity of the output sites of a packed half lattice (None: full lattice).
     ``cache``: a dict kept with the links, for their prepared (split) form.
+    ``row_parity``: (x_1 + x_2 + x_3) mod 2 of the block's first site (nonzero for a block with
+    ghost layers of a distributed half lattice, :mod:`lattice.kernels.hopping`).
     Returns None for inputs it does not handle (the caller uses the reference)."""
     if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
         return None
@@ -467,6 +520,7 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         nb = _planes_per_chunk(sites[1], Q)
         rt = P.dtype.type
         h, g, acc = _scratch(P.dtype, nb, Q)
-        _kernel(P, wt, ws, ub, Bu, *sites, nb, eo, int(target) if eo else 0, _select_mask(nb, sites[2], sites[3]),
+        p = (int(target) + int(row_parity)) % 2 if eo else 0
+        _kernel(P, wt, ws, ub, Bu, *sites, nb, eo, p, _select_mask(nb, sites[2], sites[3]),
                 rt(1 if dagger else -1), rt(1), out.reshape(-1).view(P.dtype), h, g, acc)
     return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]

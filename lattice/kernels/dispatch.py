@@ -38,9 +38,8 @@ def implementation(xp) -> str:
     arrays get now (``"numpy"`` = unrolled NumPy, where Numba is not installed).
 
     The environment variable ``GAUGEFLOW_KERNELS=reference`` forces the reference in the whole
-    process (e.g. for results bit-identical between a single-process and a distributed run:
-    the compiled hopping term runs on unsplit lattices only, so the two agree to rounding
-    otherwise, docs/design.md §8)."""
+    process (to compare a run with its array-API reference, or to rule out a compiled kernel
+    when hunting a bug)."""
     if _FORCE_REFERENCE.get() or _env_reference():
         return "reference"
     if array_api_compat.is_numpy_namespace(xp):

@@ -22,15 +22,16 @@ Implementations
 * reference (:func:`wilson_hop_reference`): array-API expressions on whole fields; neighbours
   through the caller's ``fetch`` (``Layout.shift`` on the full lattice,
   ``fermions.evenodd.EvenOdd.fetch`` on packed half lattices), so it works under MPI;
-* ``"numba"`` (:mod:`lattice.kernels._numba_hopping`): one compiled pass, neighbour indices by
-  arithmetic (periodic wrap; for the packed half lattice the row-parity select of
-  :mod:`fermions.evenodd`), half spinors in L1-sized row buffers; used when no lattice axis is
-  split over ranks;
+* ``"numba"`` (:mod:`lattice.kernels._numba_hopping`): one compiled pass over chunks of
+  planes, neighbour indices by arithmetic (periodic wrap; for the packed half lattice the
+  row-parity rule of :mod:`fermions.evenodd`), half spinors in split real/imaginary buffers;
 * ``"cupy"`` (:mod:`lattice.kernels._cupy_hopping`): one CUDA thread per site.
 
 The compiled kernels implement the tmLQCD chiral basis (:data:`FAST_BASIS`, the tables of
-:data:`fermions.gamma.PROJ`); other projection tables, other dtypes than complex64/complex128
-or a distributed layout get the reference.
+:data:`fermions.gamma.PROJ`) for SU(3) in complex64/complex128; other projection tables,
+colours or dtypes get the reference. On a layout with axes split over ranks they run on the
+local block with ghost layers (see "ghost layers" below): the same halo bytes as the
+reference and, site by site, the same arithmetic as on one process.
 """
 from __future__ import annotations
 
@@ -149,16 +150,16 @@ def _fast_basis(proj) -> bool:
     return ok[0]
 
 
-def _local(layout) -> bool:
-    """No lattice axis split over ranks: every neighbour is on this process."""
-    return all(int(g) == 1 for g in layout.grid)
+def _split_axes(layout) -> tuple:
+    """The lattice axes split over ranks (their neighbours come through halo exchange)."""
+    return tuple(mu for mu, g in enumerate(layout.grid) if int(g) > 1)
 
 
 def _fast(xp, psi, layout, proj):
     impl = implementation(xp)
-    if impl not in ("numba", "cupy") or not _local(layout) or not _fast_basis(proj):
+    if impl not in ("numba", "cupy") or not _fast_basis(proj):
         return None
-    if tuple(psi.shape[-4:]) != tuple(layout.local_shape) or psi.ndim < 6:
+    if psi.ndim < 6 or tuple(psi.shape[-4:]) != tuple(layout.local_shape):
         return None
     if impl == "numba":
         from . import _numba_hopping
@@ -167,6 +168,110 @@ def _fast(xp, psi, layout, proj):
     return _cupy_hopping         # pragma: no cover
 
 
+# ---------------------------------------------------------------------------- ghost layers
+# On a layout with axes split over ranks the compiled kernels run on the local block extended by
+# one ghost layer on both sides of every split axis, as if that block were a periodic lattice of
+# its own; the interior of the result is H psi. The ghost faces carry what the reference sends
+# (half spinors, the same halo bytes): above, the projected neighbour spinor
+# P^{sf} psi(x + mu^), put in the upper spin rows of a spinor whose lower rows are zero (the
+# kernel's projection then returns it unchanged); below, the product U_mu(y)^dag P^{-sf} psi(y)
+# computed by the neighbouring rank with the compiled kernel's own arithmetic
+# (``face_products``), behind an identity ghost link. Every site thus gets the same
+# floating-point operations as on one process: results do not depend on the decomposition
+# (docs/design.md §3).
+
+def _broadcast_shape(a, b):
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        raise ValueError(f"batch shapes {a} and {b} do not broadcast")
+    return tuple(max(x, y) if 1 in (x, y) else x for x, y in zip(a, b))
+
+
+def _ghost_index(layout, split):
+    """(ghost widths per axis, slices of the interior in the extended block)."""
+    gw = tuple(1 if mu in split else 0 for mu in range(4))
+    return gw, tuple(slice(g, g + l) for g, l in zip(gw, layout.local_shape))
+
+
+def _block_row_parity(layout, split):
+    """(x_1 + x_2 + x_3) mod 2 (global coordinates) of the first site of the extended block: the
+    packed kernels take r from the block's own coordinates and need this offset."""
+    gw, _ = _ghost_index(layout, split)
+    return sum(layout.offset[k] - gw[k] for k in (1, 2, 3)) % 2
+
+
+def _at(sites, mu, k):
+    """Site index tuple: ``sites`` (a tuple of slices) with position k along axis mu."""
+    idx = list(sites)
+    idx[mu] = slice(k, k + 1)
+    return tuple(idx)
+
+
+def _ghost_links(U, layout, split, cache, key):
+    """The 4 link fields on the extended block: interior = U, the lower ghost face of every
+    split axis mu holds identities in U_mu (behind them the received products), the rest zero
+    (never read). Kept in ``cache`` with the links."""
+    k = ("ghost links", key)
+    if cache is not None and k in cache:
+        return cache[k]
+    xp = namespace(*U)
+    gw, inner = _ghost_index(layout, split)
+    full = (slice(None),) * 4
+    ext = tuple(l + 2 * g for l, g in zip(layout.local_shape, gw))
+    out = []
+    for nu, u in enumerate(U):
+        dev = getattr(u, "device", None)
+        E = xp.zeros(tuple(u.shape[:-4]) + ext, dtype=u.dtype, device=dev)
+        E[(...,) + inner] = u
+        if nu in split:
+            N = u.shape[-5]
+            eye = xp.reshape(xp.eye(N, dtype=u.dtype, device=dev), (N, N, 1, 1, 1, 1))
+            E[(...,) + _at(full, nu, 0)] = eye
+        out.append(E)
+    if cache is not None:
+        cache[k] = out
+    return out
+
+
+def _ghost_hop(fast, psi, Ut, Us, layout, split, proj, dagger, cache, key, target=None, row_parity=0):
+    """The compiled kernel on the block with ghost layers (see above); None if it declines."""
+    xp = namespace(psi)
+    dev = getattr(psi, "device", None)
+    sf = 1 if dagger else -1
+    gw, inner = _ghost_index(layout, split)
+    full = (slice(None),) * 4
+    ext = tuple(l + 2 * g for l, g in zip(layout.local_shape, gw))
+    batch = _broadcast_shape(tuple(psi.shape[:-6]), tuple(Us[0].shape[:-6]))
+    N = psi.shape[-5]
+    E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
+    E[(...,) + inner] = psi
+    up, dn = psi[..., 0:2, :, :, :, :, :], psi[..., 2:4, :, :, :, :, :]
+    for mu in split:
+        l = layout.local_shape[mu]
+        # above: P^{sf} psi of the neighbour's first slab (exact: one rounded add per component)
+        above = layout.shift(spin_project(up, dn, proj[mu][0], sf), mu, +1, inner=0)
+        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = above[(...,) + _at(full, mu, l - 1)]
+        # below: U_mu^dag P^{-sf} psi on this rank's last slab, sent to the rank above
+        g = fast.face_products(psi[(...,) + _at(full, mu, l - 1)], Us[mu][(...,) + _at(full, mu, l - 1)], mu, -sf)
+        if g is None:
+            return None
+        G = xp.zeros(tuple(g.shape[:-4]) + tuple(layout.local_shape), dtype=g.dtype, device=dev)
+        G[(...,) + _at(full, mu, l - 1)] = g
+        below = layout.shift(G, mu, -1, inner=0)
+        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = below[(...,) + _at(full, mu, 0)]
+    if target is None:
+        Wt = Ws = _ghost_links(Ut, layout, split, cache, key)
+    else:
+        Wt = _ghost_links(Ut, layout, split, cache, target)
+        Ws = _ghost_links(Us, layout, split, cache, 1 - target)
+    res = fast.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, cache=cache, row_parity=row_parity)
+    if res is None:
+        return None
+    return tuple(r[(...,) + inner] for r in res)
+
+
+# ---------------------------------------------------------------------------- entry points
 def wilson_hop(psi, U, Udag, layout, proj, *, dagger: bool = False, cache: dict | None = None):
     """(up, dn) of H psi (``dagger``: H^dag psi) on the full lattice.
 
@@ -179,7 +284,11 @@ def wilson_hop(psi, U, Udag, layout, proj, *, dagger: bool = False, cache: dict 
     xp = namespace(psi)
     fast = _fast(xp, psi, layout, proj)
     if fast is not None:
-        res = fast.wilson_hop(psi, U, U, dagger=dagger, cache=cache)
+        split = _split_axes(layout)
+        if not split:
+            res = fast.wilson_hop(psi, U, U, dagger=dagger, cache=cache)
+        else:
+            res = _ghost_hop(fast, psi, U, U, layout, split, proj, dagger, cache, "full")
         if res is not None:
             return res
     return wilson_hop_reference(psi, U, Udag, lambda F, mu, s: layout.shift(F, mu, s, inner=0), proj,
@@ -199,9 +308,15 @@ def wilson_hop_eo(psi, U, Udag, eo, target: int, proj, *, dagger: bool = False, 
     """
     xp = namespace(psi)
     target = int(target)
-    fast = _fast(xp, psi, eo.half, proj)
+    half = eo.half
+    fast = _fast(xp, psi, half, proj)
     if fast is not None:
-        res = fast.wilson_hop(psi, U[target], U[1 - target], dagger=dagger, target=target, cache=cache)
+        split = _split_axes(half)
+        if not split:
+            res = fast.wilson_hop(psi, U[target], U[1 - target], dagger=dagger, target=target, cache=cache)
+        else:
+            res = _ghost_hop(fast, psi, U[target], U[1 - target], half, split, proj, dagger, cache, None,
+                             target=target, row_parity=_block_row_parity(half, split))
         if res is not None:
             return res
     return wilson_hop_reference(psi, U[target], Udag[1 - target],
