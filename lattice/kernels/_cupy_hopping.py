@@ -201,24 +201,12 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
                row_parity: int = 0):
     """(up, dn) of H psi, same contract as :func:`lattice.kernels._numba_hopping.wilson_hop`
     (None for inputs it does not handle)."""
-    if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
+    from lattice.kernels.hopping import fast_operands
+    shapes = fast_operands(psi, Wt, Ws, cupy.result_type)
+    if shapes is None:
         return None
-    N = psi.shape[-5]
-    sites = tuple(int(s) for s in psi.shape[-4:])
-    links = list(Wt) + list(Ws)
-    if N != 3 or psi.shape[-6] != 4 or any(w.ndim < 6 or tuple(w.shape[-6:]) != (N, N) + sites for w in links):
-        return None
-    dtype = cupy.result_type(psi.dtype, *(w.dtype for w in links))
-    if dtype not in (cupy.complex64, cupy.complex128):
-        return None
-    bp = tuple(psi.shape[:-6])
-    bu = tuple(links[0].shape[:-6])
-    if any(tuple(w.shape[:-6]) != bu for w in links):
-        return None
-    try:
-        full = tuple(np.broadcast_shapes(bp, bu))
-    except ValueError:
-        return None
+    sites, dtype, bp, bu, full = shapes
+    N = 3
     V = math.prod(sites)
     B = math.prod(full)
     out = cupy.empty(full + (4, N) + sites, dtype=dtype)

@@ -483,24 +483,12 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
     ``row_parity``: (x_1 + x_2 + x_3) mod 2 of the block's first site (nonzero for a block with
     ghost layers of a distributed half lattice, :mod:`lattice.kernels.hopping`).
     Returns None for inputs it does not handle (the caller uses the reference)."""
-    if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
+    from .hopping import fast_operands
+    shapes = fast_operands(psi, Wt, Ws, np.result_type)
+    if shapes is None:
         return None
-    N = psi.shape[-5]
-    sites = tuple(int(s) for s in psi.shape[-4:])
-    links = list(Wt) + list(Ws)
-    if N != 3 or psi.shape[-6] != 4 or any(w.ndim < 6 or tuple(w.shape[-6:]) != (N, N) + sites for w in links):
-        return None
-    dtype = np.result_type(psi.dtype, *(w.dtype for w in links))
-    if dtype not in (np.complex64, np.complex128):
-        return None
-    bp = tuple(psi.shape[:-6])
-    bu = tuple(links[0].shape[:-6])
-    if any(tuple(w.shape[:-6]) != bu for w in links):
-        return None
-    try:
-        full = tuple(np.broadcast_shapes(bp, bu))
-    except ValueError:
-        return None
+    sites, dtype, bp, bu, full = shapes
+    N = 3
     V = math.prod(sites)
     B = math.prod(full)
     out = np.empty(full + (4, N) + sites, dtype=dtype)

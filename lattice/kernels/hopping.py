@@ -135,6 +135,33 @@ def wilson_hop_reference(psi, U_fwd, Udag_bwd, fetch, proj, *, dagger: bool = Fa
 
 
 # ---------------------------------------------------------------------------- dispatch
+def fast_operands(psi, Wt, Ws, result_type):
+    """Shapes of a hopping call the compiled paths handle: ``(sites, dtype, bp, bu, full)``
+    (site extents, common complex dtype, batch shapes of psi and of the links, broadcast
+    batch shape), or None (SU(N != 3), other dtypes, links of differing batch shapes, batch
+    shapes that do not broadcast: the caller uses the reference). ``Wt``, ``Ws``: the four
+    links at the target and at the source sites; ``result_type``: the backend's."""
+    if psi.ndim < 6 or len(Wt) != 4 or len(Ws) != 4:
+        return None
+    N = psi.shape[-5]
+    sites = tuple(int(s) for s in psi.shape[-4:])
+    links = list(Wt) + list(Ws)
+    if N != 3 or psi.shape[-6] != 4 or any(w.ndim < 6 or tuple(w.shape[-6:]) != (N, N) + sites for w in links):
+        return None
+    dtype = result_type(psi.dtype, *(w.dtype for w in links))
+    if str(dtype) not in ("complex64", "complex128"):
+        return None
+    bp = tuple(psi.shape[:-6])
+    bu = tuple(links[0].shape[:-6])
+    if any(tuple(w.shape[:-6]) != bu for w in links):
+        return None
+    try:
+        full = _broadcast_shape(bp, bu)
+    except ValueError:
+        return None
+    return sites, dtype, bp, bu, full
+
+
 def _fast_basis(proj) -> bool:
     key = id(proj)
     ok = _BASIS_OK.get(key)
