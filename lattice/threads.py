@@ -24,7 +24,7 @@ def set_threads(n: int) -> dict:
     if n < 0:
         raise ValueError(f"thread count must be >= 0 (0 = the libraries' defaults), got {n}")
     import threadpoolctl
-    import numpy  # noqa: F401  (load the pools first: a limit applies to loaded libraries only)
+    from . import backend  # noqa: F401  (loads NumPy's BLAS first: a limit applies to loaded libraries only)
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency
@@ -42,7 +42,7 @@ def set_threads(n: int) -> dict:
 def thread_record() -> dict:
     """``{"threads": max threads of any pool, "pools": [{"library", "api", "threads"}, ...]}``
     for the BLAS/OpenMP libraries loaded now (loads NumPy's BLAS first)."""
-    import numpy  # noqa: F401  (its BLAS must be loaded to be reported)
+    from . import backend  # noqa: F401  (loads NumPy's BLAS, to be reported)
     import threadpoolctl
     pools = [{"library": p.get("internal_api") or p.get("prefix"), "api": p.get("user_api"),
               "threads": int(p.get("num_threads", 0))} for p in threadpoolctl.threadpool_info()]
