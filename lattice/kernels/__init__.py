@@ -7,8 +7,6 @@ Every public function here dispatches on the array namespace of its arguments:
   and the fallback for any namespace without a fast path (``array_api_strict``, ...);
 * ``"numba"`` - compiled loop nests over colour-first arrays, site index innermost
   (:mod:`lattice.kernels._numba`), for NumPy arrays;
-* ``"numpy"`` - unrolled NumPy formulas with preallocated outputs (:mod:`lattice.kernels._numpy`),
-  for NumPy arrays where Numba is not installed;
 * ``"cupy"`` - fused element-wise CUDA kernels, one thread per site
   (:mod:`lattice.kernels._cupy`, loaded only when a CuPy array arrives).
 

@@ -48,7 +48,7 @@ def colour_last(X):
 
 def _contiguous(X, xp):
     impl = implementation(xp)
-    if impl in ("numpy", "numba"):
+    if impl == "numba":
         from . import _numpy
         return _numpy.contiguous(X)
     if impl == "cupy":  # pragma: no cover - GPU only
@@ -87,9 +87,6 @@ def mul(A, B, *, da: bool = False, db: bool = False, out=None):
     if impl == "numba":
         from . import _numba
         return _numba.mul(A, B, da, db, out)
-    if impl == "numpy":
-        from . import _numpy
-        return _numpy.mul(A, B, da, db, out)
     if impl == "cupy":  # pragma: no cover - GPU only
         from . import _cupy
         return _cupy.mul(A, B, da, db, out)
@@ -148,7 +145,7 @@ def real_inner(A, B):
     """
     xp = namespace(A, B)
     impl = implementation(xp)
-    if impl in ("numpy", "numba"):
+    if impl == "numba":
         from . import _numpy
         return _numpy.real_inner(A, B)
     Ad = xp.astype(A, xp.complex128, copy=False)

@@ -34,8 +34,8 @@ def _env_reference() -> bool:
 
 
 def implementation(xp) -> str:
-    """``"numba"``, ``"numpy"``, ``"cupy"`` or ``"reference"``: the implementation ``xp``
-    arrays get now (``"numpy"`` = unrolled NumPy, where Numba is not installed).
+    """``"numba"``, ``"cupy"`` or ``"reference"``: the implementation ``xp`` arrays get now
+    (NumPy arrays get the reference where Numba is not installed).
 
     The environment variable ``GAUGEFLOW_KERNELS=reference`` forces the reference in the whole
     process (to compare a run with its array-API reference, or to rule out a compiled kernel
@@ -43,7 +43,7 @@ def implementation(xp) -> str:
     if _FORCE_REFERENCE.get() or _env_reference():
         return "reference"
     if array_api_compat.is_numpy_namespace(xp):
-        return "numba" if _numba_available() else "numpy"
+        return "numba" if _numba_available() else "reference"
     if array_api_compat.is_cupy_namespace(xp):
         return "cupy"
     return "reference"
