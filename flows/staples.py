@@ -56,22 +56,24 @@ Implementation (issue 14): internally every staple field is *colour-first*,
 ``(N, N, K, *batch, *sites)`` (:mod:`lattice.kernels`), so each 3x3 product is an unrolled
 entry-wise kernel over long vectors (NumPy) or one fused CUDA kernel (CuPy), daggers are index
 swaps inside the product, and the mixing (eq. 7) is one real-coefficient matrix product per
-colour entry with no transposition. The augmented vector is written block by block into one
-preallocated array (no concatenation). The two-link products
+colour entry with no transposition (:func:`lattice.kernels.real_mix`: a real GEMM on the
+interleaved float view, since the coefficients are real). The augmented vector is written
+block by block into one preallocated array (no concatenation). With the two-link products
 
       Y_a,b(x) = S_a(x) S_b(x + a^)
 
-are shared: S^L_mu,nu = shift_-nu(S_nu^dag Y_mu,nu) and S^R_mu,nu = Y_nu,mu S_nu(x + mu^)^dag,
-so a hidden layer costs 3 products per ordered pair (mu, nu) instead of 4 when both (mu, nu)
-and (nu, mu) are in one chunk; the VJP recomputes the Y (keeping them would cost more memory
-than the network's inputs) and needs 8 more products per pair. Every product is batched over
-a chunk of pairs (one kernel call for all Y of the chunk, one for all S^L, one for all S^R;
-eight in the VJP): fields of all directions live in one array ``(N, N, Nd, K, *batch,
-*sites)`` and the pairs are gathered along axis 2. Small fields (the first layer, K = 1) go
-in one chunk; large ones in chunks of at most ``StapleNet.CHUNK_MATRICES`` matrices per field,
-which keeps the peak memory near that of the colour-last code. Cotangents of the shifted
-fields S_b(x + a^) are summed over the pairs of a chunk before being shifted back, once.
-The colour-last implementation this
+the transported staples are S^L_mu,nu = shift_-nu(S_nu^dag Y_mu,nu) and S^R_mu,nu =
+Y_nu,mu S_nu(x + mu^)^dag. Per chunk of direction pairs the shifted fields T_a,b = S_b(x + a^)
+are stacked once and one :func:`lattice.kernels.staple_pairs` call computes all S^L (before
+their shift) and S^R of the chunk: on the CPU a fused product chain per pair and block of sites
+whose Y stay in cache (4 products per pair; no intermediate field is written), elsewhere a
+composition of gathered products. The VJP recomputes the T and pulls back through
+:func:`lattice.kernels.staple_pairs_vjp` (10 products per pair, the same fusion). Fields of all
+directions live in one array ``(N, N, Nd, K, *batch, *sites)`` and the pairs are gathered
+along axis 2. Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at
+most ``StapleNet.CHUNK_MATRICES`` matrices per field, which keeps the peak memory near that of
+the colour-last code. Cotangents of the shifted fields S_b(x + a^) are summed over the pairs of
+a chunk before being shifted back, once. The colour-last implementation this
 replaced is kept as the benchmark reference (``bench/reference/staples_colour_last.py``);
 tests/test_flows_staples.py checks that both give the same numbers.
 """
@@ -219,11 +221,6 @@ class StapleNet(Module):
             out.append((qs, E))
         return Q, out
 
-    def _two_link(self, S, E, layout):
-        """T_E = S_b(x + a^) and Y_E = S_a T_E, each (N, N, |E|, K, *rest)."""
-        T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
-        return T, kernels.mul_gather(S, T, [a for a, _ in E], range(len(E)))
-
     def _stack_shifted(self, F, plan, layout):
         """``out[:, :, k] = shift(F[:, :, src_k], axis_k, sign_k)`` for plan = [(src, axis, sign)],
         written slot by slot (one shifted temporary at a time, no list + stack copy)."""
@@ -233,30 +230,38 @@ class StapleNet(Module):
             self._shift(layout, F[:, :, src, ...], axis, sign, out=out[:, :, k, ...])
         return out
 
+    def _pair_indices(self, Q, qs, E):
+        """Per pair q of a chunk: (mu, nu), the T slots of S_nu(x + mu^) and S_mu(x + nu^), and the
+        flat aug slots (direction-major, block-minor) of S^L_mu,nu and S^R_mu,nu."""
+        Nd, nb = self.Nd, self.n_blocks
+        i_mu, i_nu = [Q[q][0] for q in qs], [Q[q][1] for q in qs]
+        i_mn = [E.index(Q[q]) for q in qs]
+        i_nm = [E.index(Q[q][::-1]) for q in qs]
+        i_L = [(q // (Nd - 1)) * nb + 1 + q % (Nd - 1) for q in qs]
+        i_R = [(q // (Nd - 1)) * nb + Nd + q % (Nd - 1) for q in qs]
+        return i_mu, i_nu, i_mn, i_nm, i_L, i_R
+
     def _augment(self, S, i, layout):
         """aug (N, N, n_dirs, 2Nd - 1, K, *rest): [S_mu | S^L_mu,nu ... | S^R_mu,nu ...] per
-        direction mu of layer i (eqs. 5-6); per pair chunk one batched product for the Y, one for
-        all S^L and one for all S^R."""
+        direction mu of layer i (eqs. 5-6); per pair chunk the shifted fields T_ab = S_b(x + a^)
+        and one :func:`lattice.kernels.staple_pairs` call for all S^L (before their shift) and S^R."""
         xp = namespace(S)
-        dirs, Nd = self.dirs[i], self.Nd
+        dirs, nb = self.dirs[i], self.n_blocks
         N, rest = S.shape[0], tuple(S.shape[3:])
         Q, chunks = self._chunks(i, S)
-        aug = xp.empty((N, N, len(dirs), self.n_blocks) + rest, dtype=S.dtype)
+        aug = xp.empty((N, N, len(dirs) * nb) + rest, dtype=S.dtype)        # flat block axis
         for d, mu in enumerate(dirs):
-            aug[:, :, d, 0, ...] = S[:, :, mu, ...]
+            aug[:, :, d * nb, ...] = S[:, :, mu, ...]
         for qs, E in chunks:
-            T, Y = self._two_link(S, E, layout)
-            i_mn = [E.index(Q[q]) for q in qs]
-            i_nm = [E.index(Q[q][::-1]) for q in qs]
-            D = kernels.mul_gather(S, Y, [Q[q][1] for q in qs], i_mn, da=True)      # S^L at x + nu
-            for k, q in enumerate(qs):
-                self._shift(layout, D[:, :, k, ...], Q[q][1], -1, out=aug[:, :, q // (Nd - 1), 1 + q % (Nd - 1), ...])
+            T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
+            i_mu, i_nu, i_mn, i_nm, i_L, i_R = self._pair_indices(Q, qs, E)
+            D = xp.empty((N, N, len(qs)) + rest, dtype=S.dtype)
+            kernels.staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, D=D, R=aug, oR=i_R)
+            del T
+            for k in range(len(qs)):                                      # S^L = shift_-nu(D)
+                self._shift(layout, D[:, :, k, ...], i_nu[k], -1, out=aug[:, :, i_L[k], ...])
             del D
-            R = kernels.mul_gather(Y, T, i_nm, i_mn, db=True)
-            for k, q in enumerate(qs):
-                aug[:, :, q // (Nd - 1), Nd + q % (Nd - 1), ...] = R[:, :, k, ...]
-            del R, T, Y
-        return aug
+        return xp.reshape(aug, (N, N, len(dirs), nb) + rest)
 
     @staticmethod
     def _mix(c, aug):
@@ -265,7 +270,7 @@ class StapleNet(Module):
         xp = namespace(aug)
         N, n_dirs = aug.shape[0], aug.shape[2]
         a = xp.reshape(aug, (N, N, n_dirs, aug.shape[3] * aug.shape[4], -1))
-        return xp.reshape(c @ a, (N, N, n_dirs, c.shape[1]) + tuple(aug.shape[5:]))
+        return xp.reshape(kernels.real_mix(c, a), (N, N, n_dirs, c.shape[1]) + tuple(aug.shape[5:]))
 
     def _check_params(self, params):
         for k, shape in self.param_shapes().items():
@@ -292,7 +297,7 @@ class StapleNet(Module):
         keep, S = self._inputs(U, mask, layout)
         saved = []
         for i in range(self.n_layers):
-            c = xp.astype(params[f"c{i}"], U.dtype, copy=False)
+            c = params[f"c{i}"]                                   # real coefficients
             aug = self._augment(S, i, layout)
             saved.append((S, None if self.save_memory else aug))
             S = self._mix(c, aug)
@@ -301,51 +306,27 @@ class StapleNet(Module):
 
     # ------------------------------------------------------------------ adjoint
     def _augment_vjp(self, S, i, aug_bar, layout):
-        """Cotangent of the layer input S (N, N, Nd, K, *rest) from that of aug (the adjoint
-        of :meth:`_augment` and :meth:`_two_link`: per pair chunk the Y recomputed, then eight
-        batched products)."""
+        """Cotangent of the layer input S (N, N, Nd, K, *rest) from that of aug (the adjoint of
+        :meth:`_augment`): per pair chunk the shifted fields T again, the S^L cotangents
+        shifted by +nu^, one :func:`lattice.kernels.staple_pairs_vjp` call, and the cotangents
+        of T (summed over the chunk's pairs) shifted back once per field."""
         xp = namespace(S)
-        mul = kernels.mul_gather
-        dirs, Nd = self.dirs[i], self.Nd
+        dirs, nb = self.dirs[i], self.n_blocks
         N, rest = S.shape[0], tuple(S.shape[3:])
-        nb = self.n_blocks
         Q, chunks = self._chunks(i, S)
         AB = xp.reshape(aug_bar, (N, N, len(dirs) * nb) + rest)          # a view: no copy
         S_bar = xp.zeros(S.shape, dtype=S.dtype)
         for d, mu in enumerate(dirs):
             S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
-
         for qs, E in chunks:
-            T, Y = self._two_link(S, E, layout)
-            sh_bar = xp.zeros(T.shape, dtype=S.dtype)   # cotangents of T_E, shifted back once
-            i_mn = [E.index(Q[q]) for q in qs]
-            i_nm = [E.index(Q[q][::-1]) for q in qs]
-            i_mu, i_nu, iq = [Q[q][0] for q in qs], [Q[q][1] for q in qs], range(len(qs))
-            # blocks of pair q = (mu, nu) = (dirs[d], j-th other direction) in the flat block axis
-            i_L = [(q // (Nd - 1)) * nb + 1 + q % (Nd - 1) for q in qs]
-            i_R = [(q // (Nd - 1)) * nb + Nd + q % (Nd - 1) for q in qs]
-            to_S = dict(out=S_bar, accumulate=True)
-            to_T = dict(out=sh_bar, accumulate=True)
-            # per pair q = (mu, nu): Tq = T[i_mn] = S_nu(x + mu), Pq = T[i_nm] = S_mu(x + nu),
-            # Ymn = Y[i_mn] = S_mu Tq, Ynm = Y[i_nm] = S_nu Pq. Cotangents are accumulated by the
-            # products themselves into S_bar (slot = the field) and sh_bar (slot = the pair of E).
-            # R = Ynm Tq^dag: Ynm_b = R_b Tq, Tq_b = R_b^dag Ynm, S_nu_b = Ynm_b Pq^dag, Pq_b = S_nu^dag Ynm_b
-            Ynm_b = mul(AB, T, i_R, i_mn)
-            mul(AB, Y, i_R, i_nm, da=True, oc=i_mn, **to_T)
-            mul(Ynm_b, T, iq, i_nm, db=True, oc=i_nu, **to_S)
-            mul(S, Ynm_b, i_nu, iq, da=True, oc=i_nm, **to_T)
-            del Ynm_b
-            # L = shift_-nu(D), D = S_nu^dag Ymn: S_nu_b += Ymn D_b^dag, Ymn_b = S_nu D_b,
-            # Tq_b += S_mu^dag Ymn_b, S_mu_b = Ymn_b Tq^dag
-            Db = self._stack_shifted(AB, [(i_L[k], i_nu[k], +1) for k in iq], layout)
-            mul(Y, Db, i_mn, iq, db=True, oc=i_nu, **to_S)
-            Ymn_b = mul(S, Db, i_nu, iq)
-            del Db, Y
-            mul(S, Ymn_b, i_mu, iq, da=True, oc=i_mn, **to_T)
-            mul(Ymn_b, T, iq, i_mn, db=True, oc=i_mu, **to_S)
-            del Ymn_b, T
+            T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
+            T_bar = xp.zeros(T.shape, dtype=S.dtype)
+            i_mu, i_nu, i_mn, i_nm, i_L, i_R = self._pair_indices(Q, qs, E)
+            Db = self._stack_shifted(AB, [(i_L[k], i_nu[k], +1) for k in range(len(qs))], layout)
+            kernels.staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb=AB, iR=i_R, Db=Db, S_bar=S_bar, T_bar=T_bar)
+            del T, Db
             for e, (a, b) in enumerate(E):
-                S_bar[:, :, b, ...] += self._shift(layout, sh_bar[:, :, e, ...], a, -1)
+                S_bar[:, :, b, ...] += self._shift(layout, T_bar[:, :, e, ...], a, -1)
         return S_bar
 
     def vjp(self, params, ctx, S_bar):
@@ -360,7 +341,7 @@ class StapleNet(Module):
         ob = xp.reshape(kernels.colour_first(xp.astype(S_bar, S0.dtype)), (N, N, 1, 1) + tuple(S0.shape[4:]))
         for i in reversed(range(self.n_layers)):
             S, aug = saved[i]
-            c = xp.astype(params[f"c{i}"], S0.dtype, copy=False)
+            c = params[f"c{i}"]
             if aug is None:                                       # recomputed (save_memory=True)
                 aug = self._augment(S, i, layout)
             n_dirs, n_aug = aug.shape[2], aug.shape[3] * aug.shape[4]
@@ -370,7 +351,7 @@ class StapleNet(Module):
             p = params[f"c{i}"]
             g = kernels.real_inner(ob_f, aug_f)                                # (N, N, d, K_out, n_aug)
             grads[f"c{i}"] = xp.astype(xp.sum(g, axis=(0, 1)), p.dtype)
-            aug_bar = xp.reshape(xp.matrix_transpose(c) @ ob_f, tuple(aug.shape))
+            aug_bar = xp.reshape(kernels.real_mix(c, ob_f, transpose=True), tuple(aug.shape))
             ob = self._augment_vjp(S, i, aug_bar, layout)
         Ub = [kernels.colour_last(keep[mu] * ob[:, :, mu, 0, ...]) for mu in range(self.Nd)]
         return (stack_links(Ub, layout), None), grads

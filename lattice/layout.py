@@ -278,7 +278,9 @@ class Layout:
         boundaries are exchanged (module docstring: at most two messages each way, contiguous
         host buffers, non-blocking send/receive), for any ``n``. With ``out`` (an array of F's
         shape, e.g. a slot of a preallocated stack) the result is written there and returned:
-        an unsplit axis then costs two slice copies and no temporary.
+        an unsplit axis then costs no temporary. The local part is
+        :func:`lattice.kernels.periodic_shift` (a compiled permutation on NumPy where the site
+        extents are short).
         """
         n = int(sign)
         if not 0 <= mu < self.Nd:
@@ -289,25 +291,20 @@ class Layout:
                               f"(*batch, {', '.join(map(str, self.local_shape))}{', *inner' if inner else ''}) with "
                               f"{inner} inner axes (site axes {self.local_shape})")
         self.check_sites(F, inner, "shift: field")
+        from .kernels.shift import periodic_shift
         ax = F.ndim - inner - self.Nd + mu
         xp = _xp_of(F)
         if out is not None:
             if tuple(out.shape) != tuple(F.shape):
                 raise LayoutError(f"shift: out of shape {tuple(out.shape)} for a field of shape {tuple(F.shape)}")
             if self.grid[mu] == 1:
-                L = self.local_shape[mu]
-                k = n % L
-                lead = (slice(None),) * ax
-                out[lead + (slice(0, L - k), Ellipsis)] = F[lead + (slice(k, L), Ellipsis)]
-                if k:
-                    out[lead + (slice(L - k, L), Ellipsis)] = F[lead + (slice(0, k), Ellipsis)]
-                return out
+                return periodic_shift(F, ax, n, out=out)
             out[...] = self._shift_distributed(F, mu, n, ax, xp) if n else F
             return out
         if n == 0:
             return F
         if self.grid[mu] == 1:
-            return xp.roll(F, -n, axis=ax)
+            return periodic_shift(F, ax, n)
         return self._shift_distributed(F, mu, n, ax, xp)
 
     def _peer(self, mu: int, hop: int):

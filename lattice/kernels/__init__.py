@@ -24,6 +24,13 @@ the CPU and coalesce on the GPU; a stacked ``@`` on colour-last ``(*rest, N, N)`
 not. :func:`colour_first` / :func:`colour_last` convert (one copy each way); the gauge-field
 convention of the public API stays colour-last (docs/design.md §3).
 
+Staple networks and shifts
+--------------------------
+:func:`staple_pairs` / :func:`staple_pairs_vjp` (:mod:`lattice.kernels.staple_pairs`): the
+transported staples of a staple-network layer and their adjoint, one fused product chain per
+direction pair. :func:`periodic_shift` (:mod:`lattice.kernels.shift`): the local part of
+``Layout.shift``, compiled where the site extents are short.
+
 Wilson hopping term
 -------------------
 :func:`wilson_hop` / :func:`wilson_hop_eo` (:mod:`lattice.kernels.hopping`): the hopping term
@@ -36,9 +43,13 @@ distributed layout on the local block with ghost layers: bit-identical to one pr
 from __future__ import annotations
 
 from .dispatch import implementation, reference_only
-from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, matmul
+from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, real_mix, matmul
 from .eigh3 import eigh, polar
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
+from .shift import periodic_shift, periodic_shift_reference
+from .staple_pairs import staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference
 
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
-           "real_inner", "matmul", "eigh", "polar", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference"]
+           "real_inner", "real_mix", "matmul", "eigh", "polar", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
+           "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
+           "staple_pairs_vjp_reference"]

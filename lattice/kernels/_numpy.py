@@ -1,5 +1,5 @@
 """NumPy helpers of the compiled (Numba) path of the kernel layer: contiguous copies and the
-real-GEMM form of :func:`lattice.kernels.real_inner`."""
+real-GEMM forms of :func:`lattice.kernels.real_inner` and :func:`lattice.kernels.real_mix`."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,3 +15,14 @@ def real_inner(A, B):
     fa = fa.view(np.float64)                     # (..., K, 2M): (re, im) pairs
     fb = fb.view(np.float64)
     return fa @ np.swapaxes(fb, -1, -2)
+
+
+def real_mix(c, A, transpose):
+    a = np.ascontiguousarray(A)
+    if a.dtype.kind != "c":
+        cc = c.astype(a.dtype, copy=False)
+        return (np.swapaxes(cc, -1, -2) if transpose else cc) @ a
+    cr = np.asarray(c).astype(a.real.dtype, copy=False)
+    if transpose:
+        cr = np.swapaxes(cr, -1, -2)
+    return (cr @ a.view(a.real.dtype)).view(a.dtype)   # (..., K, 2M) floats = (..., K, M) complex

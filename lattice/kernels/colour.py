@@ -153,6 +153,23 @@ def real_inner(A, B):
     return xp.real(xp.conj(Ad) @ xp.matrix_transpose(Bd))
 
 
+def real_mix(c, A, *, transpose: bool = False):
+    """``c @ A`` (or ``c^T @ A``) for real coefficients c ``(..., K, L)`` and complex A ``(...,
+    L, M)``: the channel mixing of a staple network (eq. 7) and its adjoint. Result ``(..., K,
+    M)`` complex, dtype of A.
+
+    Since c is real, (c A)_re = c A_re and (c A)_im = c A_im: the NumPy path multiplies c (in
+    A's real precision) into the interleaved float view of A, one real GEMM, half the flops
+    of a complex GEMM with a zero imaginary part; the reference casts c to A's dtype.
+    """
+    xp = namespace(A)
+    if implementation(xp) == "numba":
+        from . import _numpy
+        return _numpy.real_mix(c, A, transpose)
+    cc = xp.astype(c, A.dtype, copy=False)
+    return (xp.matrix_transpose(cc) if transpose else cc) @ A
+
+
 def matmul(A, B, *, da: bool = False, db: bool = False):
     """``op_a(A) @ op_b(B)`` on colour-LAST stacks ``(..., N, N)`` (the public field layout),
     leading axes broadcast, op = dagger where flagged; the drop-in for ``su_n.dagger(A) @ B``

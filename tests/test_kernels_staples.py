@@ -1,0 +1,174 @@
+"""lattice.kernels.staple_pairs, periodic_shift and real_mix: the compiled paths equal their
+references (both precisions, strided slots, repeated output slots), and the staple-pair
+adjoint (A1)-(A2) passes central finite differences in float64."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from lattice import kernels
+from lattice.backend import get_namespace
+
+TOL = {np.complex128: 1e-12, np.complex64: 5e-5}
+
+
+def _rand(rng, shape, dtype=np.complex128):
+    return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+
+
+def _pairs():
+    """Pairs (mu, nu) of a 3d layer with T slots E = ordered pairs (a, b): T_e = S_b(x + a^)."""
+    Q = [(0, 1), (0, 2), (2, 1), (1, 0)]
+    E = []
+    for mu, nu in Q:
+        for e in ((mu, nu), (nu, mu)):
+            if e not in E:
+                E.append(e)
+    i_mu, i_nu = [m for m, _ in Q], [n for _, n in Q]
+    i_mn, i_nm = [E.index((m, n)) for m, n in Q], [E.index((n, m)) for m, n in Q]
+    return i_mu, i_nu, i_mn, i_nm, len(E)
+
+
+def _forward_by_hand(S, T, i_mu, i_nu, i_mn, i_nm):
+    m = kernels.mul_reference
+    D, R = [], []
+    for mu, nu, mn, nm in zip(i_mu, i_nu, i_mn, i_nm):
+        D.append(m(S[:, :, nu], m(S[:, :, mu], T[:, :, mn]), da=True))
+        R.append(m(m(S[:, :, nu], T[:, :, nm]), T[:, :, mn], db=True))
+    return np.stack(D, axis=2), np.stack(R, axis=2)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_staple_pairs_equals_the_product_chains(dtype):
+    """D_q = S_nu^dag S_mu T_mn and R_q = S_nu T_nm T_mn^dag (P1)-(P3), written into slots oR of
+    a larger R, compiled and reference, against products taken one by one."""
+    rng = np.random.default_rng(3)
+    i_mu, i_nu, i_mn, i_nm, nE = _pairs()
+    rest = (2, 3, 301)                            # 301 sites: not a multiple of the kernel's block
+    S, T = _rand(rng, (3, 3, 3) + rest, dtype), _rand(rng, (3, 3, nE) + rest, dtype)
+    D_want, R_want = _forward_by_hand(S, T, i_mu, i_nu, i_mn, i_nm)
+    oR = [5, 1, 6, 2]
+    for ref in (False, True):
+        D = np.zeros((3, 3, 4) + rest, dtype)
+        R = np.full((3, 3, 7) + rest, 7.0, dtype)
+        if ref:
+            with kernels.reference_only():
+                kernels.staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, D=D, R=R, oR=oR)
+        else:
+            kernels.staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, D=D, R=R, oR=oR)
+        scale = TOL[dtype] * np.max(np.abs(R_want))
+        assert np.max(np.abs(D - D_want)) < scale
+        assert np.max(np.abs(R[:, :, oR] - R_want)) < scale
+        assert np.all(R[:, :, [0, 3, 4]] == 7.0)          # untouched slots stay
+
+
+def test_staple_pairs_vjp_matches_central_differences_and_the_reference():
+    """f = Re sum conj(W_D) D + Re sum conj(W_R) R: the accumulated cotangents of S and T from
+    (A1)-(A2) against central differences, compiled and reference, on top of nonzero starts."""
+    rng = np.random.default_rng(4)
+    i_mu, i_nu, i_mn, i_nm, nE = _pairs()
+    rest = (2, 37)
+    S, T = _rand(rng, (3, 3, 3) + rest), _rand(rng, (3, 3, nE) + rest)
+    W_D, W_R = _rand(rng, (3, 3, 4) + rest), _rand(rng, (3, 3, 6) + rest)
+    iR = [5, 0, 3, 1]
+
+    def f(S, T):
+        D, R = _forward_by_hand(S, T, i_mu, i_nu, i_mn, i_nm)
+        return float(np.sum(np.real(np.conj(W_D) * D)) + np.sum(np.real(np.conj(W_R[:, :, iR]) * R)))
+
+    S0, T0 = _rand(rng, S.shape), _rand(rng, T.shape)
+    grads = []
+    for ref in (False, True):
+        Sb, Tb = S0.copy(), T0.copy()
+        if ref:
+            with kernels.reference_only():
+                kernels.staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb=W_R, iR=iR, Db=W_D, S_bar=Sb, T_bar=Tb)
+        else:
+            kernels.staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb=W_R, iR=iR, Db=W_D, S_bar=Sb, T_bar=Tb)
+        grads.append((Sb - S0, Tb - T0))
+    for a, b in zip(*grads):
+        assert np.max(np.abs(a - b)) < 1e-12 * np.max(np.abs(b))
+    Sb, Tb = grads[0]
+    h = 1e-6
+    for which in (0, 1):
+        X, X_bar = (S, Sb) if which == 0 else (T, Tb)
+        dX = _rand(rng, X.shape)
+        args_p, args_m = [S, T], [S, T]
+        args_p[which], args_m[which] = X + h * dX, X - h * dX
+        fd = (f(*args_p) - f(*args_m)) / (2 * h)
+        an = float(np.sum(np.real(np.conj(X_bar) * dX)))
+        assert abs(fd - an) <= 1e-8 * max(1.0, abs(an)), (which, fd, an)
+
+
+def test_staple_pairs_rejects_mismatched_index_lists():
+    rng = np.random.default_rng(5)
+    S, T = _rand(rng, (3, 3, 3, 4)), _rand(rng, (3, 3, 2, 4))
+    with pytest.raises(ValueError, match="one entry per pair"):
+        kernels.staple_pairs(S, T, [0, 1], [1], [0], [1], D=np.empty((3, 3, 1, 4), complex),
+                             R=np.empty((3, 3, 1, 4), complex), oR=[0])
+    with pytest.raises(ValueError, match="stacking axis 2"):
+        kernels.staple_pairs(S, T[..., :3], [0], [1], [0], [1], D=np.empty((3, 3, 1, 4), complex),
+                             R=np.empty((3, 3, 1, 4), complex), oR=[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=5), data=st.data(),
+       single=st.booleans(), into_slot=st.booleans())
+def test_periodic_shift_equals_roll(shape, data, single, into_slot):
+    """out[..., x, ...] = F[..., x + k, ...] for any axis and k, into a fresh array or into a
+    strided slot of a stack (the staple network's use), compiled path against xp.roll."""
+    dtype = np.complex64 if single else np.complex128
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    k = data.draw(st.integers(-7, 7))
+    rng = np.random.default_rng(len(shape) + axis)
+    stack = _rand(rng, (2, 3) + tuple(shape), dtype)
+    F = stack[:, 1]                                   # a strided view, like S[:, :, src]
+    want = np.roll(F, -k, axis=axis + 1)
+    got = kernels.periodic_shift(F, axis + 1, k)
+    assert np.array_equal(got, want)
+    if into_slot:
+        dst = np.zeros_like(stack)
+        res = kernels.periodic_shift(F, axis + 1, k, out=dst[:, 2])
+        assert np.array_equal(dst[:, 2], want) and np.all(dst[:, :2] == 0)
+        assert np.shares_memory(res, dst)
+    with kernels.reference_only():
+        assert np.array_equal(kernels.periodic_shift(F, axis + 1, k), want)
+
+
+def test_periodic_shift_checks_axis_and_out():
+    F = np.zeros((2, 4))
+    with pytest.raises(ValueError, match="axis 2 out of range"):
+        kernels.periodic_shift(F, 2, 1)
+    with pytest.raises(ValueError, match="need the same shape"):
+        kernels.periodic_shift(F, 1, 1, out=np.zeros((2, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_real_mix_equals_the_complex_product(dtype, transpose):
+    rng = np.random.default_rng(6)
+    c = rng.normal(size=(4, 5, 6))
+    A = _rand(rng, (3, 3, 4, 6 if not transpose else 5, 11), dtype)
+    cc = np.swapaxes(c, -1, -2) if transpose else c
+    want = cc.astype(np.complex128) @ A.astype(np.complex128)
+    for ref in (False, True):
+        if ref:
+            with kernels.reference_only():
+                got = kernels.real_mix(c, A, transpose=transpose)
+        else:
+            got = kernels.real_mix(c, A, transpose=transpose)
+        assert got.dtype == dtype and got.shape == want.shape
+        assert np.max(np.abs(got - want)) < TOL[dtype] * np.max(np.abs(want))
+
+
+def test_strict_namespace_takes_the_references():
+    xs = get_namespace("array_api_strict")
+    rng = np.random.default_rng(8)
+    i_mu, i_nu, i_mn, i_nm, nE = _pairs()
+    S, T = _rand(rng, (3, 3, 3, 5)), _rand(rng, (3, 3, nE, 5))
+    D_want, R_want = _forward_by_hand(S, T, i_mu, i_nu, i_mn, i_nm)
+    D, R = xs.zeros((3, 3, 4, 5), dtype=xs.complex128), xs.zeros((3, 3, 4, 5), dtype=xs.complex128)
+    kernels.staple_pairs(xs.asarray(S), xs.asarray(T), i_mu, i_nu, i_mn, i_nm, D=D, R=R, oR=[0, 1, 2, 3])
+    assert np.max(np.abs(np.asarray(D) - D_want)) < 1e-12 * np.max(np.abs(D_want))
+    assert np.max(np.abs(np.asarray(R) - R_want)) < 1e-12 * np.max(np.abs(R_want))
+    F = xs.asarray(_rand(rng, (2, 4, 3)))
+    assert np.array_equal(np.asarray(kernels.periodic_shift(F, 1, 1)), np.roll(np.asarray(F), -1, axis=1))
