@@ -63,18 +63,19 @@ block by block into one preallocated array (no concatenation). With the two-link
       Y_a,b(x) = S_a(x) S_b(x + a^)
 
 the transported staples are S^L_mu,nu = shift_-nu(S_nu^dag Y_mu,nu) and S^R_mu,nu =
-Y_nu,mu S_nu(x + mu^)^dag. Per chunk of direction pairs the shifted fields T_a,b = S_b(x + a^)
-are stacked once and one :func:`lattice.kernels.staple_pairs` call computes all S^L (before
-their shift) and S^R of the chunk: on the CPU a fused product chain per pair and block of sites
-whose Y stay in cache (4 products per pair; no intermediate field is written), elsewhere a
-composition of gathered products. The VJP recomputes the T and pulls back through
-:func:`lattice.kernels.staple_pairs_vjp` (10 products per pair, the same fusion). Fields of all
-directions live in one array ``(N, N, Nd, K, *batch, *sites)`` and the pairs are gathered
-along axis 2. Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at
-most ``StapleNet.CHUNK_MATRICES`` matrices per field, which keeps the peak memory near that of
-the colour-last code. Cotangents of the shifted fields S_b(x + a^) are summed over the pairs of
-a chunk before being shifted back, once. The colour-last implementation this
-replaced is kept as the benchmark reference (``bench/reference/staples_colour_last.py``);
+Y_nu,mu S_nu(x + mu^)^dag. Per chunk of direction pairs one
+:func:`lattice.kernels.transported_staples` call writes all S^L and S^R of the chunk into
+their slots; its adjoint is :func:`lattice.kernels.transported_staples_vjp`. On one process with
+NumPy that is a fused product chain per pair and block of sites, with S read at neighbour sites
+through index tables and the Y shared by a pair (mu, nu) and its partner (nu, mu): no shifted
+field and no intermediate product is written to memory (6 products per pair of partners
+forward, 14 in the VJP, which recomputes the Y). Otherwise the shifted fields are stacked with
+``layout.shift`` (halo exchange on MPI-split axes) and :func:`lattice.kernels.staple_pairs`
+runs the same fused chain on them (NumPy) or gathered product compositions (CuPy, reference). Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
+Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at most
+``StapleNet.CHUNK_MATRICES`` matrices per field (a pair and its partner at least), which keeps
+the peak memory of the generic path near that of the colour-last code. The colour-last
+implementation this replaced is kept as the benchmark reference (``bench/reference/staples_colour_last.py``);
 tests/test_flows_staples.py checks that both give the same numbers.
 """
 from __future__ import annotations
@@ -190,61 +191,47 @@ class StapleNet(Module):
         return params
 
     # ------------------------------------------------------------------ forward
-    @staticmethod
-    def _shift(layout, F, mu, sign, out=None):
-        return layout.shift(F, mu, sign, inner=0, out=out)
-
     #: pairs are processed in chunks of at most this many matrices per field (>= 1 pair), so
     #: that small fields are batched into few kernel calls and large ones keep the peak memory
     #: near that of the network's inputs and augmented vectors
     CHUNK_MATRICES = 1 << 15
 
     def _chunks(self, i, S):
-        """Pair chunks of layer i: a list of (qs, E) with qs indices into Q = the (mu, nu) blocks
-        of the augmented vectors (mu in dirs, nu != mu, in block order) and E the ordered pairs
-        (a, b) whose two-link products Y_a,b = S_a(x) S_b(x + a^) and shifted fields
-        T_a,b = S_b(x + a^) the chunk needs (both (mu, nu) and (nu, mu) for each block)."""
+        """Pair chunks of layer i: Q = the (mu, nu) blocks of the augmented vectors (mu in dirs,
+        nu != mu, in block order) and a list of chunks, each a list of indices into Q. A pair
+        and its partner (nu, mu) always share a chunk (they share the two-link products in
+        :func:`lattice.kernels.staple_pairs`); a chunk holds at most ``CHUNK_MATRICES``
+        matrices per field (at least one pair and its partner)."""
         Q = [(mu, nu) for mu in self.dirs[i] for nu in self.others(mu)]
+        groups = {}
+        for q, (mu, nu) in enumerate(Q):
+            groups.setdefault(frozenset((mu, nu)), []).append(q)
         per_pair = 1
         for n in S.shape[3:]:
             per_pair *= int(n)
         size = max(1, self.CHUNK_MATRICES // max(1, per_pair))
-        out = []
-        for k in range(0, len(Q), size):
-            qs = list(range(k, min(k + size, len(Q))))
-            E = []
-            for q in qs:
-                mu, nu = Q[q]
-                for e in ((mu, nu), (nu, mu)):
-                    if e not in E:
-                        E.append(e)
-            out.append((qs, E))
-        return Q, out
+        chunks, qs = [], []
+        for g in groups.values():
+            if qs and len(qs) + len(g) > size:
+                chunks.append(qs)
+                qs = []
+            qs = qs + g
+        chunks.append(qs)
+        return Q, chunks
 
-    def _stack_shifted(self, F, plan, layout):
-        """``out[:, :, k] = shift(F[:, :, src_k], axis_k, sign_k)`` for plan = [(src, axis, sign)],
-        written slot by slot (one shifted temporary at a time, no list + stack copy)."""
-        xp = namespace(F)
-        out = xp.empty(tuple(F.shape[:2]) + (len(plan),) + tuple(F.shape[3:]), dtype=F.dtype)
-        for k, (src, axis, sign) in enumerate(plan):
-            self._shift(layout, F[:, :, src, ...], axis, sign, out=out[:, :, k, ...])
-        return out
-
-    def _pair_indices(self, Q, qs, E):
-        """Per pair q of a chunk: (mu, nu), the T slots of S_nu(x + mu^) and S_mu(x + nu^), and the
-        flat aug slots (direction-major, block-minor) of S^L_mu,nu and S^R_mu,nu."""
+    def _pair_indices(self, Q, qs):
+        """Per pair q of a chunk: mu, nu and the flat aug slots (direction-major, block-minor)
+        of S^L_mu,nu and S^R_mu,nu."""
         Nd, nb = self.Nd, self.n_blocks
         i_mu, i_nu = [Q[q][0] for q in qs], [Q[q][1] for q in qs]
-        i_mn = [E.index(Q[q]) for q in qs]
-        i_nm = [E.index(Q[q][::-1]) for q in qs]
         i_L = [(q // (Nd - 1)) * nb + 1 + q % (Nd - 1) for q in qs]
         i_R = [(q // (Nd - 1)) * nb + Nd + q % (Nd - 1) for q in qs]
-        return i_mu, i_nu, i_mn, i_nm, i_L, i_R
+        return i_mu, i_nu, i_L, i_R
 
     def _augment(self, S, i, layout):
         """aug (N, N, n_dirs, 2Nd - 1, K, *rest): [S_mu | S^L_mu,nu ... | S^R_mu,nu ...] per
-        direction mu of layer i (eqs. 5-6); per pair chunk the shifted fields T_ab = S_b(x + a^)
-        and one :func:`lattice.kernels.staple_pairs` call for all S^L (before their shift) and S^R."""
+        direction mu of layer i (eqs. 5-6); per pair chunk one
+        :func:`lattice.kernels.transported_staples` call for all S^L and S^R."""
         xp = namespace(S)
         dirs, nb = self.dirs[i], self.n_blocks
         N, rest = S.shape[0], tuple(S.shape[3:])
@@ -252,15 +239,9 @@ class StapleNet(Module):
         aug = xp.empty((N, N, len(dirs) * nb) + rest, dtype=S.dtype)        # flat block axis
         for d, mu in enumerate(dirs):
             aug[:, :, d * nb, ...] = S[:, :, mu, ...]
-        for qs, E in chunks:
-            T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
-            i_mu, i_nu, i_mn, i_nm, i_L, i_R = self._pair_indices(Q, qs, E)
-            D = xp.empty((N, N, len(qs)) + rest, dtype=S.dtype)
-            kernels.staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, D=D, R=aug, oR=i_R)
-            del T
-            for k in range(len(qs)):                                      # S^L = shift_-nu(D)
-                self._shift(layout, D[:, :, k, ...], i_nu[k], -1, out=aug[:, :, i_L[k], ...])
-            del D
+        for qs in chunks:
+            i_mu, i_nu, i_L, i_R = self._pair_indices(Q, qs)
+            kernels.transported_staples(S, layout, i_mu, i_nu, aug=aug, i_L=i_L, i_R=i_R)
         return xp.reshape(aug, (N, N, len(dirs), nb) + rest)
 
     @staticmethod
@@ -307,9 +288,8 @@ class StapleNet(Module):
     # ------------------------------------------------------------------ adjoint
     def _augment_vjp(self, S, i, aug_bar, layout):
         """Cotangent of the layer input S (N, N, Nd, K, *rest) from that of aug (the adjoint of
-        :meth:`_augment`): per pair chunk the shifted fields T again, the S^L cotangents
-        shifted by +nu^, one :func:`lattice.kernels.staple_pairs_vjp` call, and the cotangents
-        of T (summed over the chunk's pairs) shifted back once per field."""
+        :meth:`_augment`): per pair chunk one :func:`lattice.kernels.transported_staples_vjp`
+        call."""
         xp = namespace(S)
         dirs, nb = self.dirs[i], self.n_blocks
         N, rest = S.shape[0], tuple(S.shape[3:])
@@ -318,15 +298,9 @@ class StapleNet(Module):
         S_bar = xp.zeros(S.shape, dtype=S.dtype)
         for d, mu in enumerate(dirs):
             S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
-        for qs, E in chunks:
-            T = self._stack_shifted(S, [(b, a, +1) for a, b in E], layout)
-            T_bar = xp.zeros(T.shape, dtype=S.dtype)
-            i_mu, i_nu, i_mn, i_nm, i_L, i_R = self._pair_indices(Q, qs, E)
-            Db = self._stack_shifted(AB, [(i_L[k], i_nu[k], +1) for k in range(len(qs))], layout)
-            kernels.staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb=AB, iR=i_R, Db=Db, S_bar=S_bar, T_bar=T_bar)
-            del T, Db
-            for e, (a, b) in enumerate(E):
-                S_bar[:, :, b, ...] += self._shift(layout, T_bar[:, :, e, ...], a, -1)
+        for qs in chunks:
+            i_mu, i_nu, i_L, i_R = self._pair_indices(Q, qs)
+            kernels.transported_staples_vjp(S, layout, i_mu, i_nu, aug_bar=AB, i_L=i_L, i_R=i_R, S_bar=S_bar)
         return S_bar
 
     def vjp(self, params, ctx, S_bar):

@@ -47,9 +47,10 @@ from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, r
 from .eigh3 import eigh, polar
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
-from .staple_pairs import staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference
+from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference,
+                           transported_staples, transported_staples_vjp)
 
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
            "real_inner", "real_mix", "matmul", "eigh", "polar", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
-           "staple_pairs_vjp_reference"]
+           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp"]

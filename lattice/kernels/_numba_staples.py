@@ -1,6 +1,24 @@
-"""Numba path of :mod:`lattice.kernels.staple_pairs`: each pair's product chain (P1)-(P3) or
-(A1)-(A2) runs block by block over the sites, the intermediates (Y_mn, Y_nm, Ynm_b, Ymn_b) in
-a scratch of ``_BLOCK`` sites that stays in cache. N = 3 only (else the caller composes)."""
+"""Numba path of :mod:`lattice.kernels.staple_pairs`.
+
+One pair of kernels, :func:`_forward_units` and :func:`_vjp_units`, serves both paths:
+
+* with materialised shifted fields T (:func:`forward` / :func:`vjp`, the generic path that
+  works on any layout), and
+* on one process (:func:`transported_local` / :func:`transported_local_vjp`), where T_ab =
+  S_b(x + a^) is read from S itself through the neighbour table P[a] and S^L is written at its
+  shifted site: no shifted field is materialised.
+
+A *unit* is a pair (a, b) and, when present in the same call, its partner (b, a): they share
+the two-link products Y_ab = S_a T_ab and Y_ba = S_b T_ba, so a unit of two pairs costs 6
+products forward instead of 8 and 14 in the adjoint instead of 20. Each operand is read
+through (array, slot, table): table 0 is the identity, table 1 + d is x -> x + d^, applied
+within each row of V sites (rows = all axes between the stacking axis and the sites).
+
+Per unit and block of ``_BLOCK`` sites the operands are loaded once into a split (re, im)
+scratch that stays in cache, the 3x3 products run on contiguous real vectors (the compiler
+vectorises them; interleaved complex loops it does not), and each result is written back once.
+N = 3 only (else the caller composes).
+"""
 from __future__ import annotations
 
 import numba
@@ -10,73 +28,188 @@ from ._numba import _FLAGS
 
 _BLOCK = 256
 
+# unit record: a, b, (slot, table) of T_ab, (slot, table) of T_ba,
+#              (slot, table) of D and slot of R for the pair (a, b), the same for (b, a); -1 = absent
+_A, _B, _TAB, _TABT, _TBA, _TBAT, _D1, _D1T, _R1, _D2, _D2T, _R2 = range(12)
 
-def _make_block_mul(da: bool, db: bool, acc: bool):
-    """C[:, :, qc, oc:oc+n] (+)= op(A[:, :, qa, oa:oa+n]) op(B[:, :, qb, ob:ob+n]), 4-d
-    C-contiguous arrays (3, 3, P, M), N = 3 unrolled."""
+
+@numba.jit(**_FLAGS)
+def _load(A, q, base, tbl, t, x0, X, n):
+    """X[0/1, i, j, m] = Re/Im A[i, j, q, base + P_t(x0 + m)] (t = 0: contiguous)."""
+    for i in range(3):
+        for j in range(3):
+            if t == 0:
+                for m in range(n):
+                    v = A[i, j, q, base + x0 + m]
+                    X[0, i, j, m] = v.real
+                    X[1, i, j, m] = v.imag
+            else:
+                for m in range(n):
+                    v = A[i, j, q, base + tbl[t, x0 + m]]
+                    X[0, i, j, m] = v.real
+                    X[1, i, j, m] = v.imag
+
+
+def _make_store(acc: bool):
     @numba.jit(**_FLAGS)
-    def block_mul(A, qa, oa, B, qb, ob, C, qc, oc, n):
+    def store(X, C, q, base, tbl, t, x0, n):
+        """C[i, j, q, base + P_t(x0 + m)] (+)= X[0, i, j, m] + i X[1, i, j, m]."""
         for i in range(3):
             for j in range(3):
                 for m in range(n):
-                    if da:
-                        x0 = A[0, i, qa, oa + m].conjugate()
-                        x1 = A[1, i, qa, oa + m].conjugate()
-                        x2 = A[2, i, qa, oa + m].conjugate()
-                    else:
-                        x0, x1, x2 = A[i, 0, qa, oa + m], A[i, 1, qa, oa + m], A[i, 2, qa, oa + m]
-                    if db:
-                        y0 = B[j, 0, qb, ob + m].conjugate()
-                        y1 = B[j, 1, qb, ob + m].conjugate()
-                        y2 = B[j, 2, qb, ob + m].conjugate()
-                    else:
-                        y0, y1, y2 = B[0, j, qb, ob + m], B[1, j, qb, ob + m], B[2, j, qb, ob + m]
+                    k = base + x0 + m if t == 0 else base + tbl[t, x0 + m]
+                    v = X[0, i, j, m] + 1j * X[1, i, j, m]
                     if acc:
-                        C[i, j, qc, oc + m] += x0 * y0 + x1 * y1 + x2 * y2
+                        C[i, j, q, k] += v
                     else:
-                        C[i, j, qc, oc + m] = x0 * y0 + x1 * y1 + x2 * y2
-    return block_mul
+                        C[i, j, q, k] = v
+    return store
 
 
-_nn = _make_block_mul(False, False, False)
-_dn = _make_block_mul(True, False, False)
-_nd = _make_block_mul(False, True, False)
-_dn_acc = _make_block_mul(True, False, True)
-_nd_acc = _make_block_mul(False, True, True)
+_store = _make_store(False)
+_store_acc = _make_store(True)
+
+
+def _make_split_mul(da: bool, db: bool, acc: bool):
+    """C (+)= op(A) op(B) on split scratch blocks (2, 3, 3, >= n), op = dagger where flagged."""
+    @numba.jit(**_FLAGS)
+    def split_mul(A, B, C, n):
+        for i in range(3):
+            for j in range(3):
+                for m in range(n):
+                    cr = 0.0
+                    ci = 0.0
+                    for k in range(3):
+                        if da:
+                            ar, ai = A[0, k, i, m], -A[1, k, i, m]
+                        else:
+                            ar, ai = A[0, i, k, m], A[1, i, k, m]
+                        if db:
+                            br, bi = B[0, j, k, m], -B[1, j, k, m]
+                        else:
+                            br, bi = B[0, k, j, m], B[1, k, j, m]
+                        cr += ar * br - ai * bi
+                        ci += ar * bi + ai * br
+                    if acc:
+                        C[0, i, j, m] += cr
+                        C[1, i, j, m] += ci
+                    else:
+                        C[0, i, j, m] = cr
+                        C[1, i, j, m] = ci
+    return split_mul
+
+
+_nn = _make_split_mul(False, False, False)
+_dn = _make_split_mul(True, False, False)
+_nd = _make_split_mul(False, True, False)
+_nn_acc = _make_split_mul(False, False, True)
+_dn_acc = _make_split_mul(True, False, True)
+_nd_acc = _make_split_mul(False, True, True)
 
 
 @numba.jit(**_FLAGS)
-def _forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR):
-    M = S.shape[3]
-    W = np.empty((3, 3, 2, _BLOCK), dtype=S.dtype)            # Y_mn, Y_nm
-    for q in range(i_mu.shape[0]):
-        mu, nu, mn, nm = i_mu[q], i_nu[q], i_mn[q], i_nm[q]
-        for m0 in range(0, M, _BLOCK):
-            n = min(_BLOCK, M - m0)
-            _nn(S, mu, m0, T, mn, m0, W, 0, 0, n)               # (P1) Y_mn = S_mu T_mn
-            _nn(S, nu, m0, T, nm, m0, W, 1, 0, n)               #      Y_nm = S_nu T_nm
-            _dn(S, nu, m0, W, 0, 0, D, q, m0, n)                # (P2) D = S_nu^dag Y_mn
-            _nd(W, 1, 0, T, mn, m0, R, oR[q], m0, n)            # (P3) R = Y_nm T_mn^dag
+def _forward_units(S, Tsrc, units, tbl, V, Ddst, R):
+    """(P1)-(P3) per unit: T_ab, T_ba read from Tsrc; D written to Ddst (through its table),
+    R to R; Y_ab, Y_ba shared by both pairs. Arrays (3, 3, slots, rows * V); tbl (tables, V)
+    (never read for table 0, so materialised T pass a dummy and V = the whole length)."""
+    f = S.real.dtype
+    sa, sb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    yab, yba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    o = np.empty((2, 3, 3, _BLOCK), f)
+    for u in range(units.shape[0]):
+        w = units[u]
+        for r in range(S.shape[3] // V):
+            base = r * V
+            for x0 in range(0, V, _BLOCK):
+                n = min(_BLOCK, V - x0)
+                _load(S, w[_A], base, tbl, 0, x0, sa, n)
+                _load(S, w[_B], base, tbl, 0, x0, sb, n)
+                _load(Tsrc, w[_TAB], base, tbl, w[_TABT], x0, tab, n)
+                _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
+                _nn(sa, tab, yab, n)                            # (P1) Y_ab = S_a T_ab
+                _nn(sb, tba, yba, n)                            #      Y_ba = S_b T_ba
+                if w[_D1] >= 0:                                 # pair (a, b)
+                    _dn(sb, yab, o, n)                          # (P2) D = S_b^dag Y_ab
+                    _store(o, Ddst, w[_D1], base, tbl, w[_D1T], x0, n)
+                    _nd(yba, tab, o, n)                         # (P3) R = Y_ba T_ab^dag
+                    _store(o, R, w[_R1], base, tbl, 0, x0, n)
+                if w[_D2] >= 0:                                 # pair (b, a)
+                    _dn(sa, yba, o, n)                          #      D = S_a^dag Y_ba
+                    _store(o, Ddst, w[_D2], base, tbl, w[_D2T], x0, n)
+                    _nd(yab, tba, o, n)                         #      R = Y_ab T_ba^dag
+                    _store(o, R, w[_R2], base, tbl, 0, x0, n)
 
 
 @numba.jit(**_FLAGS)
-def _vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, Sb, Tb):
-    M = S.shape[3]
-    W = np.empty((3, 3, 4, _BLOCK), dtype=S.dtype)            # Y_mn, Y_nm, Ynm_b, Ymn_b
-    for q in range(i_mu.shape[0]):
-        mu, nu, mn, nm, r = i_mu[q], i_nu[q], i_mn[q], i_nm[q], iR[q]
-        for m0 in range(0, M, _BLOCK):
-            n = min(_BLOCK, M - m0)
-            _nn(S, mu, m0, T, mn, m0, W, 0, 0, n)               # Y_mn
-            _nn(S, nu, m0, T, nm, m0, W, 1, 0, n)               # Y_nm
-            _nn(Rb, r, m0, T, mn, m0, W, 2, 0, n)               # (A1) Ynm_b = Rb T_mn
-            _dn_acc(Rb, r, m0, W, 1, 0, Tb, mn, m0, n)          #      T_mn_b += Rb^dag Y_nm
-            _nd_acc(W, 2, 0, T, nm, m0, Sb, nu, m0, n)          #      S_nu_b += Ynm_b T_nm^dag
-            _dn_acc(S, nu, m0, W, 2, 0, Tb, nm, m0, n)          #      T_nm_b += S_nu^dag Ynm_b
-            _nd_acc(W, 0, 0, Db, q, m0, Sb, nu, m0, n)          # (A2) S_nu_b += Y_mn Db^dag
-            _nn(S, nu, m0, Db, q, m0, W, 3, 0, n)               #      Ymn_b = S_nu Db
-            _dn_acc(S, mu, m0, W, 3, 0, Tb, mn, m0, n)          #      T_mn_b += S_mu^dag Ymn_b
-            _nd_acc(W, 3, 0, T, mn, m0, Sb, mu, m0, n)          #      S_mu_b += Ymn_b T_mn^dag
+def _vjp_units(S, Tsrc, units, tbl, V, Rb, Dsrc, Sb, Tdst):
+    """(A1)-(A2) per unit, accumulating: the cotangent of R read from Rb (slot of R), that of D
+    from Dsrc through D's table; cotangents of S added to Sb, those of T_ab, T_ba to Tdst
+    through their tables. The cotangents of Y_ab, Y_ba are summed over both pairs first."""
+    f = S.real.dtype
+    sa, sb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    yab, yba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    rb, db = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    gab, gba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)    # Y cotangents
+    ga, gb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)      # S_a, S_b
+    gtab, gtba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)  # T_ab, T_ba
+    for u in range(units.shape[0]):
+        w = units[u]
+        for r in range(S.shape[3] // V):
+            base = r * V
+            for x0 in range(0, V, _BLOCK):
+                n = min(_BLOCK, V - x0)
+                _load(S, w[_A], base, tbl, 0, x0, sa, n)
+                _load(S, w[_B], base, tbl, 0, x0, sb, n)
+                _load(Tsrc, w[_TAB], base, tbl, w[_TABT], x0, tab, n)
+                _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
+                _nn(sa, tab, yab, n)
+                _nn(sb, tba, yba, n)
+                gab[:, :, :, :n] = 0.0
+                gba[:, :, :, :n] = 0.0
+                ga[:, :, :, :n] = 0.0
+                gb[:, :, :, :n] = 0.0
+                gtab[:, :, :, :n] = 0.0
+                gtba[:, :, :, :n] = 0.0
+                if w[_D1] >= 0:                                 # pair (a, b): R = Y_ba T_ab^dag, D = S_b^dag Y_ab
+                    _load(Rb, w[_R1], base, tbl, 0, x0, rb, n)
+                    _load(Dsrc, w[_D1], base, tbl, w[_D1T], x0, db, n)
+                    _nn_acc(rb, tab, gba, n)                    # Yba_b += Rb T_ab
+                    _dn_acc(rb, yba, gtab, n)                   # T_ab_b += Rb^dag Y_ba
+                    _nd_acc(yab, db, gb, n)                     # S_b_b += Y_ab Db^dag
+                    _nn_acc(sb, db, gab, n)                     # Yab_b += S_b Db
+                if w[_D2] >= 0:                                 # pair (b, a): R = Y_ab T_ba^dag, D = S_a^dag Y_ba
+                    _load(Rb, w[_R2], base, tbl, 0, x0, rb, n)
+                    _load(Dsrc, w[_D2], base, tbl, w[_D2T], x0, db, n)
+                    _nn_acc(rb, tba, gab, n)                    # Yab_b += Rb T_ba
+                    _dn_acc(rb, yab, gtba, n)                   # T_ba_b += Rb^dag Y_ab
+                    _nd_acc(yba, db, ga, n)                     # S_a_b += Y_ba Db^dag
+                    _nn_acc(sa, db, gba, n)                     # Yba_b += S_a Db
+                _nd_acc(gab, tab, ga, n)                        # Y_ab = S_a T_ab: S_a_b += Yab_b T_ab^dag
+                _dn_acc(sa, gab, gtab, n)                       #                  T_ab_b += S_a^dag Yab_b
+                _nd_acc(gba, tba, gb, n)                        # Y_ba = S_b T_ba: S_b_b += Yba_b T_ba^dag
+                _dn_acc(sb, gba, gtba, n)                       #                  T_ba_b += S_b^dag Yba_b
+                _store_acc(ga, Sb, w[_A], base, tbl, 0, x0, n)
+                _store_acc(gb, Sb, w[_B], base, tbl, 0, x0, n)
+                _store_acc(gtab, Tdst, w[_TAB], base, tbl, w[_TABT], x0, n)
+                _store_acc(gtba, Tdst, w[_TBA], base, tbl, w[_TBAT], x0, n)
+
+
+def _units(i_mu, i_nu, t_ab, t_ba, d, r):
+    """Unit records from per-pair (mu, nu), (slot, table) of T_mn = S_nu(x + mu^) and of T_nm,
+    (slot, table) of D and slot of R: a pair (mu, nu) joins the unit of an earlier (nu, mu)
+    with the same T operands swapped."""
+    units, where = [], {}
+    for q, (mu, nu) in enumerate(zip(i_mu, i_nu)):
+        mu, nu = int(mu), int(nu)
+        key = (nu, mu, tuple(t_ba[q]), tuple(t_ab[q]))
+        if key in where and units[where[key]][_D2] < 0:
+            units[where.pop(key)][_D2:] = [d[q][0], d[q][1], r[q]]
+        else:
+            where[(mu, nu, tuple(t_ab[q]), tuple(t_ba[q]))] = len(units)
+            units.append([mu, nu, *t_ab[q], *t_ba[q], d[q][0], d[q][1], r[q], -1, -1, -1])
+    return np.asarray(units, dtype=np.int64).reshape(-1, 12)
 
 
 def _flat4(X, dtype):
@@ -86,31 +219,93 @@ def _flat4(X, dtype):
     return X.reshape(3, 3, X.shape[2], -1)
 
 
-def _idx(v):
-    return np.asarray(v, dtype=np.int64)
+_NO_TABLE = np.zeros((1, 1), dtype=np.int64)     # materialised T: every operand read in place
 
 
 def forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR) -> bool:
-    """Run (P1)-(P3) compiled; False where the arrays do not fit (N != 3, mixed dtypes,
-    non-contiguous outputs): the caller composes instead."""
+    """Run (P1)-(P3) compiled on materialised T; False where the arrays do not fit (N != 3,
+    mixed dtypes, non-contiguous outputs): the caller composes instead."""
     dtype = S.dtype
     if dtype.kind != "c":
         return False
     views = [_flat4(X, dtype) for X in (S, T, D, R)]
     if any(v is None for v in views):
         return False
-    _forward(*views[:2], _idx(i_mu), _idx(i_nu), _idx(i_mn), _idx(i_nm), views[2], views[3], _idx(oR))
+    n = len(i_mu)
+    units = _units(i_mu, i_nu, [(int(k), 0) for k in i_mn], [(int(k), 0) for k in i_nm],
+                   [(q, 0) for q in range(n)], [int(k) for k in oR])
+    s, t, d, r = views
+    _forward_units(s, t, units, _NO_TABLE, s.shape[3], d, r)
     return True
 
 
 def vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar) -> bool:
-    """Run (A1)-(A2) compiled; False where the arrays do not fit (the caller composes)."""
+    """Run (A1)-(A2) compiled on materialised T; False where the arrays do not fit."""
     dtype = S.dtype
     if dtype.kind != "c":
         return False
     views = [_flat4(X, dtype) for X in (S, T, Rb, Db, S_bar, T_bar)]
     if any(v is None for v in views):
         return False
+    n = len(i_mu)
+    units = _units(i_mu, i_nu, [(int(k), 0) for k in i_mn], [(int(k), 0) for k in i_nm],
+                   [(q, 0) for q in range(n)], [int(k) for k in iR])
     s, t, rb, db, sb, tb = views
-    _vjp(s, t, _idx(i_mu), _idx(i_nu), _idx(i_mn), _idx(i_nm), rb, _idx(iR), db, sb, tb)
+    _vjp_units(s, t, units, _NO_TABLE, s.shape[3], rb, db, sb, tb)
+    return True
+
+
+_TABLES: dict = {}
+
+
+def _tables(local_shape):
+    """[identity, P_0, ..., P_{Nd-1}] with P_d[x] = flat index of x + d^ on the periodic local
+    block: int64 (1 + Nd, V), cached."""
+    key = tuple(int(n) for n in local_shape)
+    P = _TABLES.get(key)
+    if P is None:
+        idx = np.arange(int(np.prod(key)), dtype=np.int64).reshape(key)
+        P = _TABLES[key] = np.stack([idx.ravel()] + [np.roll(idx, -1, axis=d).ravel() for d in range(len(key))])
+    return P
+
+
+def _local_views(S, local_shape, others):
+    nd = len(local_shape)
+    if S.ndim < 3 + nd or tuple(S.shape[S.ndim - nd:]) != tuple(local_shape) or S.shape[2] != nd:
+        return None
+    views = [_flat4(S, S.dtype)] + [_flat4(X, S.dtype) for X in others]
+    if S.dtype.kind != "c" or any(v is None for v in views) or \
+            any(tuple(X.shape[3:]) != tuple(S.shape[3:]) for X in others):
+        return None
+    return views
+
+
+def _local_units(i_mu, i_nu, i_L, i_R):
+    """T_mn = S_nu(x + mu^) read from S (slot nu, table 1 + mu); S^L = D written at x + nu^
+    (slot i_L, table 1 + nu)."""
+    return _units(i_mu, i_nu, [(int(n), 1 + int(m)) for m, n in zip(i_mu, i_nu)],
+                  [(int(m), 1 + int(n)) for m, n in zip(i_mu, i_nu)],
+                  [(int(L), 1 + int(n)) for n, L in zip(i_nu, i_L)], [int(R) for R in i_R])
+
+
+def transported_local(S, local_shape, i_mu, i_nu, aug, i_L, i_R) -> bool:
+    """The one-process path of :func:`lattice.kernels.transported_staples`; False where the
+    arrays do not fit (the caller takes the generic path)."""
+    views = _local_views(S, local_shape, (aug,))
+    if views is None:
+        return False
+    s, a = views
+    P = _tables(local_shape)
+    _forward_units(s, s, _local_units(i_mu, i_nu, i_L, i_R), P, P.shape[1], a, a)
+    return True
+
+
+def transported_local_vjp(S, local_shape, i_mu, i_nu, AB, i_L, i_R, S_bar) -> bool:
+    """The one-process path of :func:`lattice.kernels.transported_staples_vjp`."""
+    views = _local_views(S, local_shape, (AB, S_bar))
+    if views is None:
+        return False
+    s, ab, sb = views
+    P = _tables(local_shape)
+    _vjp_units(s, s, _local_units(i_mu, i_nu, i_L, i_R), P, P.shape[1], ab, ab, sb, sb)
     return True

@@ -16,12 +16,15 @@ and the adjoint (cotangents Rb of R_q and Db of D_q; everything accumulates):
     (A2)  S_nu_b += Y_mn Db^dag,  Ymn_b = S_nu Db,
           T_mn_b += S_mu^dag Ymn_b,  S_mu_b += Ymn_b T_mn^dag.
 
-:func:`staple_pairs` / :func:`staple_pairs_vjp` do this for a list of pairs. The reference
+:func:`staple_pairs` / :func:`staple_pairs_vjp` do this for a list of pairs, given T;
+:func:`transported_staples` / :func:`transported_staples_vjp` do the whole step of a staple
+network layer (T from ``layout.shift``, S^L = D shifted by -nu^, and the adjoint), and on one
+process read S at neighbour sites through index tables instead of materialising T. The reference
 composes :func:`lattice.kernels.mul_gather` calls (the two-link products and the cotangents
 Ynm_b, Ymn_b are materialised for all pairs); the compiled path (NumPy + Numba) runs the whole
 chain per block of sites with the intermediates in a cache-resident scratch, so each pair
-reads its six operands and updates its four cotangents once: about 2.5x fewer bytes than the
-composition, which is memory bound.
+reads its operands and updates its cotangents once (the composition is memory bound), and a
+pair (mu, nu) shares Y_mn, Y_nm with its partner (nu, mu) when both are in the call.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from ..backend import namespace
 from .colour import mul_gather
 from .dispatch import implementation
 
-__all__ = ["staple_pairs", "staple_pairs_vjp", "staple_pairs_reference", "staple_pairs_vjp_reference"]
+__all__ = ["staple_pairs", "staple_pairs_vjp", "staple_pairs_reference", "staple_pairs_vjp_reference",
+           "transported_staples", "transported_staples_vjp"]
 
 
 def _check_pairs(S, T, i_mu, i_nu, i_mn, i_nm):
@@ -101,3 +105,81 @@ def staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, *, Rb, iR, Db, S_bar, T_bar):
         if _numba_staples.vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar):
             return S_bar, T_bar
     return staple_pairs_vjp_reference(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar)
+
+
+# ---------------------------------------------------------------------- whole chunks of pairs
+def _plan(i_mu, i_nu):
+    """E = the ordered pairs (a, b) whose shifted fields T_ab = S_b(x + a^) the pairs need,
+    and per pair the slots of S_nu(x + mu^) and S_mu(x + nu^) in E."""
+    E = []
+    for mu, nu in zip(i_mu, i_nu):
+        for e in ((int(mu), int(nu)), (int(nu), int(mu))):
+            if e not in E:
+                E.append(e)
+    return E, [E.index((int(m), int(n))) for m, n in zip(i_mu, i_nu)], \
+        [E.index((int(n), int(m))) for m, n in zip(i_mu, i_nu)]
+
+
+def _shifted_stack(F, src, axes, layout):
+    """``out[:, :, k] = layout.shift(F[:, :, src[k]], axes[k], +1)`` (fields colour-first with
+    the site axes last: ``inner=0``)."""
+    xp = namespace(F)
+    out = xp.empty(tuple(F.shape[:2]) + (len(src),) + tuple(F.shape[3:]), dtype=F.dtype)
+    for k, (s, a) in enumerate(zip(src, axes)):
+        layout.shift(F[:, :, s, ...], a, +1, inner=0, out=out[:, :, k, ...])
+    return out
+
+
+def _local(layout, *arrays):
+    """Whether every shift is local (no split axis) and the compiled fused path applies."""
+    return not any(g > 1 for g in layout.grid) and implementation(namespace(*arrays)) == "numba"
+
+
+def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
+    """Both transported staples of pairs q = (i_mu[q], i_nu[q]) (paper eqs. 5-6, design §7):
+
+        aug[:, :, i_L[q]] = S^L_mu,nu(x) = S_nu(x - nu^)^dag S_mu(x - nu^) S_nu(x + mu^ - nu^),
+        aug[:, :, i_R[q]] = S^R_mu,nu(x) = S_nu(x) S_mu(x + nu^) S_nu(x + mu^)^dag.
+
+    S ``(N, N, Nd, *rest, *sites)`` colour-first with the layout's local site axes last; aug
+    ``(N, N, P, *rest, *sites)`` of S's dtype (written, not accumulated). Generic path: the
+    shifted fields T are stacked with ``layout.shift`` (halo exchange under MPI),
+    :func:`staple_pairs` gives D = S^L before its shift and S^R, and D is shifted by -nu^. On
+    one process with NumPy, the compiled path reads S at neighbour sites through index tables
+    and writes S^L at its shifted site: no shifted field is materialised.
+    """
+    if _local(layout, S, aug):
+        from . import _numba_staples
+        if _numba_staples.transported_local(S, layout.local_shape, i_mu, i_nu, aug, i_L, i_R):
+            return aug
+    xp = namespace(S)
+    E, i_mn, i_nm = _plan(i_mu, i_nu)
+    T = _shifted_stack(S, [b for _, b in E], [a for a, _ in E], layout)
+    D = xp.empty(tuple(S.shape[:2]) + (len(i_mu),) + tuple(S.shape[3:]), dtype=S.dtype)
+    staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, D=D, R=aug, oR=i_R)
+    del T
+    for k, nu in enumerate(i_nu):                                  # S^L = shift_-nu(D)
+        layout.shift(D[:, :, k, ...], int(nu), -1, inner=0, out=aug[:, :, i_L[k], ...])
+    return aug
+
+
+def transported_staples_vjp(S, layout, i_mu, i_nu, *, aug_bar, i_L, i_R, S_bar):
+    """Adjoint of :func:`transported_staples`: the cotangents ``aug_bar[:, :, i_L[q]]`` and
+    ``aug_bar[:, :, i_R[q]]`` pulled back and *added* to ``S_bar`` (shape of S), returned.
+    Generic path: T stacked again, the S^L cotangents shifted by +nu^, :func:`staple_pairs_vjp`,
+    and the cotangents of T (summed over the pairs) shifted back once per field; the compiled
+    one-process path gathers and scatters through neighbour tables instead."""
+    if _local(layout, S, aug_bar, S_bar):
+        from . import _numba_staples
+        if _numba_staples.transported_local_vjp(S, layout.local_shape, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
+            return S_bar
+    xp = namespace(S)
+    E, i_mn, i_nm = _plan(i_mu, i_nu)
+    T = _shifted_stack(S, [b for _, b in E], [a for a, _ in E], layout)
+    T_bar = xp.zeros(T.shape, dtype=S.dtype)
+    Db = _shifted_stack(aug_bar, list(i_L), [int(nu) for nu in i_nu], layout)
+    staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb=aug_bar, iR=i_R, Db=Db, S_bar=S_bar, T_bar=T_bar)
+    del T, Db
+    for e, (a, b) in enumerate(E):
+        S_bar[:, :, b, ...] += layout.shift(T_bar[:, :, e, ...], a, -1, inner=0)
+    return S_bar
