@@ -19,8 +19,12 @@ change. This network computes it from the *frozen* links only, in three steps:
 
        z(x) = sum_d a(x + d) w[d] + b,     w[d] of shape (C_in, C_out),
 
-   built from ``layout.shift``-ed copies (so it distributes under MPI) and one
-   (sites x C_in) @ (C_in x C_out) product per offset (channels last). Between layers the
+   On one process: the neighbourhoods a(x + d) of a block of sites are gathered with one
+   ``take`` through a cached index table into a (sites x k^Nd C_in) matrix, and the
+   convolution is one product with w reshaped to (k^Nd C_in, C_out) ("im2col"; blocks of
+   sites keep the gathered matrix under ``ContextNet.GATHER_BYTES``). With MPI-split axes:
+   ``layout.shift``-ed copies (halo exchange) and one (sites x C_in) @ (C_in x C_out) product
+   per offset (channels last). Between layers the
    nonlinearity ``tanh`` or ``softplus`` (derivative written by hand).
 3. Output head: a last convolution to ``n_out`` channels, ZERO-initialised, so that at
    initialisation the output is exactly 0 (the spectral map's identity point).
@@ -77,6 +81,26 @@ def shifted_copies(F, layout, r: int, inner: int, sign: int = +1, axis: int = 0,
     for d in range(-r, r + 1):
         Fd = layout.shift(F, axis, sign * d, inner=inner)
         yield from shifted_copies(Fd, layout, r, inner, sign, axis + 1, offset + (d,))
+
+
+_INDEX: dict = {}
+
+
+def _neighbourhood_index(local_shape, r: int, sign: int, xp, device):
+    """Flat index table (V k^Nd,), site-major: entry x k^Nd + j is the flat index of
+    x + sign d_j on the periodic local block, d_j in {-r..r}^Nd in :func:`shifted_copies`
+    order. Cached per (shape, r, sign, namespace, device)."""
+    key = (tuple(local_shape), int(r), int(sign), getattr(xp, "__name__", str(xp)), str(device))
+    idx = _INDEX.get(key)
+    if idx is None:
+        import itertools
+        nd = len(local_shape)
+        kw = {} if device is None else {"device": device}
+        base = xp.reshape(xp.arange(math.prod(local_shape), dtype=xp.int64, **kw), tuple(local_shape))
+        cols = [xp.reshape(xp.roll(base, tuple(-sign * d for d in off), axis=tuple(range(nd))), (-1,))
+                for off in itertools.product(range(-r, r + 1), repeat=nd)]
+        idx = _INDEX[key] = xp.reshape(xp.stack(cols, axis=1), (-1,))
+    return idx
 
 
 def _act(name, z):
@@ -189,16 +213,48 @@ class ContextNet(Module):
         return stack_links(Ub, layout)
 
     # ------------------------------------------------------------------ convolutions
+    #: bytes of one gathered neighbourhood block (one-process convolutions): sites are processed
+    #: in blocks so that (batch x block sites) x (k^Nd C) stays below this
+    GATHER_BYTES = 32 * 2**20
+
+    @staticmethod
+    def _gathers(layout):
+        """Whether the convolutions gather neighbourhoods through index tables (no split axis)."""
+        return not any(g > 1 for g in layout.grid)
+
+    def _site_blocks(self, F3, n_off):
+        per_site = F3.shape[0] * n_off * F3.shape[2] * 8
+        step = max(1, self.GATHER_BYTES // max(1, per_site))
+        V = F3.shape[1]
+        return [(x0, min(V, x0 + step)) for x0 in range(0, V, step)]
+
+    def _gathered(self, F3, idx, x0, x1, n_off):
+        """(B (x1 - x0)) x (n_off C) matrix of the neighbourhoods F(x + sign d) of sites x0..x1
+        (rows (b, x), columns (d, c)); F3 of shape (B, V, C)."""
+        xp = namespace(F3)
+        g = xp.take(F3, idx[x0 * n_off:x1 * n_off], axis=1)
+        return xp.reshape(g, (F3.shape[0] * (x1 - x0), n_off * F3.shape[2]))
+
     def _conv(self, a, w, b, layout):
         xp = namespace(a)
         r = (self.kernel_size - 1) // 2
         lead = tuple(a.shape[:-1])
-        ci = a.shape[-1]
+        ci, co = a.shape[-1], w.shape[-1]
+        if self._gathers(layout):
+            n_off = w.shape[0]
+            idx = _neighbourhood_index(layout.local_shape, r, +1, xp, getattr(a, "device", None))
+            a3 = xp.reshape(a, (-1, math.prod(layout.local_shape), ci))
+            W2 = xp.reshape(w, (n_off * ci, co))
+            out = xp.empty((a3.shape[0], a3.shape[1], co), dtype=a.dtype)
+            for x0, x1 in self._site_blocks(a3, n_off):
+                y = self._gathered(a3, idx, x0, x1, n_off) @ W2
+                out[:, x0:x1, :] = xp.reshape(y, (a3.shape[0], x1 - x0, co))
+            return xp.reshape(out, lead + (co,)) + b
         out = None
         for j, (_, ad) in enumerate(shifted_copies(a, layout, r, inner=1)):
             y = xp.reshape(ad, (-1, ci)) @ w[j, ...]
             out = y if out is None else out + y
-        return xp.reshape(out + b, lead + (w.shape[-1],))
+        return xp.reshape(out + b, lead + (co,))
 
     def _conv_vjp(self, a, w, z_bar, layout, need_input=True):
         xp = namespace(a)
@@ -207,6 +263,30 @@ class ContextNet(Module):
         zb = xp.reshape(z_bar, (-1, co))
         zb64 = xp.astype(zb, xp.float64)
         gb = xp.sum(zb64, axis=0)
+        if self._gathers(layout):
+            n_off = w.shape[0]
+            dev = getattr(a, "device", None)
+            V = math.prod(layout.local_shape)
+            a3 = xp.reshape(a, (-1, V, ci))
+            z3 = xp.reshape(z_bar, (-1, V, co))
+            z64 = xp.reshape(zb64, (-1, V, co))
+            idx = _neighbourhood_index(layout.local_shape, r, +1, xp, dev)
+            gw = None
+            for x0, x1 in self._site_blocks(a3, n_off):          # gw[d] = sum_x a(x + d)^T z_bar(x)
+                G = xp.astype(self._gathered(a3, idx, x0, x1, n_off), xp.float64, copy=False)
+                g = xp.matrix_transpose(G) @ xp.reshape(z64[:, x0:x1, :], (-1, co))
+                gw = g if gw is None else gw + g
+            gw = xp.reshape(gw, (n_off, ci, co))
+            a_bar = None
+            if need_input:                                        # a_bar(y) = sum_d z_bar(y - d) w[d]^T
+                idx_m = _neighbourhood_index(layout.local_shape, r, -1, xp, dev)
+                Wt = xp.reshape(xp.matrix_transpose(w), (n_off * co, ci))
+                a_bar = xp.empty(tuple(a3.shape), dtype=a.dtype)
+                for x0, x1 in self._site_blocks(z3, n_off):
+                    y = self._gathered(z3, idx_m, x0, x1, n_off) @ Wt
+                    a_bar[:, x0:x1, :] = xp.reshape(y, (a3.shape[0], x1 - x0, ci))
+                a_bar = xp.reshape(a_bar, tuple(a.shape))
+            return a_bar, gw, gb
         gw = []
         for _, ad in shifted_copies(a, layout, r, inner=1):
             gw.append(xp.matrix_transpose(xp.astype(xp.reshape(ad, (-1, ci)), xp.float64)) @ zb64)

@@ -144,6 +144,30 @@ def test_convolution_matches_direct_sum():
     assert [d for d, _ in shifted_copies(a, lay, 1, inner=1)] == list(itertools.product(range(-1, 2), repeat=2))
 
 
+@pytest.mark.parametrize("gather_bytes", [None, 1])
+def test_gathered_convolution_equals_shifted_copies_forward_and_adjoint(monkeypatch, gather_bytes):
+    """The one-process (im2col) convolution and its adjoint against the shifted-copy path that
+    split layouts take, in 4d with kernel 3 (81 offsets); gather_bytes=1: one site per block."""
+    shape = (3, 2, 4, 2)
+    lay = Layout(shape)
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(2,) + shape + (3,))
+    w = rng.normal(size=(81, 3, 5))
+    b = rng.normal(size=(5,))
+    zb = rng.normal(size=(2,) + shape + (5,))
+    net = flows.ContextNet(4, 5, hidden=(), kernel_size=3)
+    if gather_bytes is not None:
+        monkeypatch.setattr(flows.ContextNet, "GATHER_BYTES", gather_bytes)
+    assert net._gathers(lay)
+    got = (net._conv(a, w, b, lay),) + net._conv_vjp(a, w, zb, lay)
+    with monkeypatch.context() as mp:
+        mp.setattr(flows.ContextNet, "_gathers", staticmethod(lambda layout: False))
+        want = (net._conv(a, w, b, lay),) + net._conv_vjp(a, w, zb, lay)
+    for g, r in zip(got, want):
+        assert g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-12 * np.max(np.abs(r)))
+
+
 def test_config_and_errors():
     net = flows.ContextNet(4, 7, hidden=(16,), kernel_size=3, loops=("plaquette",))
     assert net.param_shapes() == {"w0": (81, 12, 16), "b0": (16,), "w1": (81, 16, 7), "b1": (7,)}

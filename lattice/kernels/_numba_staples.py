@@ -166,30 +166,27 @@ def _vjp_units(S, Tsrc, units, tbl, V, Rb, Dsrc, Sb, Tdst):
                 _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
                 _nn(sa, tab, yab, n)
                 _nn(sb, tba, yba, n)
-                gab[:, :, :, :n] = 0.0
-                gba[:, :, :, :n] = 0.0
-                ga[:, :, :, :n] = 0.0
-                gb[:, :, :, :n] = 0.0
-                gtab[:, :, :, :n] = 0.0
-                gtba[:, :, :, :n] = 0.0
-                if w[_D1] >= 0:                                 # pair (a, b): R = Y_ba T_ab^dag, D = S_b^dag Y_ab
-                    _load(Rb, w[_R1], base, tbl, 0, x0, rb, n)
-                    _load(Dsrc, w[_D1], base, tbl, w[_D1T], x0, db, n)
-                    _nn_acc(rb, tab, gba, n)                    # Yba_b += Rb T_ab
-                    _dn_acc(rb, yba, gtab, n)                   # T_ab_b += Rb^dag Y_ba
-                    _nd_acc(yab, db, gb, n)                     # S_b_b += Y_ab Db^dag
-                    _nn_acc(sb, db, gab, n)                     # Yab_b += S_b Db
+                # pair (a, b), present in every unit: R = Y_ba T_ab^dag, D = S_b^dag Y_ab
+                _load(Rb, w[_R1], base, tbl, 0, x0, rb, n)
+                _load(Dsrc, w[_D1], base, tbl, w[_D1T], x0, db, n)
+                _nn(rb, tab, gba, n)                            # Yba_b = Rb T_ab
+                _dn(rb, yba, gtab, n)                           # T_ab_b = Rb^dag Y_ba
+                _nd(yab, db, gb, n)                             # S_b_b = Y_ab Db^dag
+                _nn(sb, db, gab, n)                             # Yab_b = S_b Db
                 if w[_D2] >= 0:                                 # pair (b, a): R = Y_ab T_ba^dag, D = S_a^dag Y_ba
                     _load(Rb, w[_R2], base, tbl, 0, x0, rb, n)
                     _load(Dsrc, w[_D2], base, tbl, w[_D2T], x0, db, n)
                     _nn_acc(rb, tba, gab, n)                    # Yab_b += Rb T_ba
-                    _dn_acc(rb, yab, gtba, n)                   # T_ba_b += Rb^dag Y_ab
-                    _nd_acc(yba, db, ga, n)                     # S_a_b += Y_ba Db^dag
+                    _dn(rb, yab, gtba, n)                       # T_ba_b = Rb^dag Y_ab
+                    _nd(yba, db, ga, n)                         # S_a_b = Y_ba Db^dag
                     _nn_acc(sa, db, gba, n)                     # Yba_b += S_a Db
-                _nd_acc(gab, tab, ga, n)                        # Y_ab = S_a T_ab: S_a_b += Yab_b T_ab^dag
-                _dn_acc(sa, gab, gtab, n)                       #                  T_ab_b += S_a^dag Yab_b
-                _nd_acc(gba, tba, gb, n)                        # Y_ba = S_b T_ba: S_b_b += Yba_b T_ba^dag
-                _dn_acc(sb, gba, gtba, n)                       #                  T_ba_b += S_b^dag Yba_b
+                    _nd_acc(gab, tab, ga, n)                    # Y_ab = S_a T_ab: S_a_b += Yab_b T_ab^dag
+                    _dn_acc(sb, gba, gtba, n)                   # Y_ba = S_b T_ba: T_ba_b += S_b^dag Yba_b
+                else:
+                    _nd(gab, tab, ga, n)
+                    _dn(sb, gba, gtba, n)
+                _dn_acc(sa, gab, gtab, n)                       # Y_ab: T_ab_b += S_a^dag Yab_b
+                _nd_acc(gba, tba, gb, n)                        # Y_ba: S_b_b += Yba_b T_ba^dag
                 _store_acc(ga, Sb, w[_A], base, tbl, 0, x0, n)
                 _store_acc(gb, Sb, w[_B], base, tbl, 0, x0, n)
                 _store_acc(gtab, Tdst, w[_TAB], base, tbl, w[_TABT], x0, n)
