@@ -163,6 +163,50 @@ def _make_matmul3(da: bool, db: bool):
 _MATMUL3 = {(da, db): _make_matmul3(da, db) for da in (False, True) for db in (False, True)}
 
 
+def _make_matmul3_strided(da: bool, db: bool):
+    """C[p, q] = op(A[p, q]) op(B[p, q]) on 4-d views (P, Q, 3, 3) with any strides: link
+    slices U[..., mu, ...] and other views are read in place instead of copied."""
+    @numba.jit(**_FLAGS)
+    def kernel(A, B, C):
+        for p in range(A.shape[0]):
+            for q in range(A.shape[1]):
+                for i in range(3):
+                    if da:
+                        x0, x1, x2 = A[p, q, 0, i].conjugate(), A[p, q, 1, i].conjugate(), A[p, q, 2, i].conjugate()
+                    else:
+                        x0, x1, x2 = A[p, q, i, 0], A[p, q, i, 1], A[p, q, i, 2]
+                    for j in range(3):
+                        if db:
+                            y0, y1, y2 = B[p, q, j, 0].conjugate(), B[p, q, j, 1].conjugate(), B[p, q, j, 2].conjugate()
+                        else:
+                            y0, y1, y2 = B[p, q, 0, j], B[p, q, 1, j], B[p, q, 2, j]
+                        C[p, q, i, j] = x0 * y0 + x1 * y1 + x2 * y2
+    return kernel
+
+
+_MATMUL3_STRIDED = {(da, db): _make_matmul3_strided(da, db) for da in (False, True) for db in (False, True)}
+
+
+def _strided_views(lead, A, B):
+    """(P, Q, 3, 3) views of A and B (same lead shape, any strides) whose lead axes merge into at
+    most two strided axes in both, or None."""
+    groups = []
+    for ax, n in enumerate(lead):
+        if n == 1:
+            continue
+        st = (A.strides[ax], B.strides[ax])
+        if groups and groups[-1][1] == (st[0] * n, st[1] * n):
+            groups[-1] = (groups[-1][0] * n, st)
+        else:
+            groups.append((n, st))
+    if len(groups) > 2:
+        return None
+    groups = [(1, (0, 0))] * (2 - len(groups)) + groups
+    shape = (groups[0][0], groups[1][0], 3, 3)
+    return [np.lib.stride_tricks.as_strided(X, shape, (groups[0][1][k], groups[1][1][k]) + X.strides[-2:])
+            for k, X in enumerate((A, B))]
+
+
 def matmul(A, B, da: bool, db: bool):
     """Colour-last product, or None where this path does not apply (N != 3)."""
     if A.shape[-1] != 3 or B.shape[-1] != 3 or A.shape[-2] != 3 or B.shape[-2] != 3:
@@ -171,8 +215,16 @@ def matmul(A, B, da: bool, db: bool):
     dtype = np.result_type(A.dtype, B.dtype)
     if dtype.kind != "c":
         return None
+    C = np.empty(lead + (3, 3), dtype=dtype)
+    contiguous = A.flags.c_contiguous and B.flags.c_contiguous
+    if not contiguous and tuple(A.shape[:-2]) == lead and tuple(B.shape[:-2]) == lead and \
+            A.dtype == dtype and B.dtype == dtype:
+        views = _strided_views(lead, A, B)
+        if views is not None:
+            P, Q = views[0].shape[:2]
+            _MATMUL3_STRIDED[(bool(da), bool(db))](views[0], views[1], C.reshape(P, Q, 3, 3))
+            return C
     a = np.ascontiguousarray(np.broadcast_to(A, lead + (3, 3)) if tuple(A.shape[:-2]) != lead else A, dtype=dtype)
     b = np.ascontiguousarray(np.broadcast_to(B, lead + (3, 3)) if tuple(B.shape[:-2]) != lead else B, dtype=dtype)
-    C = np.empty(lead + (3, 3), dtype=dtype)
     _MATMUL3[(bool(da), bool(db))](a.reshape(-1, 3, 3), b.reshape(-1, 3, 3), C.reshape(-1, 3, 3))
     return C
