@@ -215,7 +215,7 @@ class ContextNet(Module):
     # ------------------------------------------------------------------ convolutions
     #: bytes of one gathered neighbourhood block (one-process convolutions): sites are processed
     #: in blocks so that (batch x block sites) x (k^Nd C) stays below this
-    GATHER_BYTES = 32 * 2**20
+    GATHER_BYTES = 4 * 2**20
 
     @staticmethod
     def _gathers(layout):
