@@ -6,7 +6,8 @@ Records (thread count in every record, ``--threads``, default 1):
 * ``su3 product``: ``kernels.mul`` (colour-first, compiled) against stacked colour-last ``@``
   (the reference), and as a fraction of the copy-bandwidth roofline (27 complex numbers moved
   per product: 18 read, 9 written);
-* ``eigh 3x3`` / ``polar 3x3``: closed forms against LAPACK ``eigh`` / ``svd``;
+* ``eigh 3x3`` / ``polar 3x3``: closed forms against LAPACK ``eigh`` / ``svd``; ``expm su(3)``:
+  the compiled per-matrix exponential against the array-API reference;
 * ``transported staples``: one staple layer's S^L, S^R (and the adjoint) with the fused
   one-process kernel against the array-API reference, and its GFLOP/s;
 * ``staple net fwd+vjp``: the colour-first pair-batched network against the colour-last one it
@@ -72,6 +73,15 @@ def _primitive_records(quick):
     r, _, t_fast, _ = _pairs(lambda: np.linalg.svd(X), lambda: kernels.polar(X), n)
     recs.append({"name": f"polar 3x3 x{M // 4}", "seconds": t_fast, "reference": "LAPACK svd", "ratio": r,
                  "speedup": 1 / r})
+    from lattice import su_n
+    P = su_n.project_algebra(X)
+
+    def expm_ref():
+        with kernels.reference_only():
+            su_n.expm(P)
+    r, _, t_fast, _ = _pairs(expm_ref, lambda: kernels.expm(P), n)
+    recs.append({"name": f"expm su(3) x{M // 4}", "seconds": t_fast, "reference": "array-API Cayley-Hamilton series",
+                 "ratio": r, "speedup": 1 / r})
     return recs
 
 

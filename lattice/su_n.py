@@ -21,7 +21,7 @@ from .backend import namespace, from_host
 
 __all__ = [
     "dagger", "trace", "eye_like", "traceless", "project_algebra", "generators",
-    "to_coords", "from_coords", "expm", "det", "remove_det_phase", "project_su", "project_u", "polar_svd",
+    "to_coords", "from_coords", "expm", "expm_reference", "det", "remove_det_phase", "project_su", "project_u", "polar_svd",
     "reunitarize", "gram_schmidt", "check_su_n", "unitarity_violation", "force_from_cotangent",
     "cotangent_from_force", "inner", "random_algebra", "InvalidGaugeField",
 ]
@@ -251,6 +251,17 @@ def check_su_n(U, tol: float | None = None, what: str = "gauge field"):
 
 def expm(X, terms: int = 18):
     """exp(X) for stacked N x N matrices of moderate norm (exact to rounding for su(N)).
+
+    Computed by :func:`lattice.kernels.expm` (compiled per matrix for N = 3 on NumPy); its
+    reference is :func:`expm_reference`, documented here.
+    """
+    from .kernels import expm as _kernel_expm
+    return _kernel_expm(X, terms)
+
+
+def expm_reference(X, terms: int = 18):
+    """exp(X) for stacked N x N matrices of moderate norm (array-API reference of
+    :func:`expm`).
 
     Cayley-Hamilton power series with scaling and squaring, one mechanism for every N:
     Y = X / 2^s with ||Y||_F <= 1; the characteristic polynomial of Y (Newton's identities

@@ -297,3 +297,45 @@ def test_colour_last_matmul_reads_strided_views_in_place(single):
                 got = kernels.matmul(A, B, da=da, db=db)
                 assert got.dtype == dtype and got.shape == (a @ b).shape
                 assert np.max(np.abs(got - a @ b)) < TOL[dtype] * 10
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.5, 3.0, 40.0])
+@pytest.mark.parametrize("kind", ["su3", "general"])
+def test_expm_closed_form_equals_reference_and_scipy(scale, kind):
+    """kernels.expm (compiled N = 3 path) against the array-API reference and against
+    scipy.linalg.expm, for su(3) elements (the HMC's case: result in SU(3)) and general complex
+    matrices, small to large norms (scaling and squaring)."""
+    import scipy.linalg
+    from lattice import su_n
+    rng = np.random.default_rng(int(scale * 1000) + len(kind))
+    X = _rand(rng, (5, 7, 3, 3))
+    if kind == "su3":
+        X = su_n.project_algebra(X)
+    X = scale * X / np.sqrt(np.sum(np.abs(X) ** 2, axis=(-2, -1), keepdims=True))
+    E = kernels.expm(X)
+    with kernels.reference_only():
+        R = su_n.expm(X)
+    S = np.stack([scipy.linalg.expm(x) for x in X.reshape(-1, 3, 3)]).reshape(X.shape)
+    tol = 1e-13 * max(1.0, float(np.max(np.abs(S))))
+    assert np.max(np.abs(E - S)) < tol
+    assert np.max(np.abs(E - R)) < tol
+    if kind == "su3":
+        assert float(np.max(su_n.unitarity_violation(E))) < 1e-13
+
+
+def test_expm_single_precision_and_nonfinite_input():
+    from lattice import su_n
+    rng = np.random.default_rng(21)
+    X = su_n.project_algebra(_rand(rng, (50, 3, 3)))
+    E = kernels.expm(X.astype(np.complex64))
+    assert E.dtype == np.complex64
+    with kernels.reference_only():
+        assert np.max(np.abs(E - su_n.expm(X))) < 2e-5
+    X[3, 1, 2] = np.nan
+    for ref in (False, True):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            if ref:
+                with kernels.reference_only():
+                    su_n.expm(X)
+            else:
+                kernels.expm(X)

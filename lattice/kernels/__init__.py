@@ -45,12 +45,13 @@ from __future__ import annotations
 from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, real_mix, matmul
 from .eigh3 import eigh, polar
+from .expm3 import expm
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
 from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference,
                            transported_staples, transported_staples_vjp)
 
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
-           "real_inner", "real_mix", "matmul", "eigh", "polar", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
+           "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
            "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp"]
