@@ -108,6 +108,15 @@ _nd_acc = _make_split_mul(False, True, True)
 
 
 @numba.jit(**_FLAGS)
+def _load_unit(S, Tsrc, w, base, tbl, x0, sa, sb, tab, tba, n):
+    """The four operands of a unit's block: S_a, S_b and T_ab, T_ba through their tables."""
+    _load(S, w[_A], base, tbl, 0, x0, sa, n)
+    _load(S, w[_B], base, tbl, 0, x0, sb, n)
+    _load(Tsrc, w[_TAB], base, tbl, w[_TABT], x0, tab, n)
+    _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
+
+
+@numba.jit(**_FLAGS)
 def _forward_units(S, Tsrc, units, tbl, V, Ddst, R):
     """(P1)-(P3) per unit: T_ab, T_ba read from Tsrc; D written to Ddst (through its table),
     R to R; Y_ab, Y_ba shared by both pairs. Arrays (3, 3, slots, rows * V); tbl (tables, V)
@@ -123,10 +132,7 @@ def _forward_units(S, Tsrc, units, tbl, V, Ddst, R):
             base = r * V
             for x0 in range(0, V, _BLOCK):
                 n = min(_BLOCK, V - x0)
-                _load(S, w[_A], base, tbl, 0, x0, sa, n)
-                _load(S, w[_B], base, tbl, 0, x0, sb, n)
-                _load(Tsrc, w[_TAB], base, tbl, w[_TABT], x0, tab, n)
-                _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
+                _load_unit(S, Tsrc, w, base, tbl, x0, sa, sb, tab, tba, n)
                 _nn(sa, tab, yab, n)                            # (P1) Y_ab = S_a T_ab
                 _nn(sb, tba, yba, n)                            #      Y_ba = S_b T_ba
                 if w[_D1] >= 0:                                 # pair (a, b)
@@ -160,10 +166,7 @@ def _vjp_units(S, Tsrc, units, tbl, V, Rb, Dsrc, Sb, Tdst):
             base = r * V
             for x0 in range(0, V, _BLOCK):
                 n = min(_BLOCK, V - x0)
-                _load(S, w[_A], base, tbl, 0, x0, sa, n)
-                _load(S, w[_B], base, tbl, 0, x0, sb, n)
-                _load(Tsrc, w[_TAB], base, tbl, w[_TABT], x0, tab, n)
-                _load(Tsrc, w[_TBA], base, tbl, w[_TBAT], x0, tba, n)
+                _load_unit(S, Tsrc, w, base, tbl, x0, sa, sb, tab, tba, n)
                 _nn(sa, tab, yab, n)
                 _nn(sb, tba, yba, n)
                 # pair (a, b), present in every unit: R = Y_ba T_ab^dag, D = S_b^dag Y_ab
