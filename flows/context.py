@@ -256,27 +256,29 @@ class ContextNet(Module):
             out = y if out is None else out + y
         return xp.reshape(out + b, lead + (co,))
 
-    def _conv_vjp(self, a, w, z_bar, layout, need_input=True):
+    def _conv_vjp(self, a, w, z_bar, layout, need_input=True, need_params=True):
+        """(a_bar, gw, gb) of one convolution; gw and gb are None unless ``need_params``."""
         xp = namespace(a)
         r = (self.kernel_size - 1) // 2
         ci, co = w.shape[-2], w.shape[-1]
         zb = xp.reshape(z_bar, (-1, co))
-        zb64 = xp.astype(zb, xp.float64)
-        gb = xp.sum(zb64, axis=0)
+        zb64 = xp.astype(zb, xp.float64) if need_params else None
+        gb = xp.sum(zb64, axis=0) if need_params else None
         if self._gathers(layout):
             n_off = w.shape[0]
             dev = getattr(a, "device", None)
             V = math.prod(layout.local_shape)
             a3 = xp.reshape(a, (-1, V, ci))
             z3 = xp.reshape(z_bar, (-1, V, co))
-            z64 = xp.reshape(zb64, (-1, V, co))
-            idx = _neighbourhood_index(layout.local_shape, r, +1, xp, dev)
             gw = None
-            for x0, x1 in self._site_blocks(a3, n_off):          # gw[d] = sum_x a(x + d)^T z_bar(x)
-                G = xp.astype(self._gathered(a3, idx, x0, x1, n_off), xp.float64, copy=False)
-                g = xp.matrix_transpose(G) @ xp.reshape(z64[:, x0:x1, :], (-1, co))
-                gw = g if gw is None else gw + g
-            gw = xp.reshape(gw, (n_off, ci, co))
+            if need_params:                                       # gw[d] = sum_x a(x + d)^T z_bar(x)
+                z64 = xp.reshape(zb64, (-1, V, co))
+                idx = _neighbourhood_index(layout.local_shape, r, +1, xp, dev)
+                for x0, x1 in self._site_blocks(a3, n_off):
+                    G = xp.astype(self._gathered(a3, idx, x0, x1, n_off), xp.float64, copy=False)
+                    g = xp.matrix_transpose(G) @ xp.reshape(z64[:, x0:x1, :], (-1, co))
+                    gw = g if gw is None else gw + g
+                gw = xp.reshape(gw, (n_off, ci, co))
             a_bar = None
             if need_input:                                        # a_bar(y) = sum_d z_bar(y - d) w[d]^T
                 idx_m = _neighbourhood_index(layout.local_shape, r, -1, xp, dev)
@@ -287,10 +289,10 @@ class ContextNet(Module):
                     a_bar[:, x0:x1, :] = xp.reshape(y, (a3.shape[0], x1 - x0, ci))
                 a_bar = xp.reshape(a_bar, tuple(a.shape))
             return a_bar, gw, gb
-        gw = []
-        for _, ad in shifted_copies(a, layout, r, inner=1):
-            gw.append(xp.matrix_transpose(xp.astype(xp.reshape(ad, (-1, ci)), xp.float64)) @ zb64)
-        gw = xp.stack(gw, axis=0)
+        gw = None
+        if need_params:
+            gw = xp.stack([xp.matrix_transpose(xp.astype(xp.reshape(ad, (-1, ci)), xp.float64)) @ zb64
+                           for _, ad in shifted_copies(a, layout, r, inner=1)], axis=0)
         a_bar = None
         if need_input:
             for j, (_, zd) in enumerate(shifted_copies(z_bar, layout, r, inner=1, sign=-1)):
@@ -321,7 +323,9 @@ class ContextNet(Module):
                 a = z
         return (a,), (fctx, acts, derivs)
 
-    def vjp(self, params, ctx, out_bar):
+    def vjp(self, params, ctx, out_bar, *, need_params: bool = True):
+        """((U_bar, None), grads); with ``need_params=False`` the parameter cotangents are not
+        formed (zeros are returned): the convolutions only pull back to their inputs."""
         fctx, acts, derivs = ctx
         layout = fctx[0]
         xp = namespace(acts[0])
@@ -333,9 +337,13 @@ class ContextNet(Module):
         n_conv = len(self.channels) - 1
         for i in reversed(range(n_conv)):
             w = xp.astype(params[f"w{i}"], rdt)
-            a_bar, gw, gb = self._conv_vjp(acts[i], w, zb, layout)
-            grads[f"w{i}"] = xp.astype(gw, params[f"w{i}"].dtype)
-            grads[f"b{i}"] = xp.astype(gb, params[f"b{i}"].dtype)
+            a_bar, gw, gb = self._conv_vjp(acts[i], w, zb, layout, need_params=need_params)
+            if need_params:
+                grads[f"w{i}"] = xp.astype(gw, params[f"w{i}"].dtype)
+                grads[f"b{i}"] = xp.astype(gb, params[f"b{i}"].dtype)
+            else:
+                grads[f"w{i}"] = xp.zeros(params[f"w{i}"].shape, dtype=params[f"w{i}"].dtype)
+                grads[f"b{i}"] = xp.zeros(params[f"b{i}"].shape, dtype=params[f"b{i}"].dtype)
             zb = a_bar * derivs[i - 1] if i > 0 else a_bar
         U_bar = self.features_vjp(fctx, zb)
         return (U_bar, None), grads

@@ -321,7 +321,8 @@ class CouplingLayer(MaskedLayer, Module):
             # staples
             if self.loops == "learned":
                 S_bar = scatter_active(project_su_vjp(d["pctx"], Sh_bar), s, mu, nb, None)
-                (Ub, _), g = self.staples[mu].vjp(sub_params(f"staples{mu}", params), d["sctx"], S_bar)
+                (Ub, _), g = self.staples[mu].vjp(sub_params(f"staples{mu}", params), d["sctx"], S_bar,
+                                                  need_params=need_params)
                 if need_params:
                     add_grads(grads, g, f"staples{mu}")
                 X_extra = Ub if X_extra is None else X_extra + Ub
@@ -335,7 +336,8 @@ class CouplingLayer(MaskedLayer, Module):
                     in_links[nu] = in_links[nu] + b
         # context
         cb = xp.concat(c_cols, axis=-1) if len(c_cols) > 1 else c_cols[0]
-        (Uc, _), g = self.context.vjp(sub_params("context", params), ctx["cctx"], xp.astype(cb, cb.dtype))
+        (Uc, _), g = self.context.vjp(sub_params("context", params), ctx["cctx"], xp.astype(cb, cb.dtype),
+                                      need_params=need_params)
         if need_params:
             add_grads(grads, g, "context")
         out = stack_links(in_links, layout) + Uc

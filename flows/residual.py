@@ -518,7 +518,7 @@ class ResidualLayer(MaskedLayer, Module):
         out = stack_links(in_links, layout)
         if self.context is not None:
             hb = scatter_active(zb, s, mu, nb)
-            (Uc, _), g = self.context.vjp(sub_params("context", params), fr["cctx"], hb)
+            (Uc, _), g = self.context.vjp(sub_params("context", params), fr["cctx"], hb, need_params=need_params)
             if need_params:
                 add_grads(grads, g, "context")
             out = out + Uc

@@ -303,7 +303,10 @@ class StapleNet(Module):
             kernels.transported_staples_vjp(S, layout, i_mu, i_nu, aug_bar=AB, i_L=i_L, i_R=i_R, S_bar=S_bar)
         return S_bar
 
-    def vjp(self, params, ctx, S_bar):
+    def vjp(self, params, ctx, S_bar, *, need_params: bool = True):
+        """((U_bar, None), grads). With ``need_params=False`` (a path-gradient inverse VJP)
+        the coefficient cotangents are not formed (zeros are returned), so neither the
+        real inner products nor, with ``save_memory``, the recomputed augmented vectors."""
         layout, keep, saved = ctx
         S0 = saved[0][0]
         xp = namespace(S0)
@@ -316,16 +319,19 @@ class StapleNet(Module):
         for i in reversed(range(self.n_layers)):
             S, aug = saved[i]
             c = params[f"c{i}"]
-            if aug is None:                                       # recomputed (save_memory=True)
-                aug = self._augment(S, i, layout)
-            n_dirs, n_aug = aug.shape[2], aug.shape[3] * aug.shape[4]
+            n_dirs = len(self.dirs[i])
+            aug_shape = (N, N, n_dirs, self.n_blocks) + tuple(S.shape[3:])
             ob_f = xp.reshape(ob, (N, N, n_dirs, ob.shape[3], -1))             # (N, N, d, K_out, M)
-            aug_f = xp.reshape(aug, (N, N, n_dirs, n_aug, -1))                 # (N, N, d, n_aug, M)
-            # c_bar = Re sum_{colour, M} conj(ob) aug, accumulated in double precision
-            p = params[f"c{i}"]
-            g = kernels.real_inner(ob_f, aug_f)                                # (N, N, d, K_out, n_aug)
-            grads[f"c{i}"] = xp.astype(xp.sum(g, axis=(0, 1)), p.dtype)
-            aug_bar = xp.reshape(kernels.real_mix(c, ob_f, transpose=True), tuple(aug.shape))
+            if need_params:
+                if aug is None:                                   # recomputed (save_memory=True)
+                    aug = self._augment(S, i, layout)
+                aug_f = xp.reshape(aug, (N, N, n_dirs, aug.shape[3] * aug.shape[4], -1))
+                # c_bar = Re sum_{colour, M} conj(ob) aug, accumulated in double precision
+                g = kernels.real_inner(ob_f, aug_f)                            # (N, N, d, K_out, n_aug)
+                grads[f"c{i}"] = xp.astype(xp.sum(g, axis=(0, 1)), c.dtype)
+            else:
+                grads[f"c{i}"] = xp.zeros(c.shape, dtype=c.dtype)
+            aug_bar = xp.reshape(kernels.real_mix(c, ob_f, transpose=True), aug_shape)
             ob = self._augment_vjp(S, i, aug_bar, layout)
         Ub = [kernels.colour_last(keep[mu] * ob[:, :, mu, 0, ...]) for mu in range(self.Nd)]
         return (stack_links(Ub, layout), None), grads

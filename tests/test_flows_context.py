@@ -208,3 +208,21 @@ def test_array_api_strict():
     (Ubh, _), gh = net.vjp(ph, ctxh, oh)
     np.testing.assert_allclose(np.asarray(o), oh, atol=1e-13)
     np.testing.assert_allclose(np.asarray(Ub), Ubh, atol=1e-12)
+
+
+def test_vjp_without_parameter_cotangents_gives_the_same_link_cotangent():
+    """need_params=False (path-gradient inverse VJPs) skips the weight cotangents: the link
+    cotangent is unchanged and the parameter cotangents are zeros of the right shapes."""
+    shape = (3, 2, 4, 2)
+    lay = Layout(shape)
+    U = random_gauge(shape, N=3, batch=(2,), seed=5)
+    mask = _random_mask(6, lay)
+    net = flows.ContextNet(4, 3, hidden=(4,), loops=("plaquette",))
+    params = _perturbed(net.init(Rng(7)), 8)
+    (out,), ctx = net.forward(params, U, mask, layout=lay)
+    ob = np.random.default_rng(9).normal(size=out.shape)
+    (Ub, _), g = net.vjp(params, ctx, ob)
+    (Ub2, _), g2 = net.vjp(params, ctx, ob, need_params=False)
+    np.testing.assert_array_equal(Ub2, Ub)
+    assert set(g2) == set(g) and all(g2[k].shape == g[k].shape and not np.any(g2[k]) for k in g)
+    assert any(np.any(g[k]) for k in g)

@@ -283,3 +283,23 @@ def test_equals_the_colour_last_implementation_it_replaced(Nd, N, n_layers, save
         assert np.max(np.abs(U_new - U_old)) < 1e-11
         for k in params:
             assert np.max(np.abs(g_new[k] - g_old[k])) < 1e-10 * max(1.0, float(np.max(np.abs(g_old[k]))))
+
+
+@pytest.mark.parametrize("save_memory", [False, True])
+def test_vjp_without_parameter_cotangents_gives_the_same_link_cotangent(save_memory):
+    """need_params=False (path-gradient inverse VJPs): same link cotangent, zero coefficient
+    cotangents of the right shapes, and with save_memory no augmented vector is recomputed."""
+    lay, U = _setup(4, 3, 0, 11)
+    net = flows.StapleNet(4, 1, width=3, n_layers=2, save_memory=save_memory)
+    params = net.init(Rng(12))
+    mask = _random_mask(13, lay)
+    (S,), ctx = net.forward(params, U, mask, layout=lay)
+    Sb = np.random.default_rng(14).normal(size=S.shape) + 1j * np.random.default_rng(15).normal(size=S.shape)
+    (Ub, _), g = net.vjp(params, ctx, Sb)
+    calls = []
+    real_augment = net._augment
+    net._augment = lambda *a: calls.append(1) or real_augment(*a)
+    (Ub2, _), g2 = net.vjp(params, ctx, Sb, need_params=False)
+    np.testing.assert_array_equal(Ub2, Ub)
+    assert not calls
+    assert set(g2) == set(g) and all(g2[k].shape == g[k].shape and not np.any(g2[k]) for k in g)
