@@ -1,7 +1,8 @@
 """Array backend: namespaces, dtype policy, host transfer and counter-based random numbers.
 
-This is the only module of ``lattice/``, ``flows/`` and ``fermions/`` that imports NumPy
-(besides the backend-specific fast paths of :mod:`lattice.kernels`).
+This is the only module of ``lattice/``, ``flows/`` and ``fermions/`` that imports NumPy; the
+NumPy/Numba fast paths of :mod:`lattice.kernels` (``_numpy.py``, ``_numba*.py``) and the host
+staging of ``_cupy*.py`` take the module from here (``from lattice.backend import np``).
 Everything else obtains its array namespace with :func:`namespace` (the array API standard,
 via ``array_api_compat``), so the same code runs on NumPy (CPU), CuPy (GPU) and
 ``array_api_strict`` (the standard's reference implementation, used by the tests).

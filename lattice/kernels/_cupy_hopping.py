@@ -22,7 +22,7 @@ import functools
 import math
 
 import cupy  # this module is imported only for CuPy arrays
-import numpy as np
+from lattice.backend import np  # NumPy itself: lattice.backend holds the one import
 
 _PREAMBLE = r"""
 template <typename C>
@@ -153,14 +153,11 @@ def face_products(psi, W, mu: int, s: int):
     backward hops (the faces a rank sends for its neighbour's ghost layers,
     :mod:`lattice.kernels.hopping`); same contract as
     :func:`lattice.kernels._numba_hopping.face_products`."""
-    if psi.ndim < 6 or W.ndim < 6 or psi.shape[-5] != 3 or tuple(W.shape[-6:-4]) != (3, 3):
+    from lattice.kernels.hopping import face_operands
+    shapes = face_operands(psi, W, cupy.result_type)
+    if shapes is None:
         return None
-    dtype = cupy.result_type(psi.dtype, W.dtype)
-    if dtype not in (cupy.complex64, cupy.complex128):
-        return None
-    sites = tuple(int(x) for x in psi.shape[-4:])
-    full = tuple(np.broadcast_shapes(tuple(psi.shape[:-6]), tuple(W.shape[:-6])))
-    bu = tuple(W.shape[:-6])
+    dtype, sites, full, bu = shapes
     n, B, Bu = math.prod(sites), math.prod(full), math.prod(bu)
     out = cupy.empty(full + (2, 3) + sites, dtype=dtype)
     if n and B:
@@ -187,21 +184,11 @@ def prepare(links, dtype):
     return cupy.ascontiguousarray(cupy.stack([cupy.asarray(w, dtype=dtype).reshape(Bu, 9, V) for w in links])).reshape(-1)
 
 
-def _prepared(links, dtype, cache, key):
-    if cache is None:
-        return prepare(links, dtype)
-    k = ("cupy", key, cupy.dtype(dtype).str)
-    W = cache.get(k)
-    if W is None:
-        W = cache[k] = prepare(links, dtype)
-    return W
-
-
 def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
                row_parity: int = 0):
     """(up, dn) of H psi, same contract as :func:`lattice.kernels._numba_hopping.wilson_hop`
     (None for inputs it does not handle)."""
-    from lattice.kernels.hopping import fast_operands
+    from lattice.kernels.hopping import fast_operands, prepared_links
     shapes = fast_operands(psi, Wt, Ws, cupy.result_type)
     if shapes is None:
         return None
@@ -217,8 +204,8 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         Bu = math.prod(bu)
         ub = cupy.ascontiguousarray(cupy.broadcast_to(cupy.arange(Bu, dtype=cupy.int64).reshape(bu), full)).reshape(-1)
         eo = target is not None
-        wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))
-        ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
+        wt = prepared_links("cupy", prepare, Wt, dtype, cache, "full" if target is None else int(target))
+        ws = wt if Ws is Wt else prepared_links("cupy", prepare, Ws, dtype, cache, 1 - int(target))
         p = (int(target) + int(row_parity)) % 2 if eo else 0
         _kernel()(P, wt, ws, ub, Bu, *sites, eo, p, 1 if dagger else -1, out.reshape(-1),
                   size=B * V)

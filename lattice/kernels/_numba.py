@@ -12,7 +12,7 @@ the dense products, ``job.threads``).
 from __future__ import annotations
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 _FLAGS = dict(nopython=True, nogil=True, cache=True, boundscheck=False,
               fastmath={"reassoc", "contract", "nsz", "arcp"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from .eigh3 import DEGENERATE, POLAR_MAX_COND
 from ._numba import _FLAGS

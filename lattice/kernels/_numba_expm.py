@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from ._numba import _FLAGS
 

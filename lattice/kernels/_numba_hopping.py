@@ -39,7 +39,7 @@ import math
 import threading
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from ._numba import _FLAGS
 
@@ -388,14 +388,11 @@ def face_products(psi, W, mu: int, s: int):
     hops of :func:`wilson_hop` compute it (the faces a rank sends for the ghost layers of its
     neighbour, :mod:`lattice.kernels.hopping`). psi (*bp, 4, 3, *slab), W (*bu, 3, 3, *slab);
     returns (*batch, 2, 3, *slab), or None where :func:`wilson_hop` would decline."""
-    if psi.ndim < 6 or W.ndim < 6 or psi.shape[-5] != 3 or tuple(W.shape[-6:-4]) != (3, 3):
+    from .hopping import face_operands
+    shapes = face_operands(psi, W, np.result_type)
+    if shapes is None:
         return None
-    dtype = np.result_type(psi.dtype, W.dtype)
-    if dtype not in (np.complex64, np.complex128):
-        return None
-    sites = tuple(int(x) for x in psi.shape[-4:])
-    full = tuple(np.broadcast_shapes(tuple(psi.shape[:-6]), tuple(W.shape[:-6])))
-    bu = tuple(W.shape[:-6])
+    dtype, sites, full, bu = shapes
     n, B, Bu = math.prod(sites), math.prod(full), math.prod(bu)
     out = np.empty(full + (2, 3) + sites, dtype=dtype)
     if n and B:
@@ -464,16 +461,6 @@ def _scratch(rdt, nb, Q):
     return bufs[1:]
 
 
-def _prepared(links, dtype, cache, key):
-    if cache is None:
-        return prepare(links, dtype)
-    k = ("numba", key, np.dtype(dtype).str)
-    W = cache.get(k)
-    if W is None:
-        W = cache[k] = prepare(links, dtype)
-    return W
-
-
 def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
                row_parity: int = 0):
     """(up, dn) of H psi (module docstring). psi (*bp, 4, 3, *sites); Wt[mu] / Ws[mu] the links
@@ -483,7 +470,7 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
     ``row_parity``: (x_1 + x_2 + x_3) mod 2 of the block's first site (nonzero for a block with
     ghost layers of a distributed half lattice, :mod:`lattice.kernels.hopping`).
     Returns None for inputs it does not handle (the caller uses the reference)."""
-    from .hopping import fast_operands
+    from .hopping import fast_operands, prepared_links
     shapes = fast_operands(psi, Wt, Ws, np.result_type)
     if shapes is None:
         return None
@@ -502,8 +489,9 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         else:
             ub = np.ascontiguousarray(np.broadcast_to(np.arange(Bu, dtype=np.int64).reshape(bu), full).reshape(-1))
         eo = target is not None
-        wt = _prepared(Wt, dtype, cache, "full" if target is None else int(target))   # key: parity of the sites
-        ws = wt if Ws is Wt else _prepared(Ws, dtype, cache, 1 - int(target))
+        wt = prepared_links("numba", prepare, Wt, dtype, cache,
+                            "full" if target is None else int(target))   # key: parity of the sites
+        ws = wt if Ws is Wt else prepared_links("numba", prepare, Ws, dtype, cache, 1 - int(target))
         Q = sites[2] * sites[3]
         nb = _planes_per_chunk(sites[1], Q)
         rt = P.dtype.type

@@ -5,7 +5,7 @@ import functools
 import math
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from ._numba import _FLAGS
 from .shift import BLOCK

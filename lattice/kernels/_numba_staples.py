@@ -22,7 +22,7 @@ N = 3 only (else the caller composes).
 from __future__ import annotations
 
 import numba
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from ._numba import _FLAGS
 

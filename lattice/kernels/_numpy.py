@@ -2,7 +2,7 @@
 real-GEMM forms of :func:`lattice.kernels.real_inner` and :func:`lattice.kernels.real_mix`."""
 from __future__ import annotations
 
-import numpy as np
+from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 
 def contiguous(X):

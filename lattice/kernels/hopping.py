@@ -135,6 +135,45 @@ def wilson_hop_reference(psi, U_fwd, Udag_bwd, fetch, proj, *, dagger: bool = Fa
 
 
 # ---------------------------------------------------------------------------- dispatch
+def face_operands(psi, W, result_type):
+    """Shapes of a face-product call the compiled paths handle: ``(dtype, sites, full, bu)``
+    (common complex dtype, slab extents, broadcast batch shape, batch shape of W), or None
+    (N != 3, other dtypes). psi (*bp, 4, 3, *slab), W (*bu, 3, 3, *slab)."""
+    if psi.ndim < 6 or W.ndim < 6 or psi.shape[-5] != 3 or tuple(W.shape[-6:-4]) != (3, 3):
+        return None
+    dtype = result_type(psi.dtype, W.dtype)
+    if dtype.kind != "c" or dtype.itemsize not in (8, 16):
+        return None
+    sites = tuple(int(x) for x in psi.shape[-4:])
+    bp, bu = tuple(psi.shape[:-6]), tuple(W.shape[:-6])
+    full = _broadcast_shapes(bp, bu)
+    return dtype, sites, full, bu
+
+
+def _broadcast_shapes(a, b):
+    """Broadcast of two shape tuples (array-API rules), without a backend library."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            raise ValueError(f"shapes {a} and {b} do not broadcast")
+        out.append(max(x, y) if 1 in (x, y) else x)
+    return tuple(out)
+
+
+def prepared_links(tag, prepare, links, dtype, cache, key):
+    """``prepare(links, dtype)`` (a compiled path's packed link layout), kept in ``cache`` (the
+    dict that lives with the links) under (tag, key, dtype) so repeated calls reuse it."""
+    if cache is None:
+        return prepare(links, dtype)
+    k = (tag, key, getattr(dtype, "str", str(dtype)))
+    W = cache.get(k)
+    if W is None:
+        W = cache[k] = prepare(links, dtype)
+    return W
+
+
 def fast_operands(psi, Wt, Ws, result_type):
     """Shapes of a hopping call the compiled paths handle: ``(sites, dtype, bp, bu, full)``
     (site extents, common complex dtype, batch shapes of psi and of the links, broadcast
