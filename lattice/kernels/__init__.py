@@ -31,6 +31,12 @@ transported staples of a staple-network layer and their adjoint, one fused produ
 direction pair. :func:`periodic_shift` (:mod:`lattice.kernels.shift`): the local part of
 ``Layout.shift``, compiled where the site extents are short.
 
+Wilson lines at chosen sites
+----------------------------
+:func:`line_table` / :func:`line_sums` / :func:`line_sums_vjp` (:mod:`lattice.kernels.lines`):
+sums of Wilson lines (e.g. the staple sums of a residual layer) evaluated only at given start
+sites, read through neighbour tables on one process, and their adjoint.
+
 Wilson hopping term
 -------------------
 :func:`wilson_hop` / :func:`wilson_hop_eo` (:mod:`lattice.kernels.hopping`): the hopping term
@@ -46,6 +52,7 @@ from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, real_mix, matmul
 from .eigh3 import eigh, polar
 from .expm3 import expm
+from .lines import LineTable, line_table, neighbour_sites, line_sums, line_sums_vjp, line_sums_reference, line_sums_vjp_reference
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
 from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference,
@@ -54,4 +61,5 @@ from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_referenc
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
            "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
-           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp"]
+           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "LineTable", "line_table", "neighbour_sites",
+           "line_sums", "line_sums_vjp", "line_sums_reference", "line_sums_vjp_reference"]
