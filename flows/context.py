@@ -5,7 +5,8 @@ change. This network computes it from the *frozen* links only, in three steps:
 
 1. Features (gauge invariant). On the masked field S^(0)_mu(x) = (1 - m_mu(x)) U_mu(x)
    (m = 1 on every link the context must not see; at least the active links) it forms
-   untraced loops W_l(x) and takes
+   untraced loops W_l(x) (on one process :func:`lattice.kernels.line_sums` through index
+   tables, with split axes :func:`flows.paths.paths_fwd` with halo exchanges) and takes
 
        f_{2l}(x) = Re tr W_l(x) / N,     f_{2l+1}(x) = Im tr W_l(x) / N.
 
@@ -37,7 +38,7 @@ i = 0 .. len(hidden), with C_0 = number of features and C_last = n_out. Hidden l
 Xavier-normal (gain 1, fan_in = k^Nd C_i, fan_out = k^Nd C_{i+1}) with zero biases.
 
 VJP: with respect to all parameters and to the links U (through the features:
-d Re tr W / dU, via :func:`flows.paths.paths_vjp`), complex cotangents as in
+d Re tr W / dU), complex cotangents as in
 docs/design.md §7. Parameter cotangents are accumulated in float64.
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ from lattice.backend import namespace, real_dtype
 from lattice.layout import infer_gauge_layout, LayoutError
 from lattice.fields import links, stack_links
 from lattice.loops import plaquette_path, rectangle_path
-from lattice import su_n
+from lattice import su_n, kernels
 
 from .module import Module
 from .paths import paths_fwd, paths_vjp
@@ -144,6 +145,7 @@ class ContextNet(Module):
         self.loops = tuple(loops)
         self.activation = activation
         self.paths = context_loops(self.Nd, self.loops)
+        self._tables = {}
         self.n_features = 2 * len(self.paths)
         self.channels = (self.n_features,) + self.hidden + (self.n_out,)
         self.n_offsets = k ** self.Nd
@@ -190,8 +192,15 @@ class ContextNet(Module):
         xp = namespace(U)
         keep = staple_mask_factor(mask, layout, U)
         S0 = [keep[mu] * Ul for mu, Ul in enumerate(links(U, layout))]
-        Ws, pctx = paths_fwd(S0, [p for _, p in self.paths], layout)
         N = U.shape[-1]
+        if self._gathers(layout):           # one process: lines through index tables, no shifted copies
+            S0 = stack_links(S0, layout)
+            sites = tuple(S0.shape[:S0.ndim - layout.Nd - 3]) + tuple(layout.local_shape) + (N, N)
+            tables = self._line_tables(layout)
+            Ws = [xp.reshape(kernels.line_sums(S0, tb), sites) for tb in tables]
+            pctx = ("lines", S0, tables)
+        else:
+            Ws, pctx = paths_fwd(S0, [p for _, p in self.paths], layout)
         cols = []
         for W in Ws:
             t = su_n.trace(W) / N
@@ -207,10 +216,27 @@ class ContextNet(Module):
         for l in range(len(self.paths)):
             g = (xp.astype(F_bar[..., 2 * l], cdt) + 1j * xp.astype(F_bar[..., 2 * l + 1], cdt)) / N
             W_bars.append(g[..., None, None] * eye)
-        Sb = paths_vjp(pctx, W_bars)
+        if pctx[0] == "lines":
+            _, S0, tables = pctx
+            nl = S0.ndim - layout.Nd - 3
+            acc = None
+            for tb, Wb in zip(tables, W_bars):
+                Wb = xp.reshape(Wb, tuple(Wb.shape[:nl]) + (tb.n, N, N))
+                acc = kernels.line_sums_vjp(S0, tb, Wb, L_bar=acc)
+            Sb = links(acc, layout)
+        else:
+            Sb = paths_vjp(pctx, W_bars)
         lead = tuple(F_bar.shape[:-1]) + (N, N)
         Ub = [xp.zeros(lead, dtype=cdt) if b is None else keep[mu] * b for mu, b in enumerate(Sb)]
         return stack_links(Ub, layout)
+
+    def _line_tables(self, layout):
+        """One :class:`lattice.kernels.LineTable` per feature loop, started at every site
+        (cached per local block)."""
+        shape = tuple(layout.local_shape)
+        if shape not in self._tables:
+            self._tables[shape] = [kernels.line_table(shape, [p]) for _, p in self.paths]
+        return self._tables[shape]
 
     # ------------------------------------------------------------------ convolutions
     #: bytes of one gathered neighbourhood block (one-process convolutions): sites are processed

@@ -44,7 +44,9 @@ block triangular with these (N^2-1) x (N^2-1) blocks, and since e^{ad X} is orth
 
 exactly (float64, 8 x 8 determinants for SU(3)). ||D|| <= ||Xi|| <= rho < 1 and
 ||phi(ad X)|| <= 1, so the determinant is positive. phi is evaluated by its Taylor series in
-Horner form (``TAYLOR_TERMS`` = 20 terms; ||ad X|| <= 2 rho <= 1, error < 1/21!).
+Horner form with the fewest terms K whose remainder bound a^(K+1)/(K+2)! / (1 - a/(K+3)) is
+below ``PHI_SERIES_TOL`` = 1e-17, a = max ||ad X||_F over the batch (:func:`phi_terms`: 17 terms
+for ||ad X||_F <= 1, 6-9 near the identity where training starts).
 
 **Inverse** by the fixed-point iteration U <- exp(-X(U)) U' (Xi depends on frozen links only,
 which the layer does not change), a contraction with constant <= rho (e - 1) < 1 for
@@ -80,7 +82,7 @@ from functools import lru_cache
 from lattice.backend import namespace
 from lattice.layout import Layout
 from lattice.fields import links, stack_links
-from lattice import su_n
+from lattice import su_n, kernels
 
 from .masks import LayerMask, paths_avoid_active
 from .module import Module, add_grads, prefixed, sub_params
@@ -92,11 +94,11 @@ from .protocol import MaskedLayer, register_layer
 from .model import Flow, _CLASSES
 
 __all__ = ["ResidualLayer", "ResidualFlow", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
-           "phi_series", "phi_series_vjp", "TAYLOR_TERMS", "INVERSE_TOL"]
+           "phi_series", "phi_series_vjp", "phi_terms", "PHI_SERIES_TOL", "INVERSE_TOL"]
 
 LOOP_FAMILIES = ("plaquette", "rectangle", "chair")
-TAYLOR_TERMS = 20
 INVERSE_TOL = 1e-13
+PHI_SERIES_TOL = 1e-17
 INVERSE_MAXITER = 200
 
 
@@ -186,11 +188,29 @@ def _tab(N, xp):
     return _tables(N, getattr(xp, "__name__", "numpy").split(".")[-1])
 
 
-def phi_series(A, terms: int = TAYLOR_TERMS):
+def phi_terms(a: float, tol: float = PHI_SERIES_TOL, kmax: int = 60) -> int:
+    """The fewest Taylor terms K of phi with remainder sum_{n>K} a^n/(n+1)! <=
+    a^(K+1)/(K+2)! / (1 - a/(K+3)) below ``tol`` for ||A|| <= a (at most ``kmax``)."""
+    a = float(a)
+    if not math.isfinite(a):
+        raise ValueError(f"phi series: the norm of ad X is {a}; the residual layer's input has NaN/Inf entries")
+    term = a / 2.0                                          # a^(K+1)/(K+2)! at K = 0
+    for K in range(1, kmax + 1):
+        term *= a / (K + 2)
+        if a < K + 3 and term / (1.0 - a / (K + 3)) < tol:
+            return K
+    return kmax
+
+
+def phi_series(A, terms: int | None = None):
     """phi(A) = (1 - e^{-A})/A = sum_n (-A)^n / (n+1)! by Horner: P_{K+1} = 1,
-    P_n = 1 - A P_{n+1} / (n+1), phi = P_1. Returns (phi, [P_2, ..., P_{K+1}])."""
+    P_n = 1 - A P_{n+1} / (n+1), phi = P_1, with K = ``terms`` or (None) :func:`phi_terms` of
+    the largest Frobenius norm in the batch. Returns (phi, [P_2, ..., P_{K+1}])."""
     xp = namespace(A)
     n = A.shape[-1]
+    if terms is None:
+        a = float(xp.max(xp.sqrt(xp.sum(A * A, axis=(-2, -1))))) if A.size else 0.0
+        terms = phi_terms(a)
     eye = xp.eye(n, dtype=A.dtype)
     P = xp.broadcast_to(eye, A.shape)
     saved = [P]
@@ -201,13 +221,14 @@ def phi_series(A, terms: int = TAYLOR_TERMS):
     return P, saved[::-1]           # saved[j] = P_{j+2}
 
 
-def phi_series_vjp(A, saved, phi_bar, terms: int = TAYLOR_TERMS):
-    """Cotangent of A from that of phi(A) (:func:`phi_series`), real matrices."""
+def phi_series_vjp(A, saved, phi_bar):
+    """Cotangent of A from that of phi(A) (:func:`phi_series`, whose ``saved`` Horner
+    intermediates fix the number of terms), real matrices."""
     xp = namespace(A)
     At = xp.matrix_transpose(A)
     A_bar = xp.zeros_like(A)
     Pb = phi_bar
-    for k in range(1, terms + 1):     # P_k = 1 - A P_{k+1} / (k+1)
+    for k in range(1, len(saved) + 1):     # P_k = 1 - A P_{k+1} / (k+1)
         Pn = saved[k - 1]             # P_{k+1}
         A_bar = A_bar - (Pb @ xp.matrix_transpose(Pn)) / (k + 1)
         Pb = -(At @ Pb) / (k + 1)
@@ -318,6 +339,7 @@ class ResidualLayer(MaskedLayer, Module):
                          context_loops=list(context_loops), context_activation=context_activation,
                          bound=self.bound)
         self._sites = {}
+        self._lines = {}
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -391,16 +413,21 @@ class ResidualLayer(MaskedLayer, Module):
         xp = namespace(X)
         nb = X.ndim - self.Nd - 3
         mu, N = self.mu, self.N
-        Ul = links(X, layout)
-        Ws, wctx = paths_fwd(Ul, self.paths, layout)
-        Sig, j = [], 0
-        for t in self.terms:
-            W = Ws[j]
-            for W2 in Ws[j + 1:j + len(t["paths"])]:
-                W = W + W2
-            j += len(t["paths"])
-            Sd = gather_active(layout.shift(W, mu, +1), s, mu, nb, (N, N))
-            Sig.append(xp.astype(su_n.dagger(Sd), xp.complex128))
+        tables = self._line_tables(layout, s)
+        Sig, wctx = [], None
+        if tables is not None:                                      # one process: at the active links only
+            for tb in tables:
+                Sig.append(xp.astype(su_n.dagger(kernels.line_sums(X, tb)), xp.complex128))
+        else:                                                       # split axes: whole-field lines, halos
+            Ws, wctx = paths_fwd(links(X, layout), self.paths, layout)
+            j = 0
+            for t in self.terms:
+                W = Ws[j]
+                for W2 in Ws[j + 1:j + len(t["paths"])]:
+                    W = W + W2
+                j += len(t["paths"])
+                Sd = gather_active(layout.shift(W, mu, +1), s, mu, nb, (N, N))
+                Sig.append(xp.astype(su_n.dagger(Sd), xp.complex128))
         coef = xp.astype(params["coef"], xp.float64)
         cmax = xp.asarray(self.c_max, dtype=xp.float64)
         if self.context is not None:
@@ -418,7 +445,21 @@ class ResidualLayer(MaskedLayer, Module):
             Xi = term if Xi is None else Xi + term
         n_act = s.n_active[mu]
         Xi = xp.broadcast_to(Xi, tuple(X.shape[:nb]) + (n_act, N, N))
-        return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, cctx=cctx, nb=nb)
+        return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, tables=tables, X=X, cctx=cctx, nb=nb)
+
+    def _line_tables(self, layout, s):
+        """Per term, the :class:`lattice.kernels.LineTable` of its S^dag paths started at
+        x + mu^ for the active links x (so that the sum is Sigma_k(x)^dag), on a layout with no
+        split axis; None on a distributed layout (the whole-field lines of :mod:`flows.paths`
+        exchange halos there). Cached per layout."""
+        if any(g > 1 for g in layout.grid):
+            return None
+        tables = self._lines.get(layout)
+        if tables is None:
+            shape = tuple(layout.local_shape)
+            starts = kernels.neighbour_sites(shape, s.idx[self.mu], self.mu, +1)
+            tables = self._lines[layout] = [kernels.line_table(shape, t["paths"], starts) for t in self.terms]
+        return tables
 
     def _fixed_point(self, V, Xi):
         """U with exp(X(U)) U = V, X(U) = P_TA(U Xi^dag), by U <- exp(-X(U)) V."""
@@ -502,20 +543,26 @@ class ResidualLayer(MaskedLayer, Module):
         dtype = ctx["dtype"]
         W_bars = []
         z_bar = []
+        out = None
         for k, t in enumerate(self.terms):
             ck = c[..., k][..., None, None]
-            Sd_bar = su_n.dagger(ck * Xi_bar)                     # cotangent of Sigma_k^dag
-            Wb = layout.shift(scatter_active(xp.astype(Sd_bar, dtype), s, mu, nb), mu, -1)
-            W_bars += [Wb] * len(t["paths"])
+            Sd_bar = xp.astype(su_n.dagger(ck * Xi_bar), dtype)     # cotangent of Sigma_k^dag
+            if fr["tables"] is not None:
+                if out is None:
+                    out = stack_links(in_links, layout)
+                out = kernels.line_sums_vjp(fr["X"], fr["tables"][k], Sd_bar, L_bar=out)
+            else:
+                W_bars += [layout.shift(scatter_active(Sd_bar, s, mu, nb), mu, -1)] * len(t["paths"])
             cb = xp.real(xp.sum(xp.conj(Xi_bar) * Sig[k], axis=(-2, -1)))   # Re tr(Xi_bar^dag Sigma_k)
             z_bar.append(cb * fr["dc"][..., k])
-        for nu, b in enumerate(paths_vjp(fr["wctx"], W_bars)):
-            if b is not None:
-                in_links[nu] = in_links[nu] + b
+        if out is None:
+            for nu, b in enumerate(paths_vjp(fr["wctx"], W_bars)):
+                if b is not None:
+                    in_links[nu] = in_links[nu] + b
+            out = stack_links(in_links, layout)
         zb = xp.stack(z_bar, axis=-1)                               # (*batch, n_act, n_terms)
         if need_params:
             grads["coef"] = xp.sum(xp.reshape(zb, (-1, len(self.terms))), axis=0)
-        out = stack_links(in_links, layout)
         if self.context is not None:
             hb = scatter_active(zb, s, mu, nb)
             (Uc, _), g = self.context.vjp(sub_params("context", params), fr["cctx"], hb, need_params=need_params)

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 import flows
 from flows.masks import LayerMask, residual_schedule, check_covers_every_link, checker_mask
-from flows.residual import ResidualLayer, residual_terms, family_paths, phi_series, phi_series_vjp
+from flows.residual import ResidualLayer, residual_terms, family_paths, phi_series, phi_series_vjp, phi_terms
 from flows.gradcheck import assert_vjp
 from lattice import Layout, su_n, random_gauge, gauge_transform, random_gauge_transformation
 from lattice.backend import Rng
@@ -107,6 +107,31 @@ def test_phi_series_and_vjp():
     f = lambda t: np.sum(G * phi_series(A + t * dA)[0])
     num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
     assert abs(np.sum(Ab * dA) - num) < 1e-9 * abs(num)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e-2, 0.1, 0.5])
+def test_phi_series_adaptive_terms(scale):
+    """The adaptive degree equals a 40-term series to rounding at every norm, uses few terms
+    near the identity, and its VJP (degree fixed by the saved intermediates) matches a
+    fourth-order central finite difference."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(6, 8, 8))
+    A = A - np.swapaxes(A, -1, -2)
+    A *= scale / np.max(np.sqrt(np.sum(A * A, axis=(-2, -1))))           # max Frobenius norm = scale
+    phi, saved = phi_series(A)
+    ref, _ = phi_series(A, terms=40)
+    np.testing.assert_allclose(phi, ref, rtol=0, atol=4e-16)
+    assert len(saved) == phi_terms(scale) <= (17 if scale <= 1 else 60)
+    assert phi_terms(1e-4) < phi_terms(0.1) < phi_terms(1.0)
+    G = rng.normal(size=A.shape)
+    Ab = phi_series_vjp(A, saved, G)
+    dA = rng.normal(size=A.shape)
+    h, K = 1e-3, len(saved)
+    f = lambda t: np.sum(G * phi_series(A + t * dA, terms=K)[0])
+    num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
+    assert abs(np.sum(Ab * dA) - num) < 1e-9 * abs(num)
+    with pytest.raises(ValueError, match="NaN"):
+        phi_terms(float("nan"))
 
 
 # ---------------------------------------------------------------------- the layer
