@@ -80,7 +80,7 @@ from .active import ActiveSites, flat_sites, gather_active, scatter_active, scat
 from .masks import LayerMask
 from .module import Module, add_grads, prefixed, sub_params
 from .protocol import MaskedLayer, register_layer
-from .paths import paths_fwd, paths_vjp
+from .paths import paths_fwd, paths_vjp, staple_line_tables
 from .projection import project_su_fwd, project_su_vjp
 from .spectral import SpectralMap
 from .staples import StapleNet
@@ -156,6 +156,7 @@ class CouplingLayer(MaskedLayer, Module):
                          spline_bins=int(spline_bins), spline_basis=int(spline_basis), spline_kind=spline_kind,
                          save_memory=bool(save_memory))
         self._sites = {}
+        self._lines = {}
 
     # ------------------------------------------------------------------ parameters
     def config(self) -> dict:
@@ -189,6 +190,14 @@ class CouplingLayer(MaskedLayer, Module):
         return f"{self.mask.describe()} loops={self.loops}"
 
     # ------------------------------------------------------------------ geometry
+    def _line_tables(self, layout: Layout, s: ActiveSites, mu: int):
+        """Line table of the fixed staple at the active mu-links (one process; None with split
+        axes), cached per (layout, mu)."""
+        key = (layout, mu)
+        if key not in self._lines:
+            self._lines[key] = staple_line_tables(layout, s.idx[mu], mu, [[self.paths[mu]]])
+        return self._lines[key]
+
     def sites(self, layout: Layout, xp) -> ActiveSites:
         key = (layout, xp.__name__ if hasattr(xp, "__name__") else id(xp))
         s = self._sites.get(key)
@@ -246,10 +255,15 @@ class CouplingLayer(MaskedLayer, Module):
                 Shat, pctx = project_su_fwd(Sg)
                 per[mu] = dict(cond=cond, Shat=Shat, sctx=sctx, pctx=pctx)
             else:
-                (W,), wctx = paths_fwd(Ul, [self.paths[mu]], layout)
-                Sd = layout.shift(W, mu, +1)
-                Sdg = gather_active(Sd, s, mu, nb, (self.N, self.N))
-                per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), wctx=wctx)
+                tables = self._line_tables(layout, s, mu)
+                if tables is not None:                      # one process: at the active links only
+                    Sdg = kernels.line_sums(X, tables[0])
+                    per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), table=tables[0], X=X)
+                else:
+                    (W,), wctx = paths_fwd(Ul, [self.paths[mu]], layout)
+                    Sd = layout.shift(W, mu, +1)
+                    Sdg = gather_active(Sd, s, mu, nb, (self.N, self.N))
+                    per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), wctx=wctx)
         return per, cctx, nb
 
     def _apply(self, params, X, layout, inverse: bool):
@@ -326,6 +340,9 @@ class CouplingLayer(MaskedLayer, Module):
                 if need_params:
                     add_grads(grads, g, f"staples{mu}")
                 X_extra = Ub if X_extra is None else X_extra + Ub
+            elif "table" in d:
+                X_extra = kernels.line_sums_vjp(d["X"], d["table"], xp.astype(su_n.dagger(Sh_bar), dtype),
+                                                L_bar=X_extra)
             else:
                 Sd_bar = scatter_active(su_n.dagger(Sh_bar), s, mu, nb, None)
                 Wb = layout.shift(Sd_bar, mu, -1)

@@ -15,12 +15,17 @@ and a backward factor F = shift(U_mu^dag, mu, -1) sends its cotangent to U_mu as
 shift(F_bar, mu, +1)^dag. Complex cotangents follow docs/design.md §7.
 
 Shapes: links are a list of Nd site fields ``(*lead, *sites, N, N)``; W likewise.
+
+A masked layer needs a staple sum only at its active links; on one process
+:func:`staple_line_tables` gives the :class:`lattice.kernels.LineTable` s that evaluate it there
+(:func:`lattice.kernels.line_sums`, no shifted fields), and the whole-field products here serve
+layouts with split axes (halo exchange).
 """
 from __future__ import annotations
 
 from lattice import su_n, kernels
 
-__all__ = ["paths_fwd", "paths_vjp"]
+__all__ = ["paths_fwd", "paths_vjp", "staple_line_tables"]
 
 
 def _check_path(path, Nd):
@@ -85,3 +90,16 @@ def paths_vjp(ctx, W_bars):
         if Bb[m] is not None:
             add(Ub, m, su_n.dagger(layout.shift(Bb[m], m, +1)))
     return Ub
+
+
+def staple_line_tables(layout, active_idx, mu: int, path_sets):
+    """For S^dag paths (from x + mu^ back to x; :func:`flows.layers.fixed_staple_path`), one
+    :class:`lattice.kernels.LineTable` per set in ``path_sets``, started at x + mu^ for the
+    active sites x = ``active_idx`` (flat): ``dagger(kernels.line_sums(U, table))`` is then
+    the staple sum at the active mu-links, gathered. None where an axis is split over ranks
+    (the tables would wrap around the local block)."""
+    if any(g > 1 for g in layout.grid):
+        return None
+    shape = tuple(layout.local_shape)
+    starts = kernels.neighbour_sites(shape, active_idx, mu, +1)
+    return [kernels.line_table(shape, paths, starts) for paths in path_sets]

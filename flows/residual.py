@@ -86,7 +86,7 @@ from lattice import su_n, kernels
 
 from .masks import LayerMask, paths_avoid_active
 from .module import Module, add_grads, prefixed, sub_params
-from .paths import paths_fwd, paths_vjp
+from .paths import paths_fwd, paths_vjp, staple_line_tables
 from .context import ContextNet
 from .layers import checked_layout
 from .active import ActiveSites, gather_active, scatter_active, scatter_density
@@ -448,18 +448,12 @@ class ResidualLayer(MaskedLayer, Module):
         return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, tables=tables, X=X, cctx=cctx, nb=nb)
 
     def _line_tables(self, layout, s):
-        """Per term, the :class:`lattice.kernels.LineTable` of its S^dag paths started at
-        x + mu^ for the active links x (so that the sum is Sigma_k(x)^dag), on a layout with no
-        split axis; None on a distributed layout (the whole-field lines of :mod:`flows.paths`
-        exchange halos there). Cached per layout."""
-        if any(g > 1 for g in layout.grid):
-            return None
-        tables = self._lines.get(layout)
-        if tables is None:
-            shape = tuple(layout.local_shape)
-            starts = kernels.neighbour_sites(shape, s.idx[self.mu], self.mu, +1)
-            tables = self._lines[layout] = [kernels.line_table(shape, t["paths"], starts) for t in self.terms]
-        return tables
+        """Per term, the line table of its staple sum at the active links
+        (:func:`flows.paths.staple_line_tables`; None on a layout with split axes), cached per
+        layout."""
+        if layout not in self._lines:
+            self._lines[layout] = staple_line_tables(layout, s.idx[self.mu], self.mu, [t["paths"] for t in self.terms])
+        return self._lines[layout]
 
     def _fixed_point(self, V, Xi):
         """U with exp(X(U)) U = V, X(U) = P_TA(U Xi^dag), by U <- exp(-X(U)) V."""
