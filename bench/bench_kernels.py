@@ -16,8 +16,12 @@ Records (thread count in every record, ``--threads``, default 1):
   batch 16; ``--quick``: 2^3x4, 4 layers, batch 2) with today's code against the previous
   code (old staple network, reference kernels), interleaved A B A B, the ratio per pair, and
   the peak NumPy memory of each (tracemalloc);
+* ``line sums``: a residual layer's rectangle staple sum at an M4 layer's active links
+  (:func:`lattice.kernels.line_sums` and its adjoint) against the whole-field shifted products
+  of :mod:`flows.paths`, and its GFLOP/s;
 * ``residual train step``: the residual flow (M2 M4, plaquette + rectangle, field-dependent)
-  with the compiled kernels against the reference kernels.
+  against the previous mechanism (whole-field shifted Wilson lines, shifted-copy convolutions,
+  20-term phi series, reference kernels), interleaved, with peak memory.
 """
 from __future__ import annotations
 
@@ -187,7 +191,7 @@ def _train_records(quick):
              "reference": "previous code (colour-last staple net, LAPACK eigh/svd)", "ratio": r, "speedup": 1 / r,
              "ratios": [round(x, 3) for x in ratios], "loss_diff": abs(float(ln[0]) - float(lo[0])),
              "peak_MB": _peak(step_new), "peak_MB_reference": _peak(step_old)}]
-    # residual flow: compiled against reference kernels
+    # residual flow: today's code against the previous mechanism
     pattern = ("M2",) if quick else ("M2", "M4")          # M4 needs extents divisible by 4
     res = flows.residual_flow(4, 3, pattern, ("plaquette", "rectangle"), field_dependent=True)
     pr = res.init(0)
@@ -196,15 +200,87 @@ def _train_records(quick):
     def rstep():
         return sample_loss_and_grad(res, pr, base, target, z, "path", lay)
 
-    def rstep_ref():
-        with kernels.reference_only():
+    def rstep_old():
+        with _previous_residual(), kernels.reference_only():
             return rstep()
-    r, t_ref, t_fast, _ = _pairs(rstep_ref, rstep, 1 if quick else 3)
+    ln, lo = rstep(), rstep_old()
+    r, t_old, t_new, ratios = _pairs(rstep_old, rstep, 1 if quick else 3)
     recs.append({"name": f"residual train step path ({' '.join(pattern)}, {'x'.join(map(str, shape))}, B={batch})",
-                 "seconds": t_fast, "seconds_reference": t_ref, "reference": "reference kernels", "ratio": r,
-                 "speedup": 1 / r})
+                 "seconds": t_new, "seconds_reference": t_old,
+                 "reference": "previous code (whole-field shifted Wilson lines, shifted-copy convolutions, 20-term "
+                              "phi series, reference kernels)", "ratio": r, "speedup": 1 / r,
+                 "ratios": [round(x, 3) for x in ratios], "loss_diff": abs(float(ln[0]) - float(lo[0])),
+                 "peak_MB": _peak(rstep), "peak_MB_reference": _peak(rstep_old)})
+    return recs
+
+
+class _previous_residual:
+    """Inside: residual layers and context networks take the whole-field path of
+    :mod:`flows.paths` (shifted copies) and shifted-copy convolutions, and phi(ad X) uses the
+    fixed 20-term series -- the mechanism before :func:`lattice.kernels.line_sums`."""
+
+    def __enter__(self):
+        import flows.residual as R
+        import flows.context as C
+        self._saved = (R.ResidualLayer._line_tables, C.ContextNet._gathers, R.phi_terms)
+        R.ResidualLayer._line_tables = lambda layer, layout, s: None
+        C.ContextNet._gathers = staticmethod(lambda layout: False)
+        R.phi_terms = lambda a, *args, **kw: 20
+        return self
+
+    def __exit__(self, *exc):
+        import flows.residual as R
+        import flows.context as C
+        R.ResidualLayer._line_tables, gathers, R.phi_terms = self._saved
+        C.ContextNet._gathers = staticmethod(gathers)
+        return False
+
+
+def _lines_records(quick):
+    """The staple sum of a residual layer's rectangle term (spatial plane, mu = 0: 12 paths of
+    5 links) at a quarter of the sites (an M4 layer's active links): kernels.line_sums through
+    neighbour tables against the whole-field products of flows.paths (a shift and a product
+    per step on every site) followed by the gather, forward and adjoint; GFLOP/s counts 4
+    products of 216 flop per path and site forward, 3 (K - 1) + (K - 2) = 15 in the adjoint."""
+    from lattice import Layout, kernels
+    from flows.paths import paths_fwd, paths_vjp
+    from flows.residual import residual_terms
+    shape = (4, 4, 4, 4) if not quick else (2, 2, 2, 4)
+    batch = 2 if quick else 16
+    lay = Layout(shape)
+    V = int(np.prod(shape))
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(batch, 4) + shape + (3, 3)) + 1j * rng.normal(size=(batch, 4) + shape + (3, 3))
+    term = [t for t in residual_terms(0, 4, ("rectangle",)) if "spatial-plane" in t["key"]][0]
+    starts = np.arange(0, V, 4)
+    tb = kernels.line_table(shape, term["paths"], starts)
+    Wb = rng.normal(size=(batch, starts.size, 3, 3)) + 0j
+
+    def fwd():
+        return kernels.line_sums(X, tb)
+
+    def vjp():
+        return kernels.line_sums_vjp(X, tb, Wb)
+
+    def fwd_old():
+        Ws, ctx = paths_fwd([X[:, m] for m in range(4)], term["paths"], lay)
+        return sum(Ws).reshape(batch, V, 3, 3)[:, starts], ctx
+
+    def vjp_old():
+        _, ctx = fwd_old()
+        full = np.zeros((batch, V, 3, 3), complex)
+        full[:, starts] = Wb
+        return paths_vjp(ctx, [full.reshape((batch,) + shape + (3, 3))] * len(term["paths"]))
+
+    n = batch * starts.size * len(term["paths"])
+    recs = []
+    for what, a, b, flops in (("forward", fwd_old, fwd, 4 * 216), ("adjoint (with forward)", vjp_old, vjp, 15 * 216)):
+        r, _, t, _ = _pairs(a, b, 2 if quick else 5)
+        recs.append({"name": f"line sums {what} {'x'.join(map(str, shape))} B={batch} (12 rectangles, V/4 sites)",
+                     "seconds": t, "reference": "flows.paths whole-field shifted products + gather",
+                     "ratio": r, "speedup": 1 / r, "gflops": n * flops / t / 1e9})
     return recs
 
 
 def run(quick: bool = False):
-    return _primitive_records(quick) + _staple_records(quick) + _train_records(quick)
+    return _primitive_records(quick) + _staple_records(quick) + _lines_records(quick) + _train_records(quick)

@@ -91,7 +91,9 @@ class StapleNet(_Current):
             add(nu, Snu_b + layout.shift(T_b, mu, -1))
             add(mu, Smu_b + layout.shift(P_b, nu, -1))
 
-    def vjp(self, params, ctx, S_bar):
+    def vjp(self, params, ctx, S_bar, need_params: bool = True):
+        """As before issue 14: ``need_params`` is accepted and ignored (the parameter
+        cotangents are always computed, which is what the previous code cost)."""
         layout, keep, saved = ctx
         Sin0 = saved[0][0][0]
         xp = namespace(Sin0)

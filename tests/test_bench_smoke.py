@@ -1,0 +1,28 @@
+"""`make bench` keeps running: every quick benchmark topic (except the two slow ones, which
+the full `make bench` covers) runs in a fresh process, writes its records with the fields
+bench/run.py promises, and the A/B training steps compare equal losses."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOW = {"correlated", "pf_flow"}          # 2 and 1.5 minutes even with --quick
+
+
+def test_quick_benchmarks_run(tmp_path):
+    topics = sorted(p.stem[len("bench_"):] for p in (ROOT / "bench").glob("bench_*.py"))
+    topics = [t for t in topics if t not in SLOW]
+    out = tmp_path / "results.json"
+    r = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(out), *topics], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    recs = json.loads(out.read_text())["records"]
+    assert {rec["topic"] for rec in recs} == set(topics)
+    for rec in recs:
+        assert isinstance(rec["name"], str) and rec["threads"] == 1
+        assert rec["seconds"] >= 0
+    steps = [rec for rec in recs if rec["topic"] == "kernels" and "train step" in rec["name"]]
+    assert len(steps) == 2
+    for rec in steps:                     # today's step and the previous code compute the same loss
+        assert rec["loss_diff"] < 1e-10, rec
