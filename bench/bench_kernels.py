@@ -222,8 +222,9 @@ class _previous_residual:
     def __enter__(self):
         import flows.residual as R
         import flows.context as C
-        self._saved = (R.ResidualLayer._line_tables, C.ContextNet._gathers, R.phi_terms)
-        R.ResidualLayer._line_tables = lambda layer, layout, s: None
+        self._saved = (R.ResidualLayer._line_set, C.ContextNet._line_set, C.ContextNet._gathers, R.phi_terms)
+        R.ResidualLayer._line_set = lambda layer, layout, s: None
+        C.ContextNet._line_set = lambda net, layout: None
         C.ContextNet._gathers = staticmethod(lambda layout: False)
         R.phi_terms = lambda a, *args, **kw: 20
         return self
@@ -231,7 +232,7 @@ class _previous_residual:
     def __exit__(self, *exc):
         import flows.residual as R
         import flows.context as C
-        R.ResidualLayer._line_tables, gathers, R.phi_terms = self._saved
+        R.ResidualLayer._line_set, C.ContextNet._line_set, gathers, R.phi_terms = self._saved
         C.ContextNet._gathers = staticmethod(gathers)
         return False
 

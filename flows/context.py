@@ -5,8 +5,8 @@ change. This network computes it from the *frozen* links only, in three steps:
 
 1. Features (gauge invariant). On the masked field S^(0)_mu(x) = (1 - m_mu(x)) U_mu(x)
    (m = 1 on every link the context must not see; at least the active links) it forms
-   untraced loops W_l(x) (on one process :func:`lattice.kernels.line_sums` through index
-   tables, with split axes :func:`flows.paths.paths_fwd` with halo exchanges) and takes
+   untraced loops W_l(x) (:class:`flows.paths.LineSet`: index tables into the links, with
+   ghost planes along split axes) and takes
 
        f_{2l}(x) = Re tr W_l(x) / N,     f_{2l+1}(x) = Im tr W_l(x) / N.
 
@@ -49,10 +49,10 @@ from lattice.backend import namespace, real_dtype
 from lattice.layout import infer_gauge_layout, LayoutError
 from lattice.fields import links, stack_links
 from lattice.loops import plaquette_path, rectangle_path
-from lattice import su_n, kernels
+from lattice import su_n
 
 from .module import Module
-from .paths import paths_fwd, paths_vjp
+from .paths import paths_fwd, paths_vjp, line_set
 from .staples import staple_mask_factor
 
 __all__ = ["ContextNet", "context_loops", "shifted_copies"]
@@ -193,12 +193,12 @@ class ContextNet(Module):
         keep = staple_mask_factor(mask, layout, U)
         S0 = [keep[mu] * Ul for mu, Ul in enumerate(links(U, layout))]
         N = U.shape[-1]
-        if self._gathers(layout):           # one process: lines through index tables, no shifted copies
-            S0 = stack_links(S0, layout)
+        lines = self._line_set(layout)
+        if lines is not None:               # lines through index tables, no shifted copies
+            S0 = lines.links(stack_links(S0, layout))
             sites = tuple(S0.shape[:S0.ndim - layout.Nd - 3]) + tuple(layout.local_shape) + (N, N)
-            tables = self._line_tables(layout)
-            Ws = [xp.reshape(kernels.line_sums(S0, tb), sites) for tb in tables]
-            pctx = ("lines", S0, tables)
+            Ws = [xp.reshape(W, sites) for W in lines.sums(S0)]
+            pctx = ("lines", S0, lines)
         else:
             Ws, pctx = paths_fwd(S0, [p for _, p in self.paths], layout)
         cols = []
@@ -217,26 +217,22 @@ class ContextNet(Module):
             g = (xp.astype(F_bar[..., 2 * l], cdt) + 1j * xp.astype(F_bar[..., 2 * l + 1], cdt)) / N
             W_bars.append(g[..., None, None] * eye)
         if pctx[0] == "lines":
-            _, S0, tables = pctx
+            _, S0, lines = pctx
             nl = S0.ndim - layout.Nd - 3
-            acc = None
-            for tb, Wb in zip(tables, W_bars):
-                Wb = xp.reshape(Wb, tuple(Wb.shape[:nl]) + (tb.n, N, N))
-                acc = kernels.line_sums_vjp(S0, tb, Wb, L_bar=acc)
-            Sb = links(acc, layout)
+            W_bars = [xp.reshape(Wb, tuple(Wb.shape[:nl]) + (-1, N, N)) for Wb in W_bars]
+            Sb = links(lines.vjp(S0, W_bars), layout)
         else:
             Sb = paths_vjp(pctx, W_bars)
         lead = tuple(F_bar.shape[:-1]) + (N, N)
         Ub = [xp.zeros(lead, dtype=cdt) if b is None else keep[mu] * b for mu, b in enumerate(Sb)]
         return stack_links(Ub, layout)
 
-    def _line_tables(self, layout):
-        """One :class:`lattice.kernels.LineTable` per feature loop, started at every site
-        (cached per local block)."""
-        shape = tuple(layout.local_shape)
-        if shape not in self._tables:
-            self._tables[shape] = [kernels.line_table(shape, [p]) for _, p in self.paths]
-        return self._tables[shape]
+    def _line_set(self, layout):
+        """The :class:`flows.paths.LineSet` of the feature loops started at every site (None
+        where a loop reaches beyond the neighbouring block of a split axis), cached per layout."""
+        if layout not in self._tables:
+            self._tables[layout] = line_set(layout, [[p] for _, p in self.paths])
+        return self._tables[layout]
 
     # ------------------------------------------------------------------ convolutions
     #: bytes of one gathered neighbourhood block (one-process convolutions): sites are processed

@@ -80,7 +80,7 @@ from .active import ActiveSites, flat_sites, gather_active, scatter_active, scat
 from .masks import LayerMask
 from .module import Module, add_grads, prefixed, sub_params
 from .protocol import MaskedLayer, register_layer
-from .paths import paths_fwd, paths_vjp, staple_line_tables
+from .paths import paths_fwd, paths_vjp, staple_lines
 from .projection import project_su_fwd, project_su_vjp
 from .spectral import SpectralMap
 from .staples import StapleNet
@@ -190,12 +190,12 @@ class CouplingLayer(MaskedLayer, Module):
         return f"{self.mask.describe()} loops={self.loops}"
 
     # ------------------------------------------------------------------ geometry
-    def _line_tables(self, layout: Layout, s: ActiveSites, mu: int):
-        """Line table of the fixed staple at the active mu-links (one process; None with split
-        axes), cached per (layout, mu)."""
+    def _line_set(self, layout: Layout, s: ActiveSites, mu: int):
+        """The :class:`flows.paths.LineSet` of the fixed staple at the active mu-links (None where
+        it reaches beyond the neighbouring block of a split axis), cached per (layout, mu)."""
         key = (layout, mu)
         if key not in self._lines:
-            self._lines[key] = staple_line_tables(layout, s.idx[mu], mu, [[self.paths[mu]]])
+            self._lines[key] = staple_lines(layout, s.idx[mu], mu, [[self.paths[mu]]])
         return self._lines[key]
 
     def sites(self, layout: Layout, xp) -> ActiveSites:
@@ -255,10 +255,10 @@ class CouplingLayer(MaskedLayer, Module):
                 Shat, pctx = project_su_fwd(Sg)
                 per[mu] = dict(cond=cond, Shat=Shat, sctx=sctx, pctx=pctx)
             else:
-                tables = self._line_tables(layout, s, mu)
-                if tables is not None:                      # one process: at the active links only
-                    Sdg = kernels.line_sums(X, tables[0])
-                    per[mu] = dict(cond=cond, Shat=su_n.dagger(Sdg), table=tables[0], X=X)
+                lines = self._line_set(layout, s, mu)
+                if lines is not None:                       # at the active links only
+                    Xe = lines.links(X)
+                    per[mu] = dict(cond=cond, Shat=su_n.dagger(lines.sums(Xe)[0]), lines=lines, Xe=Xe)
                 else:
                     (W,), wctx = paths_fwd(Ul, [self.paths[mu]], layout)
                     Sd = layout.shift(W, mu, +1)
@@ -340,9 +340,8 @@ class CouplingLayer(MaskedLayer, Module):
                 if need_params:
                     add_grads(grads, g, f"staples{mu}")
                 X_extra = Ub if X_extra is None else X_extra + Ub
-            elif "table" in d:
-                X_extra = kernels.line_sums_vjp(d["X"], d["table"], xp.astype(su_n.dagger(Sh_bar), dtype),
-                                                L_bar=X_extra)
+            elif "lines" in d:
+                X_extra = d["lines"].vjp(d["Xe"], [xp.astype(su_n.dagger(Sh_bar), dtype)], out=X_extra)
             else:
                 Sd_bar = scatter_active(su_n.dagger(Sh_bar), s, mu, nb, None)
                 Wb = layout.shift(Sd_bar, mu, -1)

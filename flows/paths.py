@@ -16,16 +16,17 @@ shift(F_bar, mu, +1)^dag. Complex cotangents follow docs/design.md §7.
 
 Shapes: links are a list of Nd site fields ``(*lead, *sites, N, N)``; W likewise.
 
-A masked layer needs a staple sum only at its active links; on one process
-:func:`staple_line_tables` gives the :class:`lattice.kernels.LineTable` s that evaluate it there
-(:func:`lattice.kernels.line_sums`, no shifted fields), and the whole-field products here serve
-layouts with split axes (halo exchange).
+A masked layer needs a staple sum only at its active links: :func:`staple_lines` gives the
+:class:`LineSet` that evaluates it there (:func:`lattice.kernels.line_sums` through index
+tables, no shifted fields; with split axes on the block with ghost planes). The whole-field
+products of :func:`paths_fwd` / :func:`paths_vjp` remain for paths that reach beyond the
+neighbouring block.
 """
 from __future__ import annotations
 
 from lattice import su_n, kernels
 
-__all__ = ["paths_fwd", "paths_vjp", "staple_line_tables"]
+__all__ = ["paths_fwd", "paths_vjp", "LineSet", "line_set", "staple_lines"]
 
 
 def _check_path(path, Nd):
@@ -92,14 +93,53 @@ def paths_vjp(ctx, W_bars):
     return Ub
 
 
-def staple_line_tables(layout, active_idx, mu: int, path_sets):
-    """For S^dag paths (from x + mu^ back to x; :func:`flows.layers.fixed_staple_path`), one
-    :class:`lattice.kernels.LineTable` per set in ``path_sets``, started at x + mu^ for the
-    active sites x = ``active_idx`` (flat): ``dagger(kernels.line_sums(U, table))`` is then
-    the staple sum at the active mu-links, gathered. None where an axis is split over ranks
-    (the tables would wrap around the local block)."""
-    if any(g > 1 for g in layout.grid):
-        return None
-    shape = tuple(layout.local_shape)
-    starts = kernels.neighbour_sites(shape, active_idx, mu, +1)
-    return [kernels.line_table(shape, paths, starts) for paths in path_sets]
+class LineSet:
+    """Sums of Wilson lines (one per path set) at chosen start sites of this rank's block, by
+    :func:`lattice.kernels.line_sums`: the links are read through index tables, on a layout
+    with split axes from the block extended by the ghost planes the paths reach
+    (:meth:`lattice.layout.Layout.with_ghosts`; the adjoint adds them back with
+    :meth:`~lattice.layout.Layout.ghost_sum`). Build with :func:`line_set`.
+
+    ``links(X)`` -> the links the tables index (X itself without split axes);
+    ``sums(Xe)`` -> list of ``(*lead, n, N, N)``; ``vjp(Xe, W_bars, out=None)`` -> the link
+    cotangent on the local block (shape of X; added to ``out``, in place where possible).
+    """
+
+    def __init__(self, layout, tables, below, above):
+        self.layout, self.tables, self.below, self.above = layout, tables, below, above
+        self.ghosts = any(below) or any(above)
+
+    def links(self, X):
+        return self.layout.with_ghosts(X, self.below, self.above, inner=2) if self.ghosts else X
+
+    def sums(self, Xe):
+        return [kernels.line_sums(Xe, tb) for tb in self.tables]
+
+    def vjp(self, Xe, W_bars, out=None):
+        acc = None if self.ghosts else out
+        for tb, Wb in zip(self.tables, W_bars):
+            if Wb is not None:
+                acc = kernels.line_sums_vjp(Xe, tb, Wb, L_bar=acc)
+        if not self.ghosts or acc is None:
+            return acc if acc is not None else out
+        Lb = self.layout.ghost_sum(acc, self.below, self.above, inner=2)
+        return Lb if out is None else out + Lb
+
+
+def line_set(layout, path_sets, starts=None, shift=None):
+    """The :class:`LineSet` of ``path_sets`` (each a list of paths of equal length) started at
+    the flat local site indices ``starts`` (None = every site) moved by ``shift = (mu, n)``;
+    None where a path reaches beyond the neighbouring block of a split axis (the caller then
+    takes the whole-field products of :func:`paths_fwd`)."""
+    from lattice.backend import to_host
+    split = tuple(a for a, g in enumerate(layout.grid) if g > 1)
+    got = kernels.ghost_line_tables(layout.local_shape, path_sets, None if starts is None else to_host(starts),
+                                    shift=shift, split_axes=split)
+    return None if got is None else LineSet(layout, *got)
+
+
+def staple_lines(layout, active_idx, mu: int, path_sets):
+    """For S^dag paths (from x + mu^ back to x; :func:`flows.layers.fixed_staple_path`): the
+    :class:`LineSet` started at x + mu^ for the active sites x = ``active_idx``, so that
+    ``dagger(sums(...)[k])`` is the staple sum of set k at the active mu-links, gathered."""
+    return line_set(layout, path_sets, active_idx, shift=(mu, +1))

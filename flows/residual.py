@@ -82,11 +82,11 @@ from functools import lru_cache
 from lattice.backend import namespace
 from lattice.layout import Layout
 from lattice.fields import links, stack_links
-from lattice import su_n, kernels
+from lattice import su_n
 
 from .masks import LayerMask, paths_avoid_active
 from .module import Module, add_grads, prefixed, sub_params
-from .paths import paths_fwd, paths_vjp, staple_line_tables
+from .paths import paths_fwd, paths_vjp, staple_lines
 from .context import ContextNet
 from .layers import checked_layout
 from .active import ActiveSites, gather_active, scatter_active, scatter_density
@@ -413,12 +413,12 @@ class ResidualLayer(MaskedLayer, Module):
         xp = namespace(X)
         nb = X.ndim - self.Nd - 3
         mu, N = self.mu, self.N
-        tables = self._line_tables(layout, s)
-        Sig, wctx = [], None
-        if tables is not None:                                      # one process: at the active links only
-            for tb in tables:
-                Sig.append(xp.astype(su_n.dagger(kernels.line_sums(X, tb)), xp.complex128))
-        else:                                                       # split axes: whole-field lines, halos
+        lines = self._line_set(layout, s)
+        Sig, wctx, Xe = [], None, None
+        if lines is not None:                                       # at the active links only
+            Xe = lines.links(X)
+            Sig = [xp.astype(su_n.dagger(W), xp.complex128) for W in lines.sums(Xe)]
+        else:                                                       # paths beyond the neighbour block
             Ws, wctx = paths_fwd(links(X, layout), self.paths, layout)
             j = 0
             for t in self.terms:
@@ -445,14 +445,14 @@ class ResidualLayer(MaskedLayer, Module):
             Xi = term if Xi is None else Xi + term
         n_act = s.n_active[mu]
         Xi = xp.broadcast_to(Xi, tuple(X.shape[:nb]) + (n_act, N, N))
-        return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, tables=tables, X=X, cctx=cctx, nb=nb)
+        return dict(Sig=Sig, c=c, dc=cmax * (1.0 - th * th), Xi=Xi, wctx=wctx, lines=lines, Xe=Xe, cctx=cctx, nb=nb)
 
-    def _line_tables(self, layout, s):
-        """Per term, the line table of its staple sum at the active links
-        (:func:`flows.paths.staple_line_tables`; None on a layout with split axes), cached per
-        layout."""
+    def _line_set(self, layout, s):
+        """The :class:`flows.paths.LineSet` of the terms' staple sums at the active links
+        (:func:`flows.paths.staple_lines`; None where a loop reaches beyond the neighbouring
+        block of a split axis), cached per layout."""
         if layout not in self._lines:
-            self._lines[layout] = staple_line_tables(layout, s.idx[self.mu], self.mu, [t["paths"] for t in self.terms])
+            self._lines[layout] = staple_lines(layout, s.idx[self.mu], self.mu, [t["paths"] for t in self.terms])
         return self._lines[layout]
 
     def _fixed_point(self, V, Xi):
@@ -535,21 +535,19 @@ class ResidualLayer(MaskedLayer, Module):
         grads = {}
         c, Sig = fr["c"], fr["Sig"]
         dtype = ctx["dtype"]
-        W_bars = []
-        z_bar = []
-        out = None
+        Sd_bars, W_bars, z_bar = [], [], []
         for k, t in enumerate(self.terms):
             ck = c[..., k][..., None, None]
             Sd_bar = xp.astype(su_n.dagger(ck * Xi_bar), dtype)     # cotangent of Sigma_k^dag
-            if fr["tables"] is not None:
-                if out is None:
-                    out = stack_links(in_links, layout)
-                out = kernels.line_sums_vjp(fr["X"], fr["tables"][k], Sd_bar, L_bar=out)
+            if fr["lines"] is not None:
+                Sd_bars.append(Sd_bar)
             else:
                 W_bars += [layout.shift(scatter_active(Sd_bar, s, mu, nb), mu, -1)] * len(t["paths"])
             cb = xp.real(xp.sum(xp.conj(Xi_bar) * Sig[k], axis=(-2, -1)))   # Re tr(Xi_bar^dag Sigma_k)
             z_bar.append(cb * fr["dc"][..., k])
-        if out is None:
+        if fr["lines"] is not None:
+            out = fr["lines"].vjp(fr["Xe"], Sd_bars, out=stack_links(in_links, layout))
+        else:
             for nu, b in enumerate(paths_vjp(fr["wctx"], W_bars)):
                 if b is not None:
                     in_links[nu] = in_links[nu] + b

@@ -357,6 +357,72 @@ class Layout:
         parts = [o for o in out if o is not None]
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=ax)
 
+    # ------------------------------------------------------------------ ghost layers
+    def _shift_axis(self, F, mu, n, ax, xp):
+        """F shifted by n along lattice axis mu (array axis ``ax``; the other axes of F may be
+        extended)."""
+        from .kernels.shift import periodic_shift
+        if self.grid[mu] == 1:
+            return periodic_shift(F, ax, n)
+        return self._shift_distributed(F, mu, n, ax, xp)
+
+    def _ghost_widths(self, below, above, what):
+        below, above = tuple(int(b) for b in below), tuple(int(t) for t in above)
+        if len(below) != self.Nd or len(above) != self.Nd or any(
+                not 0 <= w <= L for ws in (below, above) for w, L in zip(ws, self.local_shape)):
+            raise LayoutError(f"{what}: ghost widths below {below} / above {above} must be {self.Nd} numbers "
+                              f"between 0 and the local extents {self.local_shape}")
+        return below, above
+
+    def with_ghosts(self, F, below, above, inner: int = 2):
+        """F on the local block extended by ``below[a]`` planes of the block below and
+        ``above[a]`` planes of the block above along every axis a (periodic; under MPI the
+        neighbours' planes, one exchange of just those planes per axis and side). Axes are
+        extended in order and each exchange carries the ghosts of the axes before it, so edge
+        and corner ghosts are filled too. Shape ``(*lead, *(L_a + below_a + above_a), *inner)``."""
+        self.check_sites(F, inner, "with_ghosts: field")
+        below, above = self._ghost_widths(below, above, "with_ghosts")
+        xp = _xp_of(F)
+        E = F
+        for a, (b, t) in enumerate(zip(below, above)):
+            if not (b or t):
+                continue
+            L, ax = self.local_shape[a], F.ndim - inner - self.Nd + a
+            lead = (slice(None),) * ax
+            parts = []
+            if b:                                                # G[j] = F[j - b]: planes -b..-1
+                parts.append(self._shift_axis(E, a, -b, ax, xp)[lead + (slice(0, b), Ellipsis)])
+            parts.append(E)
+            if t:                                                # H[j] = F[j + t]: planes L..L+t-1
+                parts.append(self._shift_axis(E, a, t, ax, xp)[lead + (slice(L - t, L), Ellipsis)])
+            E = xp.concat(parts, axis=ax)
+        return E
+
+    def ghost_sum(self, E, below, above, inner: int = 2):
+        """The adjoint of :meth:`with_ghosts`: a field on the extended block -> the local block,
+        each ghost plane's value added to the site it copies (on its rank)."""
+        below, above = self._ghost_widths(below, above, "ghost_sum")
+        xp = _xp_of(E)
+        want = tuple(L + b + t for L, b, t in zip(self.local_shape, below, above))
+        self.check_sites(E, inner, "ghost_sum: field", sites_shape=want)
+        for a in reversed(range(self.Nd)):
+            b, t = below[a], above[a]
+            if not (b or t):
+                continue
+            L, ax = self.local_shape[a], E.ndim - inner - self.Nd + a
+            lead = (slice(None),) * ax
+            acc = E[lead + (slice(b, b + L), Ellipsis)]
+            if b:
+                pad = xp.zeros_like(acc)
+                pad[lead + (slice(0, b), Ellipsis)] = E[lead + (slice(0, b), Ellipsis)]
+                acc = acc + self._shift_axis(pad, a, b, ax, xp)
+            if t:
+                pad = xp.zeros_like(acc)
+                pad[lead + (slice(L - t, L), Ellipsis)] = E[lead + (slice(b + L, b + L + t), Ellipsis)]
+                acc = acc + self._shift_axis(pad, a, -t, ax, xp)
+            E = acc
+        return E
+
     def halo_stats(self) -> dict:
         """Halo traffic received by :meth:`shift` since construction / the last reset."""
         return {"bytes": self.halo_bytes, "messages": self.halo_messages}

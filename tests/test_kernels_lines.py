@@ -158,3 +158,28 @@ def test_line_table_and_shapes_refused():
         kernels.line_sums_vjp(L, tb, np.zeros((3, 3, 3), complex))
     with pytest.raises(ValueError, match="accumulator"):
         kernels.line_sums_vjp(L, tb, np.zeros((2, 3, 3), complex), L_bar=np.zeros((2, 4, 4, 3, 3), np.complex64))
+
+
+@pytest.mark.parametrize("split", [(0,), (1, 2), (0, 1, 2)])
+def test_ghost_tables_equal_periodic_tables(split):
+    """ghost_line_tables on a block extended by Layout.with_ghosts (on one process: the
+    periodic extension) gives the periodic tables' sums, and the adjoint through ghost_sum
+    the periodic adjoint; the widths are exactly the planes the paths reach; None where they
+    exceed the block."""
+    rng = np.random.default_rng(11)
+    shape = (4, 3, 5)
+    lay = Layout(shape)
+    sets = [[p for p, _ in family_paths("rectangle", 0, 3)], [p for p, _ in family_paths("plaquette", 0, 3)]]
+    starts = rng.permutation(60)                              # every site, in a shuffled order
+    tabs, below, above = kernels.ghost_line_tables(shape, sets, starts, shift=(0, 1), split_axes=split)
+    for a in range(3):          # rectangles reach 2 planes along nu; along mu = 0 from x + 0^: x - 1 .. x + 2
+        assert (below[a], above[a]) == (((1, 2) if a == 0 else (2, 2)) if a in split else (0, 0))
+    L = _rand(rng, (2, 3) + shape + (3, 3))
+    Le = lay.with_ghosts(L, below, above, inner=2)
+    for tb, paths in zip(tabs, sets):
+        per = kernels.line_table(shape, paths, starts, shift=(0, 1))
+        np.testing.assert_allclose(kernels.line_sums(Le, tb), kernels.line_sums(L, per), atol=1e-12)
+        Wb = _rand(rng, (2, 60, 3, 3))
+        got = lay.ghost_sum(kernels.line_sums_vjp(Le, tb, Wb), below, above, inner=2)
+        np.testing.assert_allclose(got, kernels.line_sums_vjp(L, per, Wb), atol=1e-12)
+    assert kernels.ghost_line_tables((1, 3, 5), sets, None, split_axes=(0,)) is None

@@ -105,3 +105,24 @@ def test_device_buffer_mode_is_validated_and_detected(monkeypatch):
             lay_mod.set_device_buffers("gpu")
     finally:
         lay_mod.set_device_buffers("auto")
+
+
+@given(below=st.tuples(*[st.integers(0, 3)] * 3), above=st.tuples(*[st.integers(0, 3)] * 3))
+def test_with_ghosts_periodic_and_ghost_sum_adjoint(below, above):
+    """On one process with_ghosts is the periodic extension (np.take with wrapped indices)
+    and ghost_sum its adjoint; widths above the local extent are refused."""
+    shape = (3, 4, 5)
+    lay = Layout(shape)
+    rng = np.random.default_rng(sum(below) + 7 * sum(above))
+    F = rng.normal(size=(2,) + shape + (3, 3)) + 1j * rng.normal(size=(2,) + shape + (3, 3))
+    E = lay.with_ghosts(F, below, above, inner=2)
+    want = F
+    for a in range(3):
+        want = np.take(want, np.arange(-below[a], shape[a] + above[a]) % shape[a], axis=1 + a)
+    assert np.array_equal(E, want)
+    Eb = rng.normal(size=E.shape) + 1j * rng.normal(size=E.shape)
+    assert abs(np.vdot(lay.ghost_sum(Eb, below, above, inner=2), F) - np.vdot(Eb, E)) < 1e-10 * np.abs(Eb).sum()
+    with pytest.raises(LayoutError, match="ghost widths"):
+        lay.with_ghosts(F, (4, 0, 0), (0, 0, 0), inner=2)
+    with pytest.raises(LayoutError, match="does not fit"):
+        lay.ghost_sum(F, (1, 0, 0), (0, 0, 0), inner=2)

@@ -52,7 +52,7 @@ from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, real_mix, matmul
 from .eigh3 import eigh, polar
 from .expm3 import expm
-from .lines import LineTable, line_table, neighbour_sites, line_sums, line_sums_vjp, line_sums_reference, line_sums_vjp_reference
+from .lines import LineTable, line_table, ghost_line_tables, line_sums, line_sums_vjp, line_sums_reference, line_sums_vjp_reference
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
 from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference,
@@ -61,5 +61,5 @@ from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_referenc
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
            "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
-           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "LineTable", "line_table", "neighbour_sites",
+           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "LineTable", "line_table", "ghost_line_tables",
            "line_sums", "line_sums_vjp", "line_sums_reference", "line_sums_vjp_reference"]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from ..backend import namespace, np
 from .dispatch import implementation
 
-__all__ = ["LineTable", "line_table", "neighbour_sites", "line_sums", "line_sums_vjp", "line_sums_reference",
+__all__ = ["LineTable", "line_table", "ghost_line_tables", "line_sums", "line_sums_vjp", "line_sums_reference",
            "line_sums_vjp_reference"]
 
 
@@ -80,23 +80,7 @@ class LineTable:
         return got
 
 
-def neighbour_sites(local_shape, sites, mu: int, sign: int = +1):
-    """Flat indices of x + sign mu^ (periodic on the local block) for the flat indices
-    ``sites`` (any namespace; returns host int64)."""
-    from ..backend import to_host
-    shape = tuple(int(L) for L in local_shape)
-    x = list(np.unravel_index(np.asarray(to_host(sites), dtype=np.int64), shape))
-    x[mu] = (x[mu] + int(sign)) % shape[mu]
-    return np.ravel_multi_index(tuple(x), shape)
-
-
-def line_table(local_shape, paths, starts=None) -> LineTable:
-    """The :class:`LineTable` of ``paths`` (P paths of equal length, signed steps) started at
-    the distinct flat site indices ``starts`` (``(n,)``; None = every site in order) of the
-    periodic local block ``local_shape``.
-    Only meaningful where no axis is split over ranks (the tables wrap around locally)."""
-    shape = tuple(int(L) for L in local_shape)
-    Nd, V = len(shape), int(np.prod(shape))
+def _checked_paths(paths, Nd):
     paths = tuple(tuple((int(m), int(s)) for m, s in p) for p in paths)
     if not paths or any(len(p) != len(paths[0]) or not p for p in paths):
         raise ValueError(f"kernels.line_table: need one or more non-empty paths of equal length, got lengths "
@@ -106,6 +90,13 @@ def line_table(local_shape, paths, starts=None) -> LineTable:
             if not 0 <= m < Nd or s not in (1, -1):
                 raise ValueError(f"kernels.line_table: bad step {(m, s)} in path {p}: need (mu, +1 or -1), "
                                  f"0 <= mu < {Nd}")
+    return paths
+
+
+def _walk(shape, paths, starts, shift, open_axes):
+    """Factor sites of each (p, k): coordinates ``(P, K, Nd, n)`` (periodic on the block,
+    unwrapped along ``open_axes``), and the directions and dagger flags ``(P, K)``."""
+    Nd, V = len(shape), int(np.prod(shape))
     starts = np.arange(V, dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64).reshape(-1)
     if starts.size and (starts.min() < 0 or starts.max() >= V):
         raise ValueError(f"kernels.line_table: start sites must be flat indices in [0, {V}), got range "
@@ -113,19 +104,77 @@ def line_table(local_shape, paths, starts=None) -> LineTable:
     if np.unique(starts).size != starts.size:
         raise ValueError("kernels.line_table: start sites must be distinct (the adjoint scatters each factor's "
                          "cotangent back through the table)")
+
+    def wrap(y, a):
+        return y if a in open_axes else y % shape[a]
+    x0 = [c.astype(np.int64) for c in np.unravel_index(starts, shape)]
+    if shift is not None:
+        a, n = int(shift[0]), int(shift[1])
+        x0[a] = wrap(x0[a] + n, a)
     P, K = len(paths), len(paths[0])
-    edge = np.empty((P, K, starts.size), dtype=np.int64)
+    coords = np.empty((P, K, Nd, starts.size), dtype=np.int64)
+    mus = np.empty((P, K), dtype=np.int64)
     dag = np.zeros((P, K), dtype=bool)
     for p, path in enumerate(paths):
-        y = list(np.unravel_index(starts, shape))
-        for k, (m, s) in enumerate(path):
-            if s < 0:
-                y[m] = (y[m] - 1) % shape[m]
-            edge[p, k] = m * V + np.ravel_multi_index(tuple(y), shape)
-            dag[p, k] = s < 0
-            if s > 0:
-                y[m] = (y[m] + 1) % shape[m]
-    return LineTable(edge, dag, shape, paths)
+        y = list(x0)
+        for k, (m, sg) in enumerate(path):
+            if sg < 0:
+                y[m] = wrap(y[m] - 1, m)
+            coords[p, k] = np.stack(y)
+            mus[p, k], dag[p, k] = m, sg < 0
+            if sg > 0:
+                y[m] = wrap(y[m] + 1, m)
+    return coords, mus, dag
+
+
+def _table(paths, coords, mus, dag, shape, offset):
+    """LineTable on the block ``shape`` with the walk's coordinates moved by ``offset``."""
+    V = int(np.prod(shape))
+    P, K = mus.shape
+    edge = np.empty((P, K, coords.shape[-1]), dtype=np.int64)
+    for p in range(P):
+        for k in range(K):
+            c = tuple(coords[p, k, a] + offset[a] for a in range(len(shape)))
+            edge[p, k] = mus[p, k] * V + np.ravel_multi_index(c, shape)
+    return LineTable(edge, dag, tuple(shape), paths)
+
+
+def line_table(local_shape, paths, starts=None, *, shift=None) -> LineTable:
+    """The :class:`LineTable` of ``paths`` (P paths of equal length, signed steps) started at
+    the distinct flat site indices ``starts`` (``(n,)``; None = every site in order) of the
+    periodic local block ``local_shape``, moved by ``shift = (mu, n)`` (x -> x + n mu^) when
+    given. For a block with axes split over ranks use :func:`ghost_line_tables`."""
+    shape = tuple(int(L) for L in local_shape)
+    paths = _checked_paths(paths, len(shape))
+    coords, mus, dag = _walk(shape, paths, starts, shift, ())
+    return _table(paths, coords, mus, dag, shape, (0,) * len(shape))
+
+
+def ghost_line_tables(local_shape, path_sets, starts=None, *, shift=None, split_axes=()):
+    """Tables of several path sets (same starts and ``shift``, as :func:`line_table`) on the
+    local block extended by ghost planes along ``split_axes``: coordinates are not wrapped
+    along those axes, and the block grows by exactly the planes the paths reach below and
+    above it. Returns ``(tables, below, above)`` (ghost planes per axis, length Nd; the
+    links come from :meth:`lattice.layout.Layout.with_ghosts` with these widths), or None
+    where a path reaches further than one neighbouring block (a width above the local extent).
+    Without split axes this is :func:`line_table` per set with zero widths."""
+    shape = tuple(int(L) for L in local_shape)
+    Nd = len(shape)
+    split = tuple(sorted(int(a) for a in split_axes))
+    walks = []
+    below, above = [0] * Nd, [0] * Nd
+    for paths in path_sets:
+        paths = _checked_paths(paths, Nd)
+        coords, mus, dag = _walk(shape, paths, starts, shift, split)
+        walks.append((paths, coords, mus, dag))
+        for a in split:
+            if coords.shape[-1]:
+                below[a] = max(below[a], int(-coords[:, :, a].min()))
+                above[a] = max(above[a], int(coords[:, :, a].max()) - (shape[a] - 1))
+    if any(below[a] > shape[a] or above[a] > shape[a] for a in range(Nd)):
+        return None
+    ext = tuple(L + b + t for L, b, t in zip(shape, below, above))
+    return [_table(*w, ext, below) for w in walks], tuple(below), tuple(above)
 
 
 def _flat_links(L, table: LineTable):

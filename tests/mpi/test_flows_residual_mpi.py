@@ -25,9 +25,18 @@ def _model():
     return m, p
 
 
-def test_distributed_residual_flow_equals_single_process():
+def _grids():
+    """Grids of this rank count: with 4 ranks also (4, 1, 1, 1), whose blocks are one site
+    thick along axis 0, so that the rectangles of the M4 layers reach beyond the neighbouring
+    block and take the whole-field path (flows.paths) while the M2 layers use ghost planes."""
+    n = MPI.COMM_WORLD.Get_size()
+    return [GRIDS[n]] + ([(4, 1, 1, 1)] if n == 4 else [])
+
+
+@pytest.mark.parametrize("grid", _grids())
+def test_distributed_residual_flow_equals_single_process(grid):
     comm = MPI.COMM_WORLD
-    lay = Layout(SHAPE, comm=comm, grid=GRIDS[comm.Get_size()])
+    lay = Layout(SHAPE, comm=comm, grid=grid, tile=(1, 1, 1, 1))
     full = Layout(SHAPE)
     m, p = _model()
     zg = random_gauge(SHAPE, N=3, batch=(2,), seed=3)

@@ -63,6 +63,38 @@ def test_shift_every_distance_and_halo_accounting(grid):
                                   lay.local_part(ser.shift(q, mu, n, inner=0), inner=0))
 
 
+def _global_block(Fg, lay, below, above, inner):
+    """The extended block of this rank cut from the periodic global field (np.take wraps)."""
+    nl = Fg.ndim - inner - lay.Nd
+    E = Fg
+    for a in range(lay.Nd):
+        idx = np.arange(lay.offset[a] - below[a], lay.offset[a] + lay.local_shape[a] + above[a]) % SHAPE[a]
+        E = np.take(E, idx, axis=nl + a)
+    return E
+
+
+@pytest.mark.parametrize("grid", _grids(SHIFT_GRIDS))
+def test_with_ghosts_and_its_adjoint(grid):
+    """with_ghosts = the periodic global field cut around the block (edges and corners of
+    several split axes included, widths up to the local extent), and ghost_sum is its
+    adjoint: <ghost_sum(E), F> = <E, with_ghosts(F)> summed over the ranks."""
+    lay = Layout(SHAPE, comm=COMM, grid=grid, tile=(1, 1, 1, 1))
+    Fg = _field(SHAPE, inner=(3, 3), seed=2)
+    F = np.ascontiguousarray(lay.local_part(Fg, inner=2))
+    for below, above in (((1, 1, 1, 1), (1, 1, 1, 1)), ((0, 2, 0, 1), (2, 0, 1, 2)),
+                         (tuple(lay.local_shape), (0, 0, 0, 0)), ((0, 0, 0, 0), tuple(lay.local_shape))):
+        below = tuple(min(w, L_) for w, L_ in zip(below, lay.local_shape))
+        above = tuple(min(w, L_) for w, L_ in zip(above, lay.local_shape))
+        E = lay.with_ghosts(F, below, above, inner=2)
+        assert np.array_equal(E, _global_block(Fg, lay, below, above, 2)), (below, above)
+        Eb = np.random.default_rng(COMM.Get_rank()).normal(size=E.shape) + 0j
+        lhs = COMM.allreduce(complex(np.vdot(lay.ghost_sum(Eb, below, above, inner=2), F)))
+        rhs = COMM.allreduce(complex(np.vdot(Eb, E)))
+        assert abs(lhs - rhs) < 1e-9 * abs(rhs), (below, above)
+    with pytest.raises(LayoutError, match="ghost widths"):
+        lay.with_ghosts(F, (lay.local_shape[0] + 1, 0, 0, 0), (0, 0, 0, 0), inner=2)
+
+
 def test_shift_rejects_bad_axes():
     lay = Layout(SHAPE, comm=COMM, grid=_grids(SHIFT_GRIDS)[0], tile=(1, 1, 1, 1))
     F = np.zeros(lay.local_shape)
