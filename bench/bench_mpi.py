@@ -1,6 +1,8 @@
 """MPI scaling on one machine: the Dirac operator (hopping term H and the even-odd M^), CG to
-1e-10 and a flow forward pass on 12^3 x 24 at 1, 2 and 4 ranks, plus the surface-to-volume
-model for larger lattices on many ranks.
+1e-10 and flow forward passes on 12^3 x 24 at 1, 2 and 4 ranks, plus the surface-to-volume
+model for larger lattices on many ranks. The residual-flow forward is also timed with the
+whole-field Wilson lines it used before the line tables with ghost planes
+(``over_whole_field_lines`` = time with line tables / time with whole-field lines).
 
 Each rank count runs in its own process group: ``mpiexec -n R python -m bench.bench_mpi
 --worker ...`` (R = 1 runs plain ``python``, the single-process reference) prints one JSON
@@ -170,7 +172,52 @@ def _flow_ops(lay, comm, repeat):
     out["flow forward + log det (2 learned-loop layers)"] = {
         "seconds": _timed(comm, [lambda: m.forward(p, z, layout=lay)], max(1, repeat // 4))[0],
         "halo_bytes": b, "halo_messages": msgs}
+    out.update(_residual_ops(lay, comm, z, repeat))
     return out
+
+
+def _residual_ops(lay, comm, z, repeat):
+    """Forward pass of two residual layers (M2 plaquette, M4 plaquette + rectangle, field
+    dependent with a 3^4 context of 4 channels): staple sums at the active links through line
+    tables on the block with ghost planes, and -- timed in turn, same process -- through the
+    whole-field shifted products of flows.paths (the mechanism before)."""
+    try:
+        import flows
+        import flows.residual as R
+        import flows.context as C
+        if not hasattr(R.ResidualLayer, "_line_set"):
+            return {}
+    except ImportError:
+        return {}
+    import numpy as np
+    m = flows.residual_flow(4, 3, ("M2", "M4"), ("plaquette", "rectangle"), field_dependent=True,
+                            context_hidden=(4,), context_kernel=3)
+    m.layers = [m.layers[0], m.layers[-1]]
+    rng = np.random.default_rng(2)
+    p = {k: v + 0.3 * rng.normal(size=v.shape) for k, v in m.init(0).items()}
+    saved = (R.ResidualLayer._line_set, C.ContextNet._line_set)
+
+    def whole_field():
+        R.ResidualLayer._line_set = lambda layer, layout, s: None
+        C.ContextNet._line_set = lambda net, layout: None
+        try:
+            return m.forward(p, z, layout=lay)
+        finally:
+            R.ResidualLayer._line_set, C.ContextNet._line_set = saved
+    out = {}
+    for name, fn in ((RESIDUAL, lambda: m.forward(p, z, layout=lay)), (RESIDUAL + WHOLE_FIELD, whole_field)):
+        lay.reset_halo_stats()
+        fn()
+        out[name] = {"halo_bytes": lay.halo_bytes, "halo_messages": lay.halo_messages}
+    a, b = m.forward(p, z, layout=lay)[1], whole_field()[1]
+    t = _timed(comm, [lambda: m.forward(p, z, layout=lay), whole_field], max(1, repeat // 3))
+    out[RESIDUAL]["seconds"], out[RESIDUAL + WHOLE_FIELD]["seconds"] = t
+    out[RESIDUAL]["logdet_rel_diff"] = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    return out
+
+
+RESIDUAL = "residual flow forward + log det (M2, M4 layers)"
+WHOLE_FIELD = " [whole-field lines]"
 
 
 # ----------------------------------------------------------------------------- model
@@ -290,6 +337,9 @@ def run(quick: bool = False):
                 r["over_no_halo"] = o["seconds"] / res["ops"][LOCAL_ONLY + name]["seconds"]
             if "iterations" in o:
                 r["iterations"] = o["iterations"]
+            if name + WHOLE_FIELD in res["ops"]:
+                r["over_whole_field_lines"] = o["seconds"] / res["ops"][name + WHOLE_FIELD]["seconds"]
+                r["logdet_rel_diff"] = o["logdet_rel_diff"]
             recs.append(r)
     return recs + model_records()
 

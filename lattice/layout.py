@@ -326,7 +326,6 @@ class Layout:
         pieces = [(q, r, loc), (q + 1, 0, r)]
         out = [None, None]
         reqs, recvs = [], []
-        on_device = array_api_compat.is_cupy_namespace(xp) and device_buffers()
         for i, (hop, lo, hi) in enumerate(pieces):
             if hi == lo:
                 continue
@@ -335,37 +334,44 @@ class Layout:
                 out[i] = slab
                 continue
             down, up = self._peer(mu, hop % g)
-            if on_device:  # pragma: no cover - GPU only. CUDA-aware MPI: device buffers, no staging
-                import cupy
-                sbuf = cupy.ascontiguousarray(slab)
-                rbuf = cupy.empty_like(sbuf)
-                cupy.cuda.get_current_stream().synchronize()   # sbuf complete before MPI reads it
-            else:
-                sbuf = _host_buffer(slab)
-                rbuf = _empty_host_like(sbuf)
-            tag = 2 * mu + i
-            reqs.append(self._cart.Irecv(rbuf, source=up, tag=tag))
-            reqs.append(self._cart.Isend(sbuf, dest=down, tag=tag))
-            recvs.append((i, rbuf))
-        if reqs:
-            from mpi4py import MPI
-            MPI.Request.Waitall(reqs)
-        for i, rbuf in recvs:
-            self.halo_bytes += rbuf.nbytes
-            self.halo_messages += 1
-            out[i] = rbuf if _xp_of(rbuf) is xp else from_host(rbuf, xp)
+            recvs.append((i, self._post(slab, down, up, 2 * mu + i, xp, reqs)))
+        for i, rbuf in self._wait(reqs, recvs, xp):
+            out[i] = rbuf
         parts = [o for o in out if o is not None]
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=ax)
 
-    # ------------------------------------------------------------------ ghost layers
-    def _shift_axis(self, F, mu, n, ax, xp):
-        """F shifted by n along lattice axis mu (array axis ``ax``; the other axes of F may be
-        extended)."""
-        from .kernels.shift import periodic_shift
-        if self.grid[mu] == 1:
-            return periodic_shift(F, ax, n)
-        return self._shift_distributed(F, mu, n, ax, xp)
+    def _post(self, slab, dest, source, tag, xp, reqs):
+        """Non-blocking: send ``slab`` to ``dest``, receive a buffer of its shape from
+        ``source`` (requests appended to ``reqs``); returns the receive buffer. Host staging,
+        or device buffers where CUDA-aware MPI is configured."""
+        if array_api_compat.is_cupy_namespace(xp) and device_buffers():  # pragma: no cover - GPU only
+            import cupy
+            sbuf = cupy.ascontiguousarray(slab)
+            rbuf = cupy.empty_like(sbuf)
+            cupy.cuda.get_current_stream().synchronize()   # sbuf complete before MPI reads it
+        else:
+            sbuf = _host_buffer(slab)
+            rbuf = _empty_host_like(sbuf)
+        reqs.append(self._cart.Irecv(rbuf, source=source, tag=tag))
+        reqs.append(self._cart.Isend(sbuf, dest=dest, tag=tag))
+        reqs.append(sbuf)                  # kept alive until the wait
+        return rbuf
 
+    def _wait(self, reqs, recvs, xp):
+        """Complete the requests of :meth:`_post`; (key, received array in ``xp``) per receive,
+        counted in the halo statistics."""
+        reqs = [r for r in reqs if not hasattr(r, "shape")]
+        if reqs:
+            from mpi4py import MPI
+            MPI.Request.Waitall(reqs)
+        out = []
+        for key, rbuf in recvs:
+            self.halo_bytes += rbuf.nbytes
+            self.halo_messages += 1
+            out.append((key, rbuf if _xp_of(rbuf) is xp else from_host(rbuf, xp)))
+        return out
+
+    # ------------------------------------------------------------------ ghost layers
     def _ghost_widths(self, below, above, what):
         below, above = tuple(int(b) for b in below), tuple(int(t) for t in above)
         if len(below) != self.Nd or len(above) != self.Nd or any(
@@ -377,7 +383,7 @@ class Layout:
     def with_ghosts(self, F, below, above, inner: int = 2):
         """F on the local block extended by ``below[a]`` planes of the block below and
         ``above[a]`` planes of the block above along every axis a (periodic; under MPI the
-        neighbours' planes, one exchange of just those planes per axis and side). Axes are
+        neighbours' planes, one message of just those planes per axis and side). Axes are
         extended in order and each exchange carries the ghosts of the axes before it, so edge
         and corner ghosts are filled too. Shape ``(*lead, *(L_a + below_a + above_a), *inner)``."""
         self.check_sites(F, inner, "with_ghosts: field")
@@ -389,12 +395,18 @@ class Layout:
                 continue
             L, ax = self.local_shape[a], F.ndim - inner - self.Nd + a
             lead = (slice(None),) * ax
-            parts = []
-            if b:                                                # G[j] = F[j - b]: planes -b..-1
-                parts.append(self._shift_axis(E, a, -b, ax, xp)[lead + (slice(0, b), Ellipsis)])
-            parts.append(E)
-            if t:                                                # H[j] = F[j + t]: planes L..L+t-1
-                parts.append(self._shift_axis(E, a, t, ax, xp)[lead + (slice(L - t, L), Ellipsis)])
+            top, bottom = E[lead + (slice(L - b, L), Ellipsis)], E[lead + (slice(0, t), Ellipsis)]
+            if self.grid[a] == 1:                               # periodic: this block's own planes
+                ghost = {"below": top, "above": bottom}
+            else:                       # planes -b..-1 come from the block below, L..L+t-1 from above
+                down, up = self._peer(a, 1)
+                reqs, recvs = [], []
+                if b:
+                    recvs.append(("below", self._post(top, up, down, 2 * a, xp, reqs)))
+                if t:
+                    recvs.append(("above", self._post(bottom, down, up, 2 * a + 1, xp, reqs)))
+                ghost = dict(self._wait(reqs, recvs, xp))
+            parts = ([ghost["below"]] if b else []) + [E] + ([ghost["above"]] if t else [])
             E = xp.concat(parts, axis=ax)
         return E
 
@@ -411,15 +423,22 @@ class Layout:
                 continue
             L, ax = self.local_shape[a], E.ndim - inner - self.Nd + a
             lead = (slice(None),) * ax
-            acc = E[lead + (slice(b, b + L), Ellipsis)]
+            lo, hi = E[lead + (slice(0, b), Ellipsis)], E[lead + (slice(b + L, b + L + t), Ellipsis)]
+            if self.grid[a] == 1:
+                got = {"top": lo, "bottom": hi}
+            else:                       # ghost planes go back to the blocks they were copied from
+                down, up = self._peer(a, 1)
+                reqs, recvs = [], []
+                if b:
+                    recvs.append(("top", self._post(lo, down, up, 2 * a, xp, reqs)))
+                if t:
+                    recvs.append(("bottom", self._post(hi, up, down, 2 * a + 1, xp, reqs)))
+                got = dict(self._wait(reqs, recvs, xp))
+            acc = xp.asarray(E[lead + (slice(b, b + L), Ellipsis)], copy=True)
             if b:
-                pad = xp.zeros_like(acc)
-                pad[lead + (slice(0, b), Ellipsis)] = E[lead + (slice(0, b), Ellipsis)]
-                acc = acc + self._shift_axis(pad, a, b, ax, xp)
+                acc[lead + (slice(L - b, L), Ellipsis)] += got["top"]
             if t:
-                pad = xp.zeros_like(acc)
-                pad[lead + (slice(L - t, L), Ellipsis)] = E[lead + (slice(b + L, b + L + t), Ellipsis)]
-                acc = acc + self._shift_axis(pad, a, -t, ax, xp)
+                acc[lead + (slice(0, t), Ellipsis)] += got["bottom"]
             E = acc
         return E
 
