@@ -25,7 +25,9 @@ Links are colour-last ``(*lead, Nd, *sites, N, N)`` (the gauge-field layout); W 
 ``(*lead, n, N, N)``. The reference composes ``take`` and ``@`` (array API; its adjoint
 scatters through inverse index tables per direction, so it needs no scatter-add); the
 compiled path (NumPy + Numba, N = 3) runs each path's chain per block of start sites in a
-split (re, im) scratch, with the prefixes of (L2) kept there, and writes W once.
+split (re, im) scratch, with the prefixes of (L2) kept there, and writes W once; the CuPy path
+(N = 3, paths of up to 8 links) runs one CUDA thread per start site and row, its adjoint
+adding with atomics (:mod:`lattice.kernels._cupy_lines`; not yet run on a GPU).
 """
 from __future__ import annotations
 
@@ -257,13 +259,21 @@ def _check(L, table, W_bar=None):
             raise ValueError(f"kernels.line_sums_vjp: cotangent of shape {tuple(W_bar.shape)}, need {want}")
 
 
+def _fast(impl):
+    if impl == "numba":
+        from . import _numba_lines
+        return _numba_lines
+    from . import _cupy_lines  # pragma: no cover - GPU only
+    return _cupy_lines         # pragma: no cover
+
+
 def line_sums(L, table: LineTable):
     """(L1): ``(*lead, n, N, N)`` sums of the table's Wilson lines at its start sites, from
     links ``(*lead, Nd, *sites, N, N)`` (module docstring)."""
     _check(L, table)
-    if implementation(namespace(L)) == "numba":
-        from . import _numba_lines
-        W = _numba_lines.line_sums(L, table, _lead_count(L, table))
+    impl = implementation(namespace(L))
+    if impl in ("numba", "cupy"):
+        W = _fast(impl).line_sums(L, table, _lead_count(L, table))
         if W is not None:
             return W
     return line_sums_reference(L, table)
@@ -277,9 +287,9 @@ def line_sums_vjp(L, table: LineTable, W_bar, L_bar=None):
     if L_bar is not None and (tuple(L_bar.shape) != tuple(L.shape) or L_bar.dtype != L.dtype):
         raise ValueError(f"kernels.line_sums_vjp: accumulator {tuple(L_bar.shape)} {L_bar.dtype} must match the links "
                          f"{tuple(L.shape)} {L.dtype}")
-    if implementation(namespace(L, W_bar)) == "numba":
-        from . import _numba_lines
-        Lb = _numba_lines.line_sums_vjp(L, table, W_bar, _lead_count(L, table), L_bar)
+    impl = implementation(namespace(L, W_bar))
+    if impl in ("numba", "cupy"):
+        Lb = _fast(impl).line_sums_vjp(L, table, W_bar, _lead_count(L, table), L_bar)
         if Lb is not None:
             return Lb
     Lb = line_sums_vjp_reference(L, table, W_bar)
