@@ -4,13 +4,6 @@ precisions, non-cubic lattices, batch axes and any boundary phases; the adjoint 
 on layouts with split axes (ghost layers) it is bit for bit the one-process result; inputs the
 compiled paths do not cover (other spin tables, N != 3) get the reference; the CUDA source is
 checked as C++ where no GPU is present."""
-import ctypes
-import importlib.util
-import shutil
-import subprocess
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,90 +316,16 @@ def test_cupy_equals_reference(dtype):
 
 
 # ---------------------------------------------------------------- the CUDA source without a GPU
-_CPP_HEAD = r"""
-#include <complex>
-#include <cstdint>
-#define __device__
-#define __forceinline__ inline
-using std::conj;
-template <typename T> struct CArray { T* ptr; T& operator[](long long k) const { return ptr[k]; } };
-"""
-_CPP_RUN = r"""
-template <typename T>
-void run_t(T* P_, T* Wt_, T* Ws_, int64_t* ub_, long long Bu, int L0, int L1, int L2, int L3, bool eo, int p,
-           int sf, T* O_, long long n) {
-  CArray<T> P{P_}, Wt{Wt_}, Ws{Ws_}, O{O_};
-  CArray<int64_t> ub{ub_};
-  for (long long i = 0; i < n; ++i) {
-BODY
-  }
-}
-#define RUN(name, C) extern "C" void name(C* P, C* Wt, C* Ws, int64_t* ub, long long Bu, int L0, int L1, int L2, \
-    int L3, bool eo, int p, int sf, C* O, long long n) { run_t(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, n); }
-RUN(run_d, std::complex<double>)
-RUN(run_f, std::complex<float>)
-template <typename T>
-void face_t(T* P_, T* W_, int64_t* ub_, long long n, int mu, int s, T* G_, long long size) {
-  CArray<T> P{P_}, W{W_}, G{G_};
-  CArray<int64_t> ub{ub_};
-  for (long long i = 0; i < size; ++i) {
-FACE_BODY
-  }
-}
-#define FACE(name, C) extern "C" void name(C* P, C* W, int64_t* ub, long long n, int mu, int s, C* G, \
-    long long size) { face_t(P, W, ub, n, mu, s, G, size); }
-FACE(face_d, std::complex<double>)
-FACE(face_f, std::complex<float>)
-"""
-
-
-def test_cuda_source_compiled_as_cpp_equals_reference(tmp_path, monkeypatch):
-    """The CUDA kernel of _cupy_hopping.py (its preamble and body, compiled by g++ with
-    std::complex, one loop iteration per thread) and its Python wrapper (run on NumPy arrays
-    standing in for CuPy) against the reference: full lattice and both even-odd blocks, both
-    precisions, batch axes, the adjoint flag. Checks the index arithmetic and spin algebra of
-    the GPU path where no GPU is present."""
-    gxx = shutil.which("g++")
-    if gxx is None:
-        pytest.skip("no g++")
-    path = Path(hopping.__file__).with_name("_cupy_hopping.py")
-    fake = types.ModuleType("cupy")
-    for name in ("ascontiguousarray", "stack", "asarray", "result_type", "complex64", "complex128", "empty",
-                 "broadcast_to", "arange", "int64", "dtype"):
-        setattr(fake, name, getattr(np, name))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    spec = importlib.util.spec_from_file_location("_cupy_hopping_on_cpu", path)
-    ch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ch)
-    src = tmp_path / "k.cpp"
-    src.write_text(_CPP_HEAD + ch._PREAMBLE + _CPP_RUN.replace("FACE_BODY", ch._FACE_BODY).replace("BODY", ch._BODY))
-    lib_path = tmp_path / "k.so"
-    subprocess.run([gxx, "-O1", "-shared", "-fPIC", "-std=c++17", "-o", str(lib_path), str(src)], check=True,
-                   capture_output=True, timeout=300)
-    lib = ctypes.CDLL(str(lib_path))
-    vp = ctypes.c_void_p
-    for fn in (lib.run_d, lib.run_f):
-        fn.argtypes = [vp, vp, vp, vp, ctypes.c_longlong] + [ctypes.c_int] * 4 + [ctypes.c_bool, ctypes.c_int,
-                                                                                   ctypes.c_int, vp, ctypes.c_longlong]
-
-    def kernel(P, Wt, Ws, ub, Bu, L0, L1, L2, L3, eo, p, sf, O, size):
-        arrs = [np.ascontiguousarray(a) for a in (P, Wt, Ws)]
-        ub = np.ascontiguousarray(ub, dtype=np.int64)
-        assert O.flags.c_contiguous and all(a.dtype == O.dtype for a in arrs)
-        fn = lib.run_d if O.dtype == np.complex128 else lib.run_f
-        fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, Bu, L0, L1, L2, L3, eo, p, sf, O.ctypes.data, size)
-    monkeypatch.setattr(ch, "_kernel", lambda: kernel)
-    for fn in (lib.face_d, lib.face_f):
-        fn.argtypes = [vp, vp, vp, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, vp, ctypes.c_longlong]
-
-    def face_kernel(P, W, ub, n, mu, s, G, size):
-        arrs = [np.ascontiguousarray(a) for a in (P, W)]
-        ub = np.ascontiguousarray(ub, dtype=np.int64)
-        assert G.flags.c_contiguous and all(a.dtype == G.dtype for a in arrs)
-        fn = lib.face_d if G.dtype == np.complex128 else lib.face_f
-        fn(*(a.ctypes.data for a in arrs), ub.ctypes.data, n, mu, s, G.ctypes.data, size)
-    monkeypatch.setattr(ch, "_face_kernel", lambda: face_kernel)
-
+def test_cuda_source_compiled_as_cpp_equals_reference(monkeypatch):
+    """The CUDA kernels of _cupy_hopping.py and their Python wrapper, run on the CPU by
+    tests/cuda_emulation.py (the CUDA source compiled with std::complex, one loop iteration
+    per thread; NumPy arrays standing in for CuPy's), against the reference: full lattice and
+    both even-odd blocks, both precisions, batch axes, the adjoint flag, ghost layers. Checks
+    the index arithmetic and spin algebra of the GPU path where no GPU is present."""
+    import cuda_emulation
+    if cuda_emulation.CXX is None:
+        pytest.skip("no C++ compiler")
+    ch = cuda_emulation.load(monkeypatch, "_cupy_hopping")
     for shape in [(4, 2, 2, 4), (4, 6, 2, 8), (3, 2, 5, 3)]:
         for dtype in (np.complex128, np.complex64):
             links = _links(shape, dtype, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))

@@ -1,0 +1,78 @@
+"""The CuPy paths of the kernel layer without a GPU: lattice/kernels/_cupy.py (colour-first
+products, closed-form 3x3 eigensystems and polar factors) and _cupy_lines.py (line sums and
+their adjoint), wrappers and CUDA source, run on the CPU by tests/cuda_emulation.py (the CUDA
+source compiled with std::complex, one loop iteration per thread) and compared with the
+array-API references. (_cupy_hopping.py: tests/test_kernels_hopping.py.) What this does not
+check -- NVRTC, CuPy's launch, thrust, atomics -- ``make test-gpu`` checks on a GPU."""
+import numpy as np
+import pytest
+
+import cuda_emulation
+from lattice import kernels
+from flows.residual import family_paths
+
+pytestmark = pytest.mark.skipif(cuda_emulation.CXX is None, reason="no C++ compiler on this machine")
+TOL = {np.complex128: 1e-12, np.complex64: 5e-5}
+
+
+def _rand(rng, shape, dtype=np.complex128):
+    return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_colour_first_products(monkeypatch, dtype):
+    cu = cuda_emulation.load(monkeypatch, "_cupy")
+    rng = np.random.default_rng(0)
+    A, B = _rand(rng, (3, 3, 4, 5), dtype), _rand(rng, (3, 3, 1, 5), dtype)
+    for da in (False, True):
+        for db in (False, True):
+            C = cu.mul(A, B, da, db, None)
+            want = kernels.mul_reference(A, B, da=da, db=db)
+            assert C.dtype == dtype and np.max(np.abs(C - want)) < TOL[dtype] * np.max(np.abs(want))
+            out = np.zeros((3, 3, 8, 5), dtype)[:, :, ::2]            # a strided output
+            cu.mul(A, B, da, db, out)
+            assert np.max(np.abs(out - want)) < TOL[dtype] * np.max(np.abs(want))
+
+
+def test_eigh_and_polar(monkeypatch):
+    """Closed forms on random, nearly degenerate and ill-conditioned matrices (the flagged ones
+    go to the LAPACK stand-in): H V = V diag(w), V unitary, w ascending; M = W diag(s) Vh."""
+    cu = cuda_emulation.load(monkeypatch, "_cupy")
+    rng = np.random.default_rng(1)
+    X = _rand(rng, (60, 3, 3))
+    H = X + np.conj(np.swapaxes(X, -1, -2))
+    H[:10] = np.eye(3) + 1e-9 * H[:10]                                  # nearly degenerate
+    w, V = cu.eigh3(H)
+    assert np.all(np.diff(w, axis=-1) >= -1e-12)
+    np.testing.assert_allclose(H @ V, V * w[:, None, :], atol=1e-10)
+    np.testing.assert_allclose(np.conj(np.swapaxes(V, -1, -2)) @ V, np.broadcast_to(np.eye(3), V.shape), atol=1e-10)
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(H), atol=1e-10)
+    M = _rand(rng, (40, 3, 3))
+    M[:5, :, 2] = M[:5, :, 1] * (1 + 1e-13)                             # ill-conditioned
+    W, s, Vh = cu.polar3(M)
+    np.testing.assert_allclose((W * s[:, None, :]) @ Vh, M, atol=1e-10)
+    np.testing.assert_allclose(s, np.linalg.svd(M, compute_uv=False), atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_line_sums_and_adjoint(monkeypatch, dtype):
+    """Residual loop families at chosen sites, one and two lead axes, accumulation into L_bar;
+    paths longer than the kernel holds go back to the caller (None)."""
+    cl = cuda_emulation.load(monkeypatch, "_cupy_lines")
+    rng = np.random.default_rng(2)
+    shape, V = (4, 3, 4, 6), 288
+    for family, lead, n in (("rectangle", (2, 2), 96), ("plaquette", (3,), 288), ("chair", (1,), 17)):
+        tb = kernels.line_table(shape, [p for p, _ in family_paths(family, 2, 4)], rng.choice(V, n, replace=False),
+                                shift=(2, 1))
+        L = _rand(rng, lead + (4,) + shape + (3, 3), dtype)
+        Wb = _rand(rng, lead + (n, 3, 3), dtype)
+        base = _rand(rng, L.shape, dtype)
+        W = cl.line_sums(L, tb, len(lead))
+        Lb = cl.line_sums_vjp(L, tb, Wb, len(lead), base.copy())
+        with kernels.reference_only():
+            W_ref, Lb_ref = kernels.line_sums(L, tb), base + kernels.line_sums_vjp(L, tb, Wb)
+        assert W.dtype == dtype and Lb.dtype == dtype
+        assert np.max(np.abs(W - W_ref)) < TOL[dtype] * np.max(np.abs(W_ref)), family
+        assert np.max(np.abs(Lb - Lb_ref)) < TOL[dtype] * np.max(np.abs(Lb_ref)), family
+    long = kernels.line_table(shape, [[(0, 1)] * (cl.MAXK + 1)], [0])
+    assert cl.line_sums(_rand(rng, (4,) + shape + (3, 3)), long, 0) is None
