@@ -395,20 +395,27 @@ class Layout:
                 continue
             L, ax = self.local_shape[a], F.ndim - inner - self.Nd + a
             lead = (slice(None),) * ax
-            top, bottom = E[lead + (slice(L - b, L), Ellipsis)], E[lead + (slice(0, t), Ellipsis)]
-            if self.grid[a] == 1:                               # periodic: this block's own planes
-                ghost = {"below": top, "above": bottom}
-            else:                       # planes -b..-1 come from the block below, L..L+t-1 from above
-                down, up = self._peer(a, 1)
-                reqs, recvs = [], []
-                if b:
-                    recvs.append(("below", self._post(top, up, down, 2 * a, xp, reqs)))
-                if t:
-                    recvs.append(("above", self._post(bottom, down, up, 2 * a + 1, xp, reqs)))
-                ghost = dict(self._wait(reqs, recvs, xp))
-            parts = ([ghost["below"]] if b else []) + [E] + ([ghost["above"]] if t else [])
+            # planes -b..-1 are the top b planes of the block below, L..L+t-1 the bottom t above
+            from_below, from_above = self._swap_planes(a, E[lead + (slice(L - b, L), Ellipsis)] if b else None,
+                                                       E[lead + (slice(0, t), Ellipsis)] if t else None, xp)
+            parts = ([from_below] if b else []) + [E] + ([from_above] if t else [])
             E = xp.concat(parts, axis=ax)
         return E
+
+    def _swap_planes(self, a: int, send_up, send_down, xp):
+        """Along axis a: ``send_up`` goes to the block above and ``send_down`` to the block below
+        (None: nothing); returns (what came from below, what came from above). Without a split
+        of axis a the block is its own neighbour."""
+        if self.grid[a] == 1:
+            return send_up, send_down
+        down, up = self._peer(a, 1)
+        reqs, recvs = [], []
+        if send_up is not None:
+            recvs.append((0, self._post(send_up, up, down, 2 * a, xp, reqs)))
+        if send_down is not None:
+            recvs.append((1, self._post(send_down, down, up, 2 * a + 1, xp, reqs)))
+        got = dict(self._wait(reqs, recvs, xp))
+        return got.get(0), got.get(1)
 
     def ghost_sum(self, E, below, above, inner: int = 2):
         """The adjoint of :meth:`with_ghosts`: a field on the extended block -> the local block,
@@ -423,22 +430,15 @@ class Layout:
                 continue
             L, ax = self.local_shape[a], E.ndim - inner - self.Nd + a
             lead = (slice(None),) * ax
-            lo, hi = E[lead + (slice(0, b), Ellipsis)], E[lead + (slice(b + L, b + L + t), Ellipsis)]
-            if self.grid[a] == 1:
-                got = {"top": lo, "bottom": hi}
-            else:                       # ghost planes go back to the blocks they were copied from
-                down, up = self._peer(a, 1)
-                reqs, recvs = [], []
-                if b:
-                    recvs.append(("top", self._post(lo, down, up, 2 * a, xp, reqs)))
-                if t:
-                    recvs.append(("bottom", self._post(hi, up, down, 2 * a + 1, xp, reqs)))
-                got = dict(self._wait(reqs, recvs, xp))
+            # ghost planes go back to the blocks they were copied from: those below (copies of the
+            # top planes of the block below) down, those above up
+            from_below, from_above = self._swap_planes(a, E[lead + (slice(b + L, b + L + t), Ellipsis)] if t else None,
+                                                       E[lead + (slice(0, b), Ellipsis)] if b else None, xp)
             acc = xp.asarray(E[lead + (slice(b, b + L), Ellipsis)], copy=True)
             if b:
-                acc[lead + (slice(L - b, L), Ellipsis)] += got["top"]
+                acc[lead + (slice(L - b, L), Ellipsis)] += from_above
             if t:
-                acc[lead + (slice(0, t), Ellipsis)] += got["bottom"]
+                acc[lead + (slice(0, t), Ellipsis)] += from_below
             E = acc
         return E
 
