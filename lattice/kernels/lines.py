@@ -6,11 +6,14 @@ and :mod:`flows.paths`. For P paths of equal length K and n start sites x_i,
 
     (L1)  W(x_i) = sum_p F_p1(x_i) F_p2(x_i) ... F_pK(x_i),
 
-F_pk(x_i) the k-th factor of path p started at x_i. On one process every factor is a link
-read at a fixed index of the flattened link axis (direction mu, site): a :class:`LineTable`
-holds these indices ``edge (P, K, n)`` (e = mu V + site, V the local volume) and the dagger
-flags ``dag (P, K)``. Nothing is shifted: a layer that needs a staple sum at its active links
-only (n = V/2 or V/4 of the mu-links) computes it there and nowhere else.
+F_pk(x_i) the k-th factor of path p started at x_i. Every factor is a link read at a fixed
+index of the flattened link axis (direction mu, site): a :class:`LineTable` holds these
+indices ``edge (P, K, n)`` (e = mu V + site, V the sites of the block) and the dagger flags
+``dag (P, K)``. Nothing is shifted: a layer that needs a staple sum at its active links only
+(n = V/2 or V/4 of the mu-links) computes it there and nowhere else. :func:`line_table` wraps
+around the periodic local block; with axes split over ranks, :func:`ghost_line_tables` indexes
+the block extended by the ghost planes the paths reach
+(:meth:`lattice.layout.Layout.with_ghosts`).
 
 The adjoint (complex cotangents as in docs/design.md §7): with prefixes Pre_k = F_1 ... F_k
 and G_K = W_bar, G_{k-1} = G_k F_k^dag,
@@ -45,8 +48,9 @@ class LineTable:
     """Index tables of (L1) for one set of paths and start sites on one local block.
 
     ``edge`` int64 ``(P, K, n)``: flat link index mu V + site of each factor; ``dag`` bool
-    ``(P, K)``; ``shape`` the local block (``Nd``, ``V`` derived); ``paths`` the steps. Host (NumPy) arrays; :meth:`on` gives them
-    in another namespace (cached)."""
+    ``(P, K)``; ``shape`` the (possibly ghost-extended) block, ``Nd`` and ``V`` derived;
+    ``paths`` the steps. Host (NumPy) arrays; :meth:`on` gives them in another namespace
+    (cached)."""
     edge: object
     dag: object
     shape: tuple
