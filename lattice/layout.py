@@ -396,26 +396,42 @@ class Layout:
             L, ax = self.local_shape[a], F.ndim - inner - self.Nd + a
             lead = (slice(None),) * ax
             # planes -b..-1 are the top b planes of the block below, L..L+t-1 the bottom t above
-            from_below, from_above = self._swap_planes(a, E[lead + (slice(L - b, L), Ellipsis)] if b else None,
-                                                       E[lead + (slice(0, t), Ellipsis)] if t else None, xp)
+            from_below, from_above = self.swap_planes(a, E[lead + (slice(L - b, L), Ellipsis)] if b else None,
+                                                      E[lead + (slice(0, t), Ellipsis)] if t else None)
             parts = ([from_below] if b else []) + [E] + ([from_above] if t else [])
             E = xp.concat(parts, axis=ax)
         return E
 
-    def _swap_planes(self, a: int, send_up, send_down, xp):
-        """Along axis a: ``send_up`` goes to the block above and ``send_down`` to the block below
-        (None: nothing); returns (what came from below, what came from above). Without a split
-        of axis a the block is its own neighbour."""
+    def start_swap(self, a: int, send_up, send_down):
+        """Post the exchange of boundary planes along axis a (non-blocking): ``send_up`` (any
+        array, e.g. this block's top planes) goes to the block above, ``send_down`` to the block
+        below (None: nothing that way). Returns a handle for :meth:`finish_swap`; local work
+        can run while the messages are in flight. Without a split of axis a the block is its
+        own neighbour (no message)."""
+        arrays = [x for x in (send_up, send_down) if x is not None]
+        xp = _xp_of(arrays[0]) if arrays else None
         if self.grid[a] == 1:
-            return send_up, send_down
+            return (None, send_up, send_down)
         down, up = self._peer(a, 1)
         reqs, recvs = [], []
         if send_up is not None:
             recvs.append((0, self._post(send_up, up, down, 2 * a, xp, reqs)))
         if send_down is not None:
             recvs.append((1, self._post(send_down, down, up, 2 * a + 1, xp, reqs)))
+        return (xp, reqs, recvs)
+
+    def finish_swap(self, handle):
+        """Wait for :meth:`start_swap`'s messages; returns (what came from the block below,
+        what came from the block above), None where nothing was sent that way."""
+        if handle[0] is None:
+            return handle[1], handle[2]
+        xp, reqs, recvs = handle
         got = dict(self._wait(reqs, recvs, xp))
         return got.get(0), got.get(1)
+
+    def swap_planes(self, a: int, send_up, send_down):
+        """:meth:`start_swap` and :meth:`finish_swap` in one call."""
+        return self.finish_swap(self.start_swap(a, send_up, send_down))
 
     def ghost_sum(self, E, below, above, inner: int = 2):
         """The adjoint of :meth:`with_ghosts`: a field on the extended block -> the local block,
@@ -432,8 +448,8 @@ class Layout:
             lead = (slice(None),) * ax
             # ghost planes go back to the blocks they were copied from: those below (copies of the
             # top planes of the block below) down, those above up
-            from_below, from_above = self._swap_planes(a, E[lead + (slice(b + L, b + L + t), Ellipsis)] if t else None,
-                                                       E[lead + (slice(0, b), Ellipsis)] if b else None, xp)
+            from_below, from_above = self.swap_planes(a, E[lead + (slice(b + L, b + L + t), Ellipsis)] if t else None,
+                                                      E[lead + (slice(0, b), Ellipsis)] if b else None)
             acc = xp.asarray(E[lead + (slice(b, b + L), Ellipsis)], copy=True)
             if b:
                 acc[lead + (slice(L - b, L), Ellipsis)] += from_above

@@ -244,7 +244,11 @@ def _fast(xp, psi, layout, proj):
 # computed by the neighbouring rank with the compiled kernel's own arithmetic
 # (``face_products``), behind an identity ghost link. Every site thus gets the same
 # floating-point operations as on one process: results do not depend on the decomposition
-# (docs/design.md §3).
+# (docs/design.md §3). Only the faces travel (``Layout.start_swap``: one message per split axis
+# and direction, the halo bytes of the reference), and the extended block is assembled while
+# they are in flight; the kernel itself starts when they have arrived (a kernel started
+# earlier would have to redo or patch the boundary sites, which changes their summation order
+# and so the bit-for-bit independence of the decomposition).
 
 def _broadcast_shape(a, b):
     n = max(len(a), len(b))
@@ -310,22 +314,26 @@ def _ghost_hop(fast, psi, Ut, Us, layout, split, proj, dagger, cache, key, targe
     ext = tuple(l + 2 * g for l, g in zip(layout.local_shape, gw))
     batch = _broadcast_shape(tuple(psi.shape[:-6]), tuple(Us[0].shape[:-6]))
     N = psi.shape[-5]
-    E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
-    E[(...,) + inner] = psi
-    up, dn = psi[..., 0:2, :, :, :, :, :], psi[..., 2:4, :, :, :, :, :]
+    # the faces this rank sends, per split axis: down, P^{sf} psi of its first slab (exact: one
+    # rounded add per component); up, U_mu^dag P^{-sf} psi of its last slab (face_products)
+    faces = []
     for mu in split:
         l = layout.local_shape[mu]
-        # above: P^{sf} psi of the neighbour's first slab (exact: one rounded add per component)
-        above = layout.shift(spin_project(up, dn, proj[mu][0], sf), mu, +1, inner=0)
-        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = above[(...,) + _at(full, mu, l - 1)]
-        # below: U_mu^dag P^{-sf} psi on this rank's last slab, sent to the rank above
-        g = fast.face_products(psi[(...,) + _at(full, mu, l - 1)], Us[mu][(...,) + _at(full, mu, l - 1)], mu, -sf)
-        if g is None:
+        first = psi[(...,) + _at(full, mu, 0)]
+        down = spin_project(first[..., 0:2, :, :, :, :, :], first[..., 2:4, :, :, :, :, :], proj[mu][0], sf)
+        up = fast.face_products(psi[(...,) + _at(full, mu, l - 1)], Us[mu][(...,) + _at(full, mu, l - 1)], mu, -sf)
+        if up is None:
             return None
-        G = xp.zeros(tuple(g.shape[:-4]) + tuple(layout.local_shape), dtype=g.dtype, device=dev)
-        G[(...,) + _at(full, mu, l - 1)] = g
-        below = layout.shift(G, mu, -1, inner=0)
-        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = below[(...,) + _at(full, mu, 0)]
+        faces.append((up, down))
+    # only the faces travel; the extended block is assembled while they are in flight
+    handles = [layout.start_swap(mu, up, down) for mu, (up, down) in zip(split, faces)]
+    E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
+    E[(...,) + inner] = psi
+    for mu, h in zip(split, handles):
+        l = layout.local_shape[mu]
+        from_below, from_above = layout.finish_swap(h)
+        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = from_above
+        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = from_below
     if target is None:
         Wt = Ws = _ghost_links(Ut, layout, split, cache, key)
     else:
