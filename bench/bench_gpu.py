@@ -6,7 +6,8 @@ On one CuPy device, 12^3x24 unless stated:
   and percent of the measured device copy bandwidth (2880 / 1440 bytes per site, as in
   ``bench_fermions``), and of the card's nominal HBM bandwidth when ``--hbm`` /
   GAUGEFLOW_HBM_TBS gives it (H200: 4.8 TB/s);
-* the learned-loop flow training step (4^4, 16 layers, batch 16, path gradient);
+* the learned-loop flow training step (4^4, 16 layers, batch 16, path gradient), the residual
+  flow's (M2 M4, plaquette + rectangle, field dependent) and its forward at 12^3x24;
 * CG on the Schur normal operator at kappa = 0.1394, mu = 0.0025 on a random-gauge start
   (time and iterations: a cost stand-in, not the thermalised ensemble);
 * the per-configuration costs of eq. (19) in GPU-hours next to the paper's A100 figures
@@ -95,8 +96,18 @@ def run(quick: bool = False):
     z = cp.asarray(base.sample(batch, L.Rng(1)))
     t_step = _timed(cp, lambda: sample_loss_and_grad(m, p, base, target, z, "path", flay), repeat=2)
     recs.append({"name": f"flow train step learned path 4^4 {n_layers} layers B={batch}", "seconds": t_step})
+    # the residual (correlated-ensemble) model: training step at 4^4, forward at 12^3x24
+    res = flows.residual_flow(4, 3, ("M2", "M4"), ("plaquette", "rectangle"), field_dependent=True)
+    pr = {k: cp.asarray(v) for k, v in res.init(0).items()}
+    t_rstep = _timed(cp, lambda: sample_loss_and_grad(res, pr, base, target, z, "path", flay), repeat=2)
+    recs.append({"name": f"flow train step residual path 4^4 (M2 M4, {len(res.layers)} layers) B={batch}",
+                 "seconds": t_rstep})
     # flow evaluation per 12^3x24 configuration
     U1 = U[None]
+    if not quick:                  # M4 masks need extents divisible by 4
+        t_rflow = _timed(cp, lambda: res.forward(pr, U1, lay), repeat=2)
+        recs.append({"name": f"residual flow forward {'x'.join(map(str, shape))} ({len(res.layers)} layers)",
+                     "seconds": t_rflow})
     t_flow = _timed(cp, lambda: m.forward(p, U1, lay), repeat=2)
     solves = int(os.environ.get("GAUGEFLOW_SOLVES_PER_TRAJ", "200"))
     per_cfg = {"generation": solves * t_cg, "measurement": 16 * 12 * t_cg, "flow_eval": t_flow,
