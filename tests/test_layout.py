@@ -126,3 +126,15 @@ def test_with_ghosts_periodic_and_ghost_sum_adjoint(below, above):
         lay.with_ghosts(F, (4, 0, 0), (0, 0, 0), inner=2)
     with pytest.raises(LayoutError, match="does not fit"):
         lay.ghost_sum(F, (1, 0, 0), (0, 0, 0), inner=2)
+
+
+def test_with_ghosts_on_array_api_strict():
+    """with_ghosts / ghost_sum use only array-API operations (concat, slices, in-place adds)."""
+    xps = L.get_namespace("array_api_strict")
+    lay = Layout((2, 3, 4))
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(2, 3, 4, 3)) + 0j
+    E = lay.with_ghosts(xps.asarray(F), (1, 0, 2), (2, 1, 0), inner=1)
+    np.testing.assert_array_equal(np.asarray(E), lay.with_ghosts(F, (1, 0, 2), (2, 1, 0), inner=1))
+    back = lay.ghost_sum(E, (1, 0, 2), (2, 1, 0), inner=1)
+    np.testing.assert_allclose(np.asarray(back), lay.ghost_sum(np.asarray(E), (1, 0, 2), (2, 1, 0), inner=1))
