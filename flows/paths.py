@@ -116,12 +116,12 @@ class LineSet:
         return [kernels.line_sums(Xe, tb) for tb in self.tables]
 
     def vjp(self, Xe, W_bars, out=None):
-        acc = None if self.ghosts else out
+        acc = out if not self.ghosts else None           # ghosts: accumulate on the extended block
         for tb, Wb in zip(self.tables, W_bars):
             if Wb is not None:
                 acc = kernels.line_sums_vjp(Xe, tb, Wb, L_bar=acc)
         if not self.ghosts or acc is None:
-            return acc if acc is not None else out
+            return out if acc is None else acc
         Lb = self.layout.ghost_sum(acc, self.below, self.above, inner=2)
         return Lb if out is None else out + Lb
 

@@ -353,14 +353,12 @@ class Layout:
             sbuf = _host_buffer(slab)
             rbuf = _empty_host_like(sbuf)
         reqs.append(self._cart.Irecv(rbuf, source=source, tag=tag))
-        reqs.append(self._cart.Isend(sbuf, dest=dest, tag=tag))
-        reqs.append(sbuf)                  # kept alive until the wait
+        reqs.append(self._cart.Isend(sbuf, dest=dest, tag=tag))    # the request holds sbuf
         return rbuf
 
     def _wait(self, reqs, recvs, xp):
         """Complete the requests of :meth:`_post`; (key, received array in ``xp``) per receive,
         counted in the halo statistics."""
-        reqs = [r for r in reqs if not hasattr(r, "shape")]
         if reqs:
             from mpi4py import MPI
             MPI.Request.Waitall(reqs)
@@ -408,24 +406,21 @@ class Layout:
         below (None: nothing that way). Returns a handle for :meth:`finish_swap`; local work
         can run while the messages are in flight. Without a split of axis a the block is its
         own neighbour (no message)."""
-        arrays = [x for x in (send_up, send_down) if x is not None]
-        xp = _xp_of(arrays[0]) if arrays else None
         if self.grid[a] == 1:
-            return (None, send_up, send_down)
+            return ("local", send_up, send_down)
         down, up = self._peer(a, 1)
         reqs, recvs = [], []
-        if send_up is not None:
-            recvs.append((0, self._post(send_up, up, down, 2 * a, xp, reqs)))
-        if send_down is not None:
-            recvs.append((1, self._post(send_down, down, up, 2 * a + 1, xp, reqs)))
-        return (xp, reqs, recvs)
+        for key, x, dest, source in ((0, send_up, up, down), (1, send_down, down, up)):
+            if x is not None:
+                recvs.append((key, self._post(x, dest, source, 2 * a + key, _xp_of(x), reqs)))
+        return ("mpi", reqs, recvs, _xp_of(send_up if send_up is not None else send_down))
 
     def finish_swap(self, handle):
         """Wait for :meth:`start_swap`'s messages; returns (what came from the block below,
         what came from the block above), None where nothing was sent that way."""
-        if handle[0] is None:
+        if handle[0] == "local":
             return handle[1], handle[2]
-        xp, reqs, recvs = handle
+        _, reqs, recvs, xp = handle
         got = dict(self._wait(reqs, recvs, xp))
         return got.get(0), got.get(1)
 

@@ -3,6 +3,8 @@ equivariance, triangularity, the exact log-det against numerical Jacobians (2d w
 4d per-link 8x8 blocks), every VJP against central finite differences, the phi(ad X) series,
 and the linear-response derivative."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -121,8 +123,7 @@ def test_phi_series_adaptive_terms(scale):
     phi, saved = phi_series(A)
     ref, _ = phi_series(A, terms=40)
     np.testing.assert_allclose(phi, ref, rtol=0, atol=4e-16)
-    assert len(saved) == phi_terms(scale) <= (17 if scale <= 1 else 60)
-    assert phi_terms(1e-4) < phi_terms(0.1) < phi_terms(1.0)
+    assert len(saved) == phi_terms(scale) <= 17
     G = rng.normal(size=A.shape)
     Ab = phi_series_vjp(A, saved, G)
     dA = rng.normal(size=A.shape)
@@ -130,6 +131,17 @@ def test_phi_series_adaptive_terms(scale):
     f = lambda t: np.sum(G * phi_series(A + t * dA, terms=K)[0])
     num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
     assert abs(np.sum(Ab * dA) - num) < 1e-9 * abs(num)
+
+
+def test_phi_terms():
+    """Few terms near the identity, 17 at the bound ||ad X||_F = 1, more beyond; a NaN norm
+    is an error (the input field had NaN/Inf)."""
+    assert phi_terms(0.0) == 1 and phi_terms(1e-3) == 4 and phi_terms(0.01) == 6
+    assert phi_terms(0.1) < phi_terms(1.0) == 17 < phi_terms(2.0)
+    for a in (1e-3, 0.3, 1.0, 2.0):                   # the bound holds at the chosen K
+        K = phi_terms(a)
+        tail = sum(a ** n / math.factorial(n + 1) for n in range(K + 1, K + 60))
+        assert tail < 1e-17
     with pytest.raises(ValueError, match="NaN"):
         phi_terms(float("nan"))
 

@@ -116,7 +116,7 @@ def _rows(L, table, nl):
     R = 1
     for s in lead:
         R *= int(s)
-    edge = table.on(cupy)[0]
+    edge = table.on(cupy)
     dag = cupy.asarray(table.dag)
     return cupy.ascontiguousarray(L).reshape(R, table.Nd * table.V, 3, 3), lead, edge, dag, P, K
 

@@ -49,7 +49,7 @@ class LineTable:
 
     ``edge`` int64 ``(P, K, n)``: flat link index mu V + site of each factor; ``dag`` bool
     ``(P, K)``; ``shape`` the (possibly ghost-extended) block, ``Nd`` and ``V`` derived;
-    ``paths`` the steps. Host (NumPy) arrays; :meth:`on` gives them in another namespace
+    ``paths`` the steps. Host (NumPy) arrays; :meth:`on` gives ``edge`` in another namespace
     (cached)."""
     edge: object
     dag: object
@@ -70,10 +70,15 @@ class LineTable:
         return int(self.edge.shape[2])
 
     def on(self, xp):
-        """(edge, per-(p, k) inverse tables for the reference adjoint) in namespace ``xp``."""
-        key = getattr(xp, "__name__", str(id(xp)))
-        got = self._on.get(key)
-        if got is None:
+        """``edge`` in namespace ``xp`` (cached)."""
+        return self._cached(xp, "edge", lambda: self.edge)
+
+    def inverse_on(self, xp):
+        """Per (p, k) the inverse tables of the reference adjoint in namespace ``xp`` (cached):
+        ``inv (P, K, V)``, the position i of each site in the factor's index list, and ``sel``
+        where a site is in it. Built only when the reference adjoint runs (they are P K V
+        entries, far more than the table itself on a large block)."""
+        def build():
             P, K, n = self.edge.shape
             inv = np.zeros((P, K, self.V), dtype=np.int64)
             sel = np.zeros((P, K, self.V), dtype=bool)
@@ -82,7 +87,16 @@ class LineTable:
                 for k in range(K):
                     inv[p, k, site[p, k]] = np.arange(n)
                     sel[p, k, site[p, k]] = True
-            got = self._on[key] = tuple(xp.asarray(a) for a in (self.edge, inv, sel))
+            return inv, sel
+        return self._cached(xp, "inverse", build)
+
+    def _cached(self, xp, what, build):
+        key = (getattr(xp, "__name__", str(id(xp))), what)
+        got = self._on.get(key)
+        if got is None:
+            host = build()
+            got = self._on[key] = (tuple(xp.asarray(a) for a in host) if isinstance(host, tuple)
+                                   else xp.asarray(host))
         return got
 
 
@@ -209,7 +223,7 @@ def line_sums_reference(L, table: LineTable):
     """(L1) by ``take`` and ``@`` (array API)."""
     xp = namespace(L)
     Lf, lead = _flat_links(L, table)
-    edge = table.on(xp)[0]
+    edge = table.on(xp)
     ax = len(lead)
     W = None
     for p in range(edge.shape[0]):
@@ -227,7 +241,8 @@ def line_sums_vjp_reference(L, table: LineTable, W_bar):
     """(L2) composed: the link cotangents ``(*lead, Nd, *sites, N, N)`` (a new array)."""
     xp = namespace(L)
     Lf, lead = _flat_links(L, table)
-    edge, inv, sel = table.on(xp)
+    edge = table.on(xp)
+    inv, sel = table.inverse_on(xp)
     ax = len(lead)
     Nd, V, N = table.Nd, table.V, L.shape[-1]
     acc = [None] * Nd
