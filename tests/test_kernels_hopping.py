@@ -362,3 +362,47 @@ def test_cuda_source_compiled_as_cpp_equals_reference(monkeypatch):
                                            PROJ, dagger, {}, "full")
                 for a, b in zip(split, ch.wilson_hop(psi, links.U, links.U, dagger=dagger)):
                     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("ghosts", [(0, 0, 0, 1), (1, 0, 1, 0), (1, 1, 1, 1)])
+def test_cuda_core_then_rest_overlaps_the_fill(monkeypatch, ghosts):
+    """The CuPy kernel on a block with ghost layers (emulated, as above): the core launch reads
+    no ghost site and the second launch runs after ``fill()``. The ghost layers hold NaN until
+    ``fill`` copies the true values in, so a ghost read before the fill would put NaN into the
+    result; the non-ghost sites must equal one launch on the filled block bit for bit, and the
+    fill must run exactly once, between the two launches."""
+    import cuda_emulation
+    if cuda_emulation.CXX is None:
+        pytest.skip("no C++ compiler")
+    ch = cuda_emulation.load(monkeypatch, "_cupy_hopping")
+    shape = (6, 4, 6, 6)
+    links = _links(shape, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
+    psi = _spinor(links.layout, lead=(2,))
+    inner = tuple(slice(g, L - g) for g, L in zip(ghosts, shape))
+    launches = []
+    kernel = ch._kernel()
+    monkeypatch.setattr(ch, "_kernel", lambda: lambda *a, **kw: (launches.append(a[12]), kernel(*a, **kw)))
+    for target in (None, 0, 1):
+        if target is None:
+            Wt = Ws = links.U
+            E = psi
+        else:
+            Ueo, _ = links._eo_links()
+            Wt, Ws = Ueo[target], Ueo[1 - target]
+            E = _spinor(links.eo.half, lead=(2,), seed=7)
+            inner = tuple(slice(g, L - g) for g, L in zip(ghosts, links.eo.half.local_shape))
+        for dagger in (False, True):
+            whole = ch.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, row_parity=1)
+            holes = np.full_like(E, np.nan)
+            holes[(...,) + inner] = E[(...,) + inner]
+            fills = []
+
+            def fill():
+                fills.append(len(launches))
+                holes[...] = E
+            launches.clear()
+            split = ch.wilson_hop(holes, Wt, Ws, dagger=dagger, target=target, row_parity=1, ghosts=ghosts,
+                                  fill=fill)
+            assert launches == [1, 2] and fills == [1]
+            for a, b in zip(split, whole):
+                assert np.array_equal(a[(...,) + inner], b[(...,) + inner])

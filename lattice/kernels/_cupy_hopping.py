@@ -12,6 +12,10 @@ threads read consecutive elements of every component (coalesced). The boundary p
 the links. The links are read from one stacked copy ``(4, Bu, 9, V)`` per parity set
 (:func:`prepare`, cached by the caller with the links).
 
+On a block with ghost layers (a split layout) the kernel takes a *region*: the core (sites none
+of whose neighbours is a ghost) or the rest; :func:`wilson_hop` launches the core before the
+halo faces have arrived and the rest after, so that the exchange overlaps the bulk of the work.
+
 NOT YET RUN ON A GPU: written and reviewed without a device (this repository's CI has none);
 ``tests/test_kernels_hopping.py::test_cupy_equals_reference`` compares it with the array-API
 reference where CuPy and a GPU are present.
@@ -102,6 +106,19 @@ const int x0 = (int)(r123 / L1);
 const long long st[4] = {(long long)L1 * L2 * L3, (long long)L2 * L3, (long long)L3, 1};
 const int xs[4] = {x0, x1, x2, x3};
 const int ls[4] = {L0, L1, L2, L3};
+// region: 0 every site; 1 the core (no neighbour in a ghost layer, gw[mu] = ghost width of
+// axis mu); 2 the rest of the block without its ghost layers (needs the ghosts)
+bool active = true;
+if (region != 0) {
+  const int gw[4] = {g0, g1, g2, g3};
+  bool core = true, inner = true;
+  for (int mu = 0; mu < 4; ++mu) {
+    if (xs[mu] < gw[mu] || xs[mu] >= ls[mu] - gw[mu]) inner = false;
+    if (xs[mu] < 2 * gw[mu] || xs[mu] >= ls[mu] - 2 * gw[mu]) core = false;
+  }
+  active = region == 1 ? core : (inner && !core);
+}
+if (active) {
 const long long u = ub[b];
 const T* Pb = &P[0] + b * 12 * V;
 T acc[12];
@@ -127,6 +144,7 @@ for (int mu = 0; mu < 4; ++mu) {
 }
 T* Ob = &O[0] + b * 12 * V;
 for (int k = 0; k < 12; ++k) Ob[(long long)k * V + x] = acc[k];
+}
 """
 
 
@@ -172,7 +190,7 @@ def face_products(psi, W, mu: int, s: int):
 def _kernel():
     return cupy.ElementwiseKernel(
         "raw T P, raw T Wt, raw T Ws, raw int64 ub, int64 Bu, int32 L0, int32 L1, int32 L2, int32 L3, "
-        "bool eo, int32 p, int32 sf",
+        "bool eo, int32 p, int32 sf, int32 region, int32 g0, int32 g1, int32 g2, int32 g3",
         "raw T O", _BODY, "gaugeflow_wilson_hop", preamble=_PREAMBLE)
 
 
@@ -185,9 +203,17 @@ def prepare(links, dtype):
 
 
 def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
-               row_parity: int = 0):
+               row_parity: int = 0, ghosts=None, fill=None):
     """(up, dn) of H psi, same contract as :func:`lattice.kernels._numba_hopping.wilson_hop`
-    (None for inputs it does not handle)."""
+    (None for inputs it does not handle).
+
+    ``ghosts`` / ``fill``: psi's block has ghost layers of widths ``ghosts`` (per axis, 0 or 1)
+    that ``fill()`` completes (the halo exchange of :mod:`lattice.kernels.hopping`). The kernel is
+    then launched twice on the stream: first on the core (sites none of whose neighbours lies in
+    a ghost layer), then -- after ``fill()`` returns -- on the remaining non-ghost sites. The
+    launches are asynchronous, so the core runs on the device while ``fill`` waits for the faces.
+    Each site gets the same arithmetic as in one launch (bit for bit); output at ghost sites is
+    undefined. Where psi is not used in place (broadcast, another dtype), ``fill()`` runs first."""
     from lattice.kernels.hopping import fast_operands, prepared_links
     shapes = fast_operands(psi, Wt, Ws, cupy.result_type)
     if shapes is None:
@@ -197,6 +223,10 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
     V = math.prod(sites)
     B = math.prod(full)
     out = cupy.empty(full + (4, N) + sites, dtype=dtype)
+    in_place = bp == full and psi.dtype == dtype and psi.flags.c_contiguous
+    if fill is not None and not (in_place and B and V):
+        fill()
+        fill = None
     if B and V:
         if bp != full:
             psi = cupy.broadcast_to(psi, full + (4, N) + sites)
@@ -207,6 +237,12 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
         wt = prepared_links("cupy", prepare, Wt, dtype, cache, "full" if target is None else int(target))
         ws = wt if Ws is Wt else prepared_links("cupy", prepare, Ws, dtype, cache, 1 - int(target))
         p = (int(target) + int(row_parity)) % 2 if eo else 0
-        _kernel()(P, wt, ws, ub, Bu, *sites, eo, p, 1 if dagger else -1, out.reshape(-1),
-                  size=B * V)
+        args = (P, wt, ws, ub, Bu, *sites, eo, p, 1 if dagger else -1)
+        if fill is None:
+            _kernel()(*args, 0, 0, 0, 0, 0, out.reshape(-1), size=B * V)
+        else:
+            gw = tuple(int(g) for g in ghosts)
+            _kernel()(*args, 1, *gw, out.reshape(-1), size=B * V)     # the core, faces in flight
+            fill()
+            _kernel()(*args, 2, *gw, out.reshape(-1), size=B * V)     # the sites next to the ghosts
     return out[..., 0:2, :, :, :, :, :], out[..., 2:4, :, :, :, :, :]

@@ -462,15 +462,20 @@ def _scratch(rdt, nb, Q):
 
 
 def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cache=None,
-               row_parity: int = 0):
+               row_parity: int = 0, ghosts=None, fill=None):
     """(up, dn) of H psi (module docstring). psi (*bp, 4, 3, *sites); Wt[mu] / Ws[mu] the links
     at the target / source sites (the same for the full lattice), (*bu, 3, 3, *sites).
     ``target``: the parity of the output sites of a packed half lattice (None: full lattice).
     ``cache``: a dict kept with the links, for their prepared (split) form.
     ``row_parity``: (x_1 + x_2 + x_3) mod 2 of the block's first site (nonzero for a block with
     ghost layers of a distributed half lattice, :mod:`lattice.kernels.hopping`).
+    ``ghosts`` / ``fill``: psi's block has ghost layers (widths ``ghosts``) that ``fill()``
+    completes; this kernel is synchronous and works chunk by chunk over whole planes, so it
+    calls ``fill()`` first and then runs once (the CuPy kernel overlaps the two).
     Returns None for inputs it does not handle (the caller uses the reference)."""
     from .hopping import fast_operands, prepared_links
+    if fill is not None:
+        fill()
     shapes = fast_operands(psi, Wt, Ws, np.result_type)
     if shapes is None:
         return None

@@ -246,9 +246,12 @@ def _fast(xp, psi, layout, proj):
 # floating-point operations as on one process: results do not depend on the decomposition
 # (docs/design.md §3). Only the faces travel (``Layout.start_swap``: one message per split axis
 # and direction, the halo bytes of the reference), and the extended block is assembled while
-# they are in flight; the kernel itself starts when they have arrived (a kernel started
-# earlier would have to redo or patch the boundary sites, which changes their summation order
-# and so the bit-for-bit independence of the decomposition).
+# they are in flight. The kernels take a ``fill`` callback that completes the exchange: the
+# CuPy kernel launches on the core of the block (sites none of whose neighbours is a ghost)
+# first, so that the device computes it while ``fill`` waits for the faces, and on the sites
+# next to the ghosts after; each site still gets one kernel's arithmetic on the same values,
+# so the split changes no bit. The Numba kernel is synchronous and works on whole planes: it
+# calls ``fill`` first (patching boundary sites afterwards would change their summation order).
 
 def _broadcast_shape(a, b):
     n = max(len(a), len(b))
@@ -325,21 +328,33 @@ def _ghost_hop(fast, psi, Ut, Us, layout, split, proj, dagger, cache, key, targe
         if up is None:
             return None
         faces.append((up, down))
-    # only the faces travel; the extended block is assembled while they are in flight
+    # only the faces travel; the extended block is assembled while they are in flight, and a
+    # kernel that can (CuPy) computes the core of the block before ``fill`` waits for them
     handles = [layout.start_swap(mu, up, down) for mu, (up, down) in zip(split, faces)]
     E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
     E[(...,) + inner] = psi
-    for mu, h in zip(split, handles):
-        l = layout.local_shape[mu]
-        from_below, from_above = layout.finish_swap(h)
-        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = from_above
-        E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = from_below
+    pending = [True]
+
+    def fill():
+        if not pending[0]:
+            return
+        pending[0] = False
+        for mu, h in zip(split, handles):
+            l = layout.local_shape[mu]
+            from_below, from_above = layout.finish_swap(h)
+            E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = from_above
+            E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = from_below
+
     if target is None:
         Wt = Ws = _ghost_links(Ut, layout, split, cache, key)
     else:
         Wt = _ghost_links(Ut, layout, split, cache, target)
         Ws = _ghost_links(Us, layout, split, cache, 1 - target)
-    res = fast.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, cache=cache, row_parity=row_parity)
+    try:
+        res = fast.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, cache=cache, row_parity=row_parity,
+                              ghosts=gw, fill=fill)
+    finally:
+        fill()                   # every posted message completes, whatever the kernel did
     if res is None:
         return None
     return tuple(r[(...,) + inner] for r in res)
