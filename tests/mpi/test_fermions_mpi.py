@@ -82,3 +82,42 @@ def test_det_ratio_correlator_force_bitwise(lay, serial, fields):
     pl.refresh(Ul, L.Rng(6), layout=lay)
     assert np.array_equal(pl.force(Ul, layout=lay), L.scatter(lay, pg.force(Ug, layout=serial)))
     assert np.array_equal(pl.action(Upl, layout=lay), pg.action(Upg, layout=serial))
+
+
+def test_emulated_cuda_hopping_overlaps_real_halo_exchange(lay, serial, fields, monkeypatch):
+    """The CuPy hopping kernel, its CUDA source compiled for the CPU (tests/cuda_emulation.py),
+    on this rank's block: faces sent by MPI, the core launched before they are waited for, the
+    sites next to the ghosts after -- bit for bit the one-process launch (full lattice and an
+    even-odd block)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import cuda_emulation
+    if cuda_emulation.CXX is None:
+        pytest.skip("no C++ compiler")
+    from fermions.gamma import PROJ
+    from fermions.wilson import WilsonLinks, to_soa
+    from lattice.kernels import hopping
+    ch = cuda_emulation.load(monkeypatch, "_cupy_hopping")
+    Ug, psig = fields
+    bc = (1j, 1, np.exp(0.3j), -1)
+    whole_links, local_links = WilsonLinks(Ug, serial, bc), WilsonLinks(L.scatter(lay, Ug), lay, bc)
+    psi_g, psi_l = to_soa(psig), to_soa(L.scatter(lay, psig, inner=2))
+    split = hopping._split_axes(lay)
+    for dagger in (False, True):
+        whole = ch.wilson_hop(psi_g, whole_links.U, whole_links.U, dagger=dagger)
+        mine = hopping._ghost_hop(ch, psi_l, local_links.U, local_links.U, lay, split, PROJ, dagger, {}, "full")
+        for a, b in zip(mine, whole):
+            assert np.array_equal(a, L.scatter(lay, b, inner=0))
+    half_g, half_l = whole_links.eo.half, local_links.eo.half
+    Ug_eo, _ = whole_links._eo_links()
+    Ul_eo, _ = local_links._eo_links()
+    e_g = to_soa(L.Rng(6).complex_normal(lead=(2,), layout=half_g, inner=(4, 3)))
+    e_l = L.scatter(half_l, e_g, inner=0)
+    hsplit = hopping._split_axes(half_l)
+    for target in (0, 1):
+        whole = ch.wilson_hop(e_g, Ug_eo[target], Ug_eo[1 - target], target=target)
+        mine = hopping._ghost_hop(ch, e_l, Ul_eo[target], Ul_eo[1 - target], half_l, hsplit, PROJ, False, {}, None,
+                                  target=target, row_parity=hopping._block_row_parity(half_l, hsplit))
+        for a, b in zip(mine, whole):
+            assert np.array_equal(a, L.scatter(half_l, b, inner=0))
