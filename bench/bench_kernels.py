@@ -7,7 +7,9 @@ Records (thread count in every record, ``--threads``, default 1):
   (the reference), and as a fraction of the copy-bandwidth roofline (27 complex numbers moved
   per product: 18 read, 9 written);
 * ``eigh 3x3`` / ``polar 3x3``: closed forms against LAPACK ``eigh`` / ``svd``; ``expm su(3)``:
-  the compiled per-matrix exponential against the array-API reference;
+  the compiled per-matrix exponential against the array-API reference; ``phi(ad X)``: the
+  derivative map of exp (8 x 8 per link) and its adjoint, compiled against the Horner series
+  with stacked ``@``, with peak memory (the compiled adjoint recomputes the intermediates);
 * ``transported staples``: one staple layer's S^L, S^R (and the adjoint) with the fused
   one-process kernel against the array-API reference, and its GFLOP/s;
 * ``staple net fwd+vjp``: the colour-first pair-batched network against the colour-last one it
@@ -86,6 +88,27 @@ def _primitive_records(quick):
     r, _, t_fast, _ = _pairs(expm_ref, lambda: kernels.expm(P), n)
     recs.append({"name": f"expm su(3) x{M // 4}", "seconds": t_fast, "reference": "array-API Cayley-Hamilton series",
                  "ratio": r, "speedup": 1 / r})
+    # phi(ad X) (8 x 8) at ||ad X||_F = 0.3 (a trained residual layer), and with its adjoint:
+    # compiled (no saved intermediates) against the reference's stacked @ (K intermediates kept)
+    Ad = rng.normal(size=(M // 16, 8, 8))
+    Ad = Ad - np.swapaxes(Ad, -1, -2)
+    Ad *= 0.3 / np.max(np.sqrt(np.sum(Ad * Ad, axis=(-2, -1))))
+    G = rng.normal(size=Ad.shape)
+
+    def both():
+        phi, saved = kernels.phi_ad(Ad)
+        return kernels.phi_ad_vjp(Ad, saved, G)
+
+    def both_ref():
+        with kernels.reference_only():
+            return both()
+    K = kernels.phi_ad(Ad)[1].terms
+    for tag, ref, fast in ((f"phi(ad X) x{M // 16} (K = {K})", lambda: kernels.phi_ad_reference(Ad),
+                            lambda: kernels.phi_ad(Ad)),
+                           (f"phi(ad X) + adjoint x{M // 16} (K = {K})", both_ref, both)):
+        r, _, t_fast, _ = _pairs(ref, fast, n)
+        recs.append({"name": tag, "seconds": t_fast, "reference": "array-API Horner series (stacked @)",
+                     "ratio": r, "speedup": 1 / r, "peak_MB": _peak(fast), "peak_MB_reference": _peak(ref)})
     return recs
 
 
@@ -222,17 +245,19 @@ class _previous_residual:
     def __enter__(self):
         import flows.residual as R
         import flows.context as C
-        self._saved = (R.ResidualLayer._line_set, C.ContextNet._line_set, C.ContextNet._gathers, R.phi_terms)
+        import lattice.kernels.dexp as D
+        self._saved = (R.ResidualLayer._line_set, C.ContextNet._line_set, C.ContextNet._gathers, D.phi_terms)
         R.ResidualLayer._line_set = lambda layer, layout, s: None
         C.ContextNet._line_set = lambda net, layout: None
         C.ContextNet._gathers = staticmethod(lambda layout: False)
-        R.phi_terms = lambda a, *args, **kw: 20
+        D.phi_terms = lambda a, *args, **kw: 20
         return self
 
     def __exit__(self, *exc):
         import flows.residual as R
         import flows.context as C
-        R.ResidualLayer._line_set, C.ContextNet._line_set, gathers, R.phi_terms = self._saved
+        import lattice.kernels.dexp as D
+        R.ResidualLayer._line_set, C.ContextNet._line_set, gathers, D.phi_terms = self._saved
         C.ContextNet._gathers = staticmethod(gathers)
         return False
 

@@ -43,8 +43,9 @@ block triangular with these (N^2-1) x (N^2-1) blocks, and since e^{ad X} is orth
     log |det J| = sum_active log det(1 + phi(ad X) D)                                  (R4)
 
 exactly (float64, 8 x 8 determinants for SU(3)). ||D|| <= ||Xi|| <= rho < 1 and
-||phi(ad X)|| <= 1, so the determinant is positive. phi is evaluated by its Taylor series in
-Horner form with the fewest terms K whose remainder bound a^(K+1)/(K+2)! / (1 - a/(K+3)) is
+||phi(ad X)|| <= 1, so the determinant is positive. phi(ad X) and its adjoint are the kernel
+layer's derivative map of exp (:func:`lattice.kernels.phi_ad`, eqs. (D1)-(D3)): the Taylor series
+in Horner form with the fewest terms K whose remainder bound a^(K+1)/(K+2)! / (1 - a/(K+3)) is
 below ``PHI_SERIES_TOL`` = 1e-17, a = max ||ad X||_F over the batch (:func:`phi_terms`: 17 terms
 for ||ad X||_F <= 1, 6-9 near the identity where training starts).
 
@@ -82,7 +83,8 @@ from functools import lru_cache
 from lattice.backend import namespace
 from lattice.layout import Layout
 from lattice.fields import links, stack_links
-from lattice import su_n
+from lattice import su_n, kernels
+from lattice.kernels.dexp import phi_terms, PHI_SERIES_TOL
 
 from .masks import LayerMask, paths_avoid_active
 from .module import Module, add_grads, prefixed, sub_params
@@ -94,11 +96,10 @@ from .protocol import MaskedLayer, register_layer
 from .model import Flow, _CLASSES
 
 __all__ = ["ResidualLayer", "ResidualFlow", "residual_flow", "ResidualInverseError", "family_paths", "residual_terms", "LOOP_FAMILIES",
-           "phi_series", "phi_series_vjp", "phi_terms", "PHI_SERIES_TOL", "INVERSE_TOL"]
+           "phi_terms", "PHI_SERIES_TOL", "INVERSE_TOL"]
 
 LOOP_FAMILIES = ("plaquette", "rectangle", "chair")
 INVERSE_TOL = 1e-13
-PHI_SERIES_TOL = 1e-17
 INVERSE_MAXITER = 200
 
 
@@ -188,53 +189,6 @@ def _tab(N, xp):
     return _tables(N, getattr(xp, "__name__", "numpy").split(".")[-1])
 
 
-def phi_terms(a: float, tol: float = PHI_SERIES_TOL, kmax: int = 60) -> int:
-    """The fewest Taylor terms K of phi with remainder sum_{n>K} a^n/(n+1)! <=
-    a^(K+1)/(K+2)! / (1 - a/(K+3)) below ``tol`` for ||A|| <= a (at most ``kmax``)."""
-    a = float(a)
-    if not math.isfinite(a):
-        raise ValueError(f"phi series: the norm of ad X is {a}; the residual layer's input has NaN/Inf entries")
-    term = a / 2.0                                          # a^(K+1)/(K+2)! at K = 0
-    for K in range(1, kmax + 1):
-        term *= a / (K + 2)
-        if a < K + 3 and term / (1.0 - a / (K + 3)) < tol:
-            return K
-    return kmax
-
-
-def phi_series(A, terms: int | None = None):
-    """phi(A) = (1 - e^{-A})/A = sum_n (-A)^n / (n+1)! by Horner: P_{K+1} = 1,
-    P_n = 1 - A P_{n+1} / (n+1), phi = P_1, with K = ``terms`` or (None) :func:`phi_terms` of
-    the largest Frobenius norm in the batch. Returns (phi, [P_2, ..., P_{K+1}])."""
-    xp = namespace(A)
-    n = A.shape[-1]
-    if terms is None:
-        a = float(xp.max(xp.sqrt(xp.sum(A * A, axis=(-2, -1))))) if A.size else 0.0
-        terms = phi_terms(a)
-    eye = xp.eye(n, dtype=A.dtype)
-    P = xp.broadcast_to(eye, A.shape)
-    saved = [P]
-    for k in range(terms, 0, -1):
-        P = eye - (A @ P) / (k + 1)
-        saved.append(P)
-    saved.pop()                     # P_1 = phi itself
-    return P, saved[::-1]           # saved[j] = P_{j+2}
-
-
-def phi_series_vjp(A, saved, phi_bar):
-    """Cotangent of A from that of phi(A) (:func:`phi_series`, whose ``saved`` Horner
-    intermediates fix the number of terms), real matrices."""
-    xp = namespace(A)
-    At = xp.matrix_transpose(A)
-    A_bar = xp.zeros_like(A)
-    Pb = phi_bar
-    for k in range(1, len(saved) + 1):     # P_k = 1 - A P_{k+1} / (k+1)
-        Pn = saved[k - 1]             # P_{k+1}
-        A_bar = A_bar - (Pb @ xp.matrix_transpose(Pn)) / (k + 1)
-        Pb = -(At @ Pb) / (k + 1)
-    return A_bar
-
-
 def _vec_t(M):
     """vec(M^T): (..., N, N) -> (..., N*N) with entry (i, j) -> M_ji, so that
     tr(B M) = sum_ij B_ij M_ji = vec(B) . vec(M^T)."""
@@ -244,7 +198,7 @@ def _vec_t(M):
 
 def link_algebra(M):
     """Per-link quantities of (R1)-(R4) from M = U Xi^dag (complex128, (..., N, N)):
-    coordinates x of X = P_TA(M), A = ad X, phi(A) with its Horner intermediates, D, the
+    coordinates x of X = P_TA(M), A = ad X, phi(A) with what its adjoint needs, D, the
     inverse of J = 1 + phi(A) D and log det J (float64)."""
     xp = namespace(M)
     N = M.shape[-1]
@@ -252,7 +206,7 @@ def link_algebra(M):
     F, Q, Qd = _tab(N, xp)
     x = su_n.to_coords(M)                                             # (..., n)
     A = xp.reshape(x @ F, x.shape[:-1] + (n, n))
-    Phi, Ps = phi_series(A)
+    Phi, Ps = kernels.phi_ad(A)
     D = -2.0 * xp.real(xp.reshape(_vec_t(M) @ xp.matrix_transpose(Q), x.shape[:-1] + (n, n)))
     J = xp.eye(n, dtype=xp.float64) + Phi @ D                         # det J > 0 (||phi D|| <= rho < 1)
     ld = xp.linalg.slogdet(J)[1]
@@ -271,7 +225,7 @@ def link_algebra_vjp(alg, x_bar=None, ld_bar=None):
         Jb = ld_bar[..., None, None] * xp.matrix_transpose(alg["Jinv"])
         Phi_b = Jb @ xp.matrix_transpose(alg["D"])
         D_b = xp.matrix_transpose(alg["Phi"]) @ Jb
-        A_b = phi_series_vjp(alg["A"], alg["Ps"], Phi_b)
+        A_b = kernels.phi_ad_vjp(alg["A"], alg["Ps"], Phi_b)
         xa = xp.reshape(A_b, A_b.shape[:-2] + (n * n,)) @ xp.matrix_transpose(F)
         x_bar = xa if x_bar is None else x_bar + xa
         Db = xp.astype(xp.reshape(D_b, D_b.shape[:-2] + (n * n,)), xp.complex128)

@@ -1,9 +1,8 @@
 """Residual layers (flows.residual): M2/M4 masks, identity start, exact inverse, gauge
 equivariance, triangularity, the exact log-det against numerical Jacobians (2d whole layer,
-4d per-link 8x8 blocks), every VJP against central finite differences, the phi(ad X) series,
+4d per-link 8x8 blocks), every VJP against central finite differences
 and the linear-response derivative."""
 
-import math
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import flows
 from flows.masks import LayerMask, residual_schedule, check_covers_every_link, checker_mask
-from flows.residual import ResidualLayer, residual_terms, family_paths, phi_series, phi_series_vjp, phi_terms
+from flows.residual import ResidualLayer, residual_terms, family_paths
 from flows.gradcheck import assert_vjp
 from lattice import Layout, su_n, random_gauge, gauge_transform, random_gauge_transformation
 from lattice.backend import Rng
@@ -90,60 +89,6 @@ def test_staple_paths_close_the_loops():
            [t["key"] for t in residual_terms(0, 4, ("plaquette",))]
     assert keys == ["plaquette/temporal-plane/temporal-link", "plaquette/temporal-plane/spatial-link",
                     "plaquette/spatial-plane/spatial-link"]
-
-
-# ---------------------------------------------------------------------- phi series
-def test_phi_series_and_vjp():
-    rng = np.random.default_rng(0)
-    A = rng.normal(size=(5, 8, 8))
-    A = 0.4 * (A - np.swapaxes(A, -1, -2))
-    phi, saved = phi_series(A)
-    for a, p in zip(A, phi):                                     # phi(A) = (1 - e^{-A}) A^{-1} (A invertible here)
-        w, V = np.linalg.eig(a)
-        ref = (V * ((1 - np.exp(-w)) / w)) @ np.linalg.inv(V)
-        np.testing.assert_allclose(p, ref.real, atol=1e-13)
-    G = rng.normal(size=A.shape)
-    Ab = phi_series_vjp(A, saved, G)
-    dA = rng.normal(size=A.shape)
-    h = 1e-4
-    f = lambda t: np.sum(G * phi_series(A + t * dA)[0])
-    num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
-    assert abs(np.sum(Ab * dA) - num) < 1e-9 * abs(num)
-
-
-@pytest.mark.parametrize("scale", [1e-4, 1e-2, 0.1, 0.5])
-def test_phi_series_adaptive_terms(scale):
-    """The adaptive degree equals a 40-term series to rounding at every norm, uses few terms
-    near the identity, and its VJP (degree fixed by the saved intermediates) matches a
-    fourth-order central finite difference."""
-    rng = np.random.default_rng(1)
-    A = rng.normal(size=(6, 8, 8))
-    A = A - np.swapaxes(A, -1, -2)
-    A *= scale / np.max(np.sqrt(np.sum(A * A, axis=(-2, -1))))           # max Frobenius norm = scale
-    phi, saved = phi_series(A)
-    ref, _ = phi_series(A, terms=40)
-    np.testing.assert_allclose(phi, ref, rtol=0, atol=4e-16)
-    assert len(saved) == phi_terms(scale) <= 17
-    G = rng.normal(size=A.shape)
-    Ab = phi_series_vjp(A, saved, G)
-    dA = rng.normal(size=A.shape)
-    h, K = 1e-3, len(saved)
-    f = lambda t: np.sum(G * phi_series(A + t * dA, terms=K)[0])
-    num = (-f(2 * h) + 8 * f(h) - 8 * f(-h) + f(-2 * h)) / (12 * h)
-    assert abs(np.sum(Ab * dA) - num) < 1e-9 * abs(num)
-
-
-def test_phi_terms():
-    """Few terms near the identity, 17 at the bound ||ad X||_F = 1, more beyond; a NaN norm
-    is an error (the input field had NaN/Inf)."""
-    assert phi_terms(0.0) == 1 and phi_terms(1e-3) == 4 and phi_terms(0.01) == 6
-    assert phi_terms(0.1) < phi_terms(1.0) == 17 < phi_terms(2.0)
-    for a in (1e-3, 0.3, 1.0, 2.0):                   # the bound holds at the chosen K
-        K = phi_terms(a)
-        tail = sum(a ** n / math.factorial(n + 1) for n in range(K + 1, K + 60))
-        assert tail < 1e-17
-    with pytest.raises(ValueError, match="NaN"):
-        phi_terms(float("nan"))
 
 
 # ---------------------------------------------------------------------- the layer

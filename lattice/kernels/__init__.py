@@ -31,6 +31,12 @@ transported staples of a staple-network layer and their adjoint, one fused produ
 direction pair. :func:`periodic_shift` (:mod:`lattice.kernels.shift`): the local part of
 ``Layout.shift``, compiled where the site extents are short.
 
+The derivative map of exp
+-------------------------
+:func:`phi_ad` / :func:`phi_ad_vjp` (:mod:`lattice.kernels.dexp`): phi(ad X) = (1 - e^{-ad X})/ad X
+as a real (N^2 - 1) x (N^2 - 1) matrix per link (the left-trivialised differential of exp
+that the residual flows need for their Jacobians) and its adjoint.
+
 Wilson lines at chosen sites
 ----------------------------
 :func:`line_table` / :func:`line_sums` / :func:`line_sums_vjp` (:mod:`lattice.kernels.lines`):
@@ -52,6 +58,7 @@ from .dispatch import implementation, reference_only
 from .colour import colour_first, colour_last, mul, mul_reference, mul_gather, real_inner, real_mix, matmul
 from .eigh3 import eigh, polar
 from .expm3 import expm
+from .dexp import phi_ad, phi_ad_vjp, phi_ad_reference, phi_ad_vjp_reference
 from .lines import LineTable, line_table, ghost_line_tables, line_sums, line_sums_vjp, line_sums_reference, line_sums_vjp_reference
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
@@ -59,7 +66,8 @@ from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_referenc
                            transported_staples, transported_staples_vjp)
 
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
-           "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
+           "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "phi_ad", "phi_ad_vjp", "phi_ad_reference",
+           "phi_ad_vjp_reference", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
            "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "LineTable", "line_table", "ghost_line_tables",
            "line_sums", "line_sums_vjp", "line_sums_reference", "line_sums_vjp_reference"]

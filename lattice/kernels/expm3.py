@@ -14,8 +14,8 @@ matrix with everything in registers:
 * exp(X) = exp(Y)^(2^s) by s squarings.                                            (X4)
 
 The reference takes one s for the whole stack (its largest norm); per-matrix s differs only by
-rounding. The derivative map of exp is not a kernel: the residual flow needs the whole 8 x 8
-matrix phi(ad X) for its log-determinant and builds it in ``flows.residual``.
+rounding. The derivative map of exp, phi(ad X) as a matrix per link, is
+:func:`lattice.kernels.phi_ad` (:mod:`lattice.kernels.dexp`).
 """
 from __future__ import annotations
 
