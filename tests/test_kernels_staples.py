@@ -144,10 +144,13 @@ def test_periodic_shift_checks_axis_and_out():
 
 @pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
 @pytest.mark.parametrize("transpose", [False, True])
-def test_real_mix_equals_the_complex_product(dtype, transpose):
+@pytest.mark.parametrize("K,L", [(5, 6), (5, 1), (1, 6)])
+def test_real_mix_equals_the_complex_product(dtype, transpose, K, L):
+    """Every shape, including one input channel (an outer product: the adjoint of a last
+    layer with one output channel) and one output channel."""
     rng = np.random.default_rng(6)
-    c = rng.normal(size=(4, 5, 6))
-    A = _rand(rng, (3, 3, 4, 6 if not transpose else 5, 11), dtype)
+    c = rng.normal(size=(4, K, L))
+    A = _rand(rng, (3, 3, 4, L if not transpose else K, 11), dtype)
     cc = np.swapaxes(c, -1, -2) if transpose else c
     want = cc.astype(np.complex128) @ A.astype(np.complex128)
     for ref in (False, True):
