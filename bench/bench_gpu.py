@@ -6,6 +6,8 @@ On one CuPy device, 12^3x24 unless stated:
   and percent of the measured device copy bandwidth (2880 / 1440 bytes per site, as in
   ``bench_fermions``), and of the card's nominal HBM bandwidth when ``--hbm`` /
   GAUGEFLOW_HBM_TBS gives it (H200: 4.8 TB/s);
+* exp of su(3) on every link and phi(ad X) with its adjoint on half of them: fused kernels
+  against the array-API references on the device;
 * the learned-loop flow training step (4^4, 16 layers, batch 16, path gradient), the residual
   flow's (M2 M4, plaquette + rectangle, field dependent) and its forward at 12^3x24;
 * CG on the Schur normal operator at kappa = 0.1394, mu = 0.0025 on a random-gauge start
@@ -74,6 +76,28 @@ def run(quick: bool = False):
         if hbm:
             rec["hbm_fraction"] = nbytes * V / hbm / t
         recs.append(rec)
+    # exp of su(3) on every link (an HMC update) and phi(ad X) with its adjoint on half the links
+    # (an M2 residual layer): the fused kernels against the array-API references on the device
+    from lattice import kernels, su_n
+    P = cp.asarray(su_n.project_algebra(L.Rng(4).complex_normal(lead=(4,), layout=lay, inner=(3, 3))))
+    Ad = cp.asarray(np.random.default_rng(5).normal(size=(2 * V, 8, 8)))
+    Ad = 0.3 * (Ad - cp.swapaxes(Ad, -1, -2)) / float(cp.max(cp.linalg.norm(Ad, axis=(-2, -1))))
+    Gd = cp.ones_like(Ad)
+
+    def phi_both():
+        phi, saved = kernels.phi_ad(Ad)
+        return kernels.phi_ad_vjp(Ad, saved, Gd)
+
+    def reference(fn):
+        def run():
+            with kernels.reference_only():
+                return fn()
+        return run
+    for name, fn in ((f"expm su(3) {4 * V} links", lambda: kernels.expm(P)),
+                     (f"phi(ad X) + adjoint {2 * V} links", phi_both)):
+        t, t_ref = _timed(cp, fn), _timed(cp, reference(fn))
+        recs.append({"name": name, "seconds": t, "seconds_reference": t_ref, "ratio": t / t_ref,
+                     "reference": "array-API reference on the device (stacked @)"})
     op = F.TwistedMassWilson(U, 0.1394, 0.0025)
     b = op.pack(cp.asarray(L.Rng(3).complex_normal(layout=lay, inner=(4, 3))))[1]
     t0 = time.perf_counter()

@@ -1,5 +1,6 @@
 """The CuPy paths of the kernel layer without a GPU: lattice/kernels/_cupy.py (colour-first
-products, closed-form 3x3 eigensystems and polar factors) and _cupy_lines.py (line sums and
+products, closed-form 3x3 eigensystems and polar factors), _cupy_exp.py (exp of su(3), phi(ad X)
+and its adjoint) and _cupy_lines.py (line sums and
 their adjoint), wrappers and CUDA source, run on the CPU by tests/cuda_emulation.py (the CUDA
 source compiled with std::complex, one loop iteration per thread) and compared with the
 array-API references. (_cupy_hopping.py: tests/test_kernels_hopping.py.) What this does not
@@ -76,3 +77,42 @@ def test_line_sums_and_adjoint(monkeypatch, dtype):
         assert np.max(np.abs(Lb - Lb_ref)) < TOL[dtype] * np.max(np.abs(Lb_ref)), family
     long = kernels.line_table(shape, [[(0, 1)] * (cl.MAXK + 1)], [0])
     assert cl.line_sums(_rand(rng, (4,) + shape + (3, 3)), long, 0) is None
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_expm3(monkeypatch, dtype):
+    """exp of su(3) stacks from small norms to ones that need squarings, against the array-API
+    Cayley-Hamilton reference; NaN input is an error."""
+    from lattice import su_n
+    ce = cuda_emulation.load(monkeypatch, "_cupy_exp")
+    rng = np.random.default_rng(3)
+    X = su_n.project_algebra(_rand(rng, (40, 3, 3)))
+    X *= np.geomspace(1e-3, 6.0, 40)[:, None, None] / np.linalg.norm(X, axis=(-2, -1))[:, None, None]
+    E = ce.expm3(X.astype(dtype).reshape(2, 20, 3, 3), 18)
+    want = su_n.expm_reference(X, 18)
+    assert E.dtype == dtype and E.shape == (2, 20, 3, 3)
+    assert np.max(np.abs(E.reshape(40, 3, 3) - want)) < TOL[dtype] * 10
+    bad = X.copy()
+    bad[3, 0, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ce.expm3(bad, 18)
+    assert ce.expm3(np.zeros((4, 3, 3)), 18) is None          # real input: the reference's job
+
+
+@pytest.mark.parametrize("n", [8, 3])
+@pytest.mark.parametrize("scale", [1e-3, 0.3, 1.0])
+def test_phi_ad_and_adjoint(monkeypatch, n, scale):
+    """phi(ad X) and its adjoint by the block-triangular Horner (no stored intermediates)
+    against the reference's (D2)/(D3) with the same number of terms; n > 8 is declined."""
+    from lattice.kernels.dexp import phi_terms
+    ce = cuda_emulation.load(monkeypatch, "_cupy_exp")
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(3, 7, n, n))
+    A = A - np.swapaxes(A, -1, -2)
+    A *= scale / np.max(np.sqrt(np.sum(A * A, axis=(-2, -1))))
+    G = rng.normal(size=A.shape)
+    K = phi_terms(scale)
+    phi_ref, saved = kernels.phi_ad_reference(A, K)
+    np.testing.assert_allclose(ce.phi_ad(A, K), phi_ref, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ce.phi_ad_vjp(A, K, G), kernels.phi_ad_vjp_reference(A, saved, G), rtol=0, atol=1e-14)
+    assert ce.phi_ad(np.zeros((2, 9, 9)), K) is None and ce.phi_ad_vjp(np.zeros((2, 9, 9)), K, np.zeros((2, 9, 9))) is None

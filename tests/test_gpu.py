@@ -79,6 +79,32 @@ def test_eigh_polar_real_inner_on_the_device(cp, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["complex128", "complex64"])
+def test_expm_and_phi_ad_on_the_device(cp, dtype):
+    """kernels.expm (one thread per matrix, squarings included) and kernels.phi_ad /
+    phi_ad_vjp (block-triangular Horner adjoint) against the references on the same arrays."""
+    from lattice import su_n
+    X = su_n.project_algebra(_rand((50, 3, 3), "complex128", 7))
+    X *= np.geomspace(1e-3, 6.0, 50)[:, None, None] / np.linalg.norm(X, axis=(-2, -1))[:, None, None]
+    Xd = cp.asarray(X.astype(dtype))
+    E = kernels.expm(Xd)
+    with kernels.reference_only():
+        E_ref = kernels.expm(Xd)
+    assert E.dtype == Xd.dtype and _close(E, E_ref, 10 * TOL[dtype])
+    r = np.random.default_rng(8)
+    A = r.normal(size=(300, 8, 8))
+    A = 0.5 * (A - np.swapaxes(A, -1, -2)) / np.max(np.linalg.norm(A, axis=(-2, -1)))
+    G = cp.asarray(r.normal(size=A.shape))
+    Ad = cp.asarray(A)
+    phi, saved = kernels.phi_ad(Ad)
+    Ab = kernels.phi_ad_vjp(Ad, saved, G)
+    with kernels.reference_only():
+        phi_ref, saved_ref = kernels.phi_ad(Ad)
+        Ab_ref = kernels.phi_ad_vjp(Ad, saved_ref, G)
+    assert saved.P is None and saved.terms == saved_ref.terms
+    assert _close(phi, phi_ref, 1e-14) and _close(Ab, Ab_ref, 1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["complex128", "complex64"])
 def test_line_sums_on_the_device(cp, xcp, dtype):
     """kernels.line_sums / line_sums_vjp (CUDA chain, atomic adjoint) against the array-API
     reference on the same CuPy arrays: residual rectangles at a third of the sites, two lead

@@ -125,7 +125,7 @@ def _soa(A):
     return np.ascontiguousarray(np.moveaxis(np.reshape(A, (-1, n, n)), 0, -1))
 
 
-def phi(A, K: int):
+def phi_ad(A, K: int):
     """phi(A) of (D2), float64 (..., n, n)."""
     n = A.shape[-1]
     At = _soa(A)
@@ -135,7 +135,7 @@ def phi(A, K: int):
     return np.moveaxis(Out, -1, 0).reshape(A.shape)
 
 
-def phi_vjp(A, K: int, phi_bar):
+def phi_ad_vjp(A, K: int, phi_bar):
     """Abar of (D3), float64 (..., n, n)."""
     At, Gt = _soa(A), _soa(np.broadcast_to(phi_bar, A.shape))
     Out = np.empty_like(At)

@@ -21,8 +21,10 @@ backwards: with Pbar_1 = phibar, for k = 1, ..., K
 Implementations (:mod:`lattice.kernels`): the array-API reference keeps the Horner
 intermediates P_2 ... P_{K+1} for (D3) (K matrices per link); the Numba path runs blocks of
 matrices with the matrix index innermost (vectorised) and recomputes the intermediates in the
-adjoint, so that it keeps nothing but K. Both use the same K (fixed by the whole stack), so
-they agree to rounding. Real float64 stacks ``(..., n, n)``.
+adjoint, so that it keeps nothing but K; the CuPy path (:mod:`lattice.kernels._cupy_exp`, one
+thread per matrix, n <= 8) evaluates the adjoint as the derivative at A^T by Horner on a
+block-triangular matrix, also without stored intermediates. All use the same K (fixed by the
+whole stack), so they agree to rounding. Real float64 stacks ``(..., n, n)``.
 """
 from __future__ import annotations
 
@@ -104,8 +106,12 @@ def phi_ad_vjp_reference(A, saved: PhiSaved, phi_bar):
 
 def _compiled(A):
     xp = namespace(A)
-    if implementation(xp) != "numba" or A.dtype != xp.float64:
+    impl = implementation(xp)
+    if impl not in ("numba", "cupy") or A.dtype != xp.float64:
         return None
+    if impl == "cupy":
+        from . import _cupy_exp
+        return _cupy_exp
     from . import _numba_dexp
     return _numba_dexp
 
@@ -118,12 +124,16 @@ def phi_ad(A, terms: int | None = None):
     if fast is None:
         return phi_ad_reference(A, terms)
     K = _terms_of(A, terms)
-    return fast.phi(A, K), PhiSaved(K)
+    phi = fast.phi_ad(A, K)
+    if phi is None:
+        return phi_ad_reference(A, K)
+    return phi, PhiSaved(K)
 
 
 def phi_ad_vjp(A, saved: PhiSaved, phi_bar):
     """Cotangent of A (same shape) from that of phi(A), ``saved`` from :func:`phi_ad`."""
     fast = _compiled(A)
-    if fast is None or phi_bar.dtype != A.dtype:
-        return phi_ad_vjp_reference(A, saved, phi_bar)
-    return fast.phi_vjp(A, saved.terms, phi_bar)
+    A_bar = None
+    if fast is not None and phi_bar.dtype == A.dtype:
+        A_bar = fast.phi_ad_vjp(A, saved.terms, phi_bar)
+    return phi_ad_vjp_reference(A, saved, phi_bar) if A_bar is None else A_bar

@@ -3,7 +3,8 @@
 :func:`expm` has the contract of :func:`lattice.su_n.expm` (the array-API reference, any N):
 exp(X) for stacks ``(..., N, N)`` of moderate norm by the Cayley-Hamilton power series with
 scaling and squaring. For N = 3 on NumPy arrays the compiled path runs the same algorithm per
-matrix with everything in registers:
+matrix with everything in registers (on CuPy arrays one CUDA thread per matrix,
+:mod:`lattice.kernels._cupy_exp`):
 
 * s = ceil(log2 ||X||_F) (0 if ||X||_F <= 1) per matrix, Y = X / 2^s;            (X1)
 * t_k = tr Y^k (k = 1, 2, 3), e_1 = t_1, e_2 = (e_1 t_1 - t_2)/2,
@@ -29,9 +30,13 @@ def expm(X, terms: int = 18):
     """exp(X) for stacks ``(..., N, N)``; see the module docstring. Raises ``ValueError`` on
     NaN or inf input (both paths)."""
     xp = namespace(X)
-    if X.ndim >= 2 and X.shape[-1] == 3 and X.shape[-2] == 3 and implementation(xp) == "numba":
-        from . import _numba_expm
-        E = _numba_expm.expm3(X, int(terms))
+    impl = implementation(xp)
+    if X.ndim >= 2 and X.shape[-1] == 3 and X.shape[-2] == 3 and impl in ("numba", "cupy"):
+        if impl == "cupy":
+            from . import _cupy_exp as fast
+        else:
+            from . import _numba_expm as fast
+        E = fast.expm3(X, int(terms))
         if E is not None:
             return E
     from ..su_n import expm_reference
