@@ -116,3 +116,39 @@ def test_phi_ad_and_adjoint(monkeypatch, n, scale):
     np.testing.assert_allclose(ce.phi_ad(A, K), phi_ref, rtol=0, atol=1e-15)
     np.testing.assert_allclose(ce.phi_ad_vjp(A, K, G), kernels.phi_ad_vjp_reference(A, saved, G), rtol=0, atol=1e-14)
     assert ce.phi_ad(np.zeros((2, 9, 9)), K) is None and ce.phi_ad_vjp(np.zeros((2, 9, 9)), K, np.zeros((2, 9, 9))) is None
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_staple_pairs_and_adjoint(monkeypatch, dtype):
+    """The fused staple-pair chain (P1)-(P3) into chosen R slots and its adjoint (A1)-(A2)
+    accumulating into S_bar and T_bar with repeated slots, against the mul_gather reference;
+    arrays the kernel does not take (non-contiguous, real) are declined."""
+    cs = cuda_emulation.load(monkeypatch, "_cupy_staples")
+    rng = np.random.default_rng(5)
+    Q = [(0, 1), (0, 2), (2, 1), (1, 0), (2, 0)]
+    E = []
+    for mu, nu in Q:
+        for e in ((mu, nu), (nu, mu)):
+            if e not in E:
+                E.append(e)
+    i_mu, i_nu = [m for m, _ in Q], [n for _, n in Q]
+    i_mn, i_nm = [E.index((m, n)) for m, n in Q], [E.index((n, m)) for m, n in Q]
+    rest = (2, 37)
+    S, T = _rand(rng, (3, 3, 3) + rest, dtype), _rand(rng, (3, 3, len(E)) + rest, dtype)
+    oR = [6, 1, 7, 2, 0]
+    D, R = np.zeros((3, 3, len(Q)) + rest, dtype), np.full((3, 3, 8) + rest, 7.0, dtype)
+    assert cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR)
+    D_ref, R_ref = np.zeros_like(D), np.full_like(R, 7.0)
+    kernels.staple_pairs_reference(S, T, i_mu, i_nu, i_mn, i_nm, D_ref, R_ref, oR)
+    scale = TOL[dtype] * np.max(np.abs(R_ref))
+    assert np.max(np.abs(D - D_ref)) < scale and np.max(np.abs(R - R_ref)) < scale
+    Rb, Db = _rand(rng, R.shape, dtype), _rand(rng, D.shape, dtype)
+    Sb0, Tb0 = _rand(rng, S.shape, dtype), _rand(rng, T.shape, dtype)
+    Sb, Tb = Sb0.copy(), Tb0.copy()
+    assert cs.vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, oR, Db, Sb, Tb)
+    Sb_ref, Tb_ref = kernels.staple_pairs_vjp_reference(S, T, i_mu, i_nu, i_mn, i_nm, Rb, oR, Db, Sb0.copy(),
+                                                        Tb0.copy())
+    scale = TOL[dtype] * max(np.max(np.abs(Sb_ref)), np.max(np.abs(Tb_ref)))
+    assert np.max(np.abs(Sb - Sb_ref)) < scale and np.max(np.abs(Tb - Tb_ref)) < scale
+    assert not cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D[:, :, :, :, ::2], R, oR)
+    assert not cs.forward(S.real.copy(), T.real.copy(), i_mu, i_nu, i_mn, i_nm, D.real.copy(), R.real.copy(), oR)

@@ -24,7 +24,9 @@ composes :func:`lattice.kernels.mul_gather` calls (the two-link products and the
 Ynm_b, Ymn_b are materialised for all pairs); the compiled path (NumPy + Numba) runs the whole
 chain per block of sites with the intermediates in a cache-resident scratch, so each pair
 reads its operands and updates its cotangents once (the composition is memory bound), and a
-pair (mu, nu) shares Y_mn, Y_nm with its partner (nu, mu) when both are in the call.
+pair (mu, nu) shares Y_mn, Y_nm with its partner (nu, mu) when both are in the call. On CuPy
+arrays one fused CUDA kernel runs the chain per (pair, site) forward and per site over the
+pairs in the adjoint, intermediates in registers (:mod:`lattice.kernels._cupy_staples`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,18 @@ def _check_pairs(S, T, i_mu, i_nu, i_mn, i_nm):
                          f"except on the stacking axis 2")
 
 
+def _fast(*arrays):
+    """The compiled module for these arrays (Numba on NumPy, CUDA on CuPy), or None."""
+    impl = implementation(namespace(*arrays))
+    if impl == "numba":
+        from . import _numba_staples
+        return _numba_staples
+    if impl == "cupy":
+        from . import _cupy_staples
+        return _cupy_staples
+    return None
+
+
 def staple_pairs_reference(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR):
     """(P1)-(P3) by :func:`mul_gather` compositions; writes ``D[:, :, q]`` and ``R[:, :, oR[q]]``."""
     q = range(len(i_mu))
@@ -64,11 +78,9 @@ def staple_pairs(S, T, i_mu, i_nu, i_mn, i_nm, *, D, R, oR):
     P_R, *rest)``, all one dtype; D and R are written (not accumulated) and returned.
     """
     _check_pairs(S, T, i_mu, i_nu, i_mn, i_nm)
-    xp = namespace(S, T)
-    if implementation(xp) == "numba":
-        from . import _numba_staples
-        if _numba_staples.forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR):
-            return D, R
+    fast = _fast(S, T)
+    if fast is not None and fast.forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR):
+        return D, R
     return staple_pairs_reference(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR)
 
 
@@ -99,11 +111,9 @@ def staple_pairs_vjp(S, T, i_mu, i_nu, i_mn, i_nm, *, Rb, iR, Db, S_bar, T_bar):
     (shape of T), which are returned. Pairs are processed in order, so repeated slots add up.
     """
     _check_pairs(S, T, i_mu, i_nu, i_mn, i_nm)
-    xp = namespace(S, T)
-    if implementation(xp) == "numba":
-        from . import _numba_staples
-        if _numba_staples.vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar):
-            return S_bar, T_bar
+    fast = _fast(S, T)
+    if fast is not None and fast.vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar):
+        return S_bar, T_bar
     return staple_pairs_vjp_reference(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar)
 
 
