@@ -125,14 +125,10 @@ def test_staple_pairs_and_adjoint(monkeypatch, dtype):
     arrays the kernel does not take (non-contiguous, real) are declined."""
     cs = cuda_emulation.load(monkeypatch, "_cupy_staples")
     rng = np.random.default_rng(5)
+    from lattice.kernels.staple_pairs import _plan
     Q = [(0, 1), (0, 2), (2, 1), (1, 0), (2, 0)]
-    E = []
-    for mu, nu in Q:
-        for e in ((mu, nu), (nu, mu)):
-            if e not in E:
-                E.append(e)
     i_mu, i_nu = [m for m, _ in Q], [n for _, n in Q]
-    i_mn, i_nm = [E.index((m, n)) for m, n in Q], [E.index((n, m)) for m, n in Q]
+    E, i_mn, i_nm = _plan(i_mu, i_nu)                 # T slots: the ordered pairs the pairs need
     rest = (2, 37)
     S, T = _rand(rng, (3, 3, 3) + rest, dtype), _rand(rng, (3, 3, len(E)) + rest, dtype)
     oR = [6, 1, 7, 2, 0]

@@ -108,10 +108,10 @@ def test_expm_and_phi_ad_on_the_device(cp, dtype):
 def test_staple_pairs_on_the_device(cp, dtype):
     """The fused staple-pair chain and its adjoint (no atomics) against the mul_gather
     reference on the same CuPy arrays."""
+    from lattice.kernels.staple_pairs import _plan
     Q = [(0, 1), (0, 2), (2, 1), (1, 0)]
-    E = sorted({e for mu, nu in Q for e in ((mu, nu), (nu, mu))})
     i_mu, i_nu = [m for m, _ in Q], [n for _, n in Q]
-    i_mn, i_nm = [E.index((m, n)) for m, n in Q], [E.index((n, m)) for m, n in Q]
+    E, i_mn, i_nm = _plan(i_mu, i_nu)
     rest = (2, 301)
     S, T = cp.asarray(_rand((3, 3, 3) + rest, dtype, 9)), cp.asarray(_rand((3, 3, len(E)) + rest, dtype, 10))
     oR = [5, 1, 6, 2]

@@ -21,18 +21,35 @@ def _mac(q, a, p, m):
 # Each step of (D2)/(D3) is its own compiled function: inlined into one loop nest, LLVM
 # vectorised the products of the adjoint far worse (2x slower).
 
-@numba.jit(**_FLAGS)
-def _horner_step(Q, At, j0, P, Pn, m, den):
-    """Pn = 1 - A P / den for matrices j0..j0+m (Q a scratch)."""
-    n = Q.shape[0]
-    for r in range(n):
-        for c in range(n):
-            Q[r, c, :m] = 0.0
-        for t in range(n):
-            a = At[r, t, j0:j0 + m]
+def _make_product(tx: bool, ty: bool):
+    """Q[r, c] = sum_t op(X)[r, t] op(Y)[t, c] for matrices x0..x0+m of X and 0..m of Y
+    ((n, n, *) C-contiguous blocks), op = transpose where ``tx`` / ``ty`` (compile-time
+    constants). X comes with an offset, not as a slice: a sliced view has a non-contiguous
+    type and its loops do not vectorise (3x slower)."""
+    @numba.jit(**_FLAGS)
+    def product(Q, X, x0, Y, m):
+        n = Q.shape[0]
+        for r in range(n):
             for c in range(n):
-                _mac(Q[r, c], a, P[t, c], m)
-        for c in range(n):
+                Q[r, c, :m] = 0.0
+            for t in range(n):
+                a = X[t, r, x0:x0 + m] if tx else X[r, t, x0:x0 + m]
+                for c in range(n):
+                    _mac(Q[r, c], a, Y[c, t] if ty else Y[t, c], m)
+    return product
+
+
+_nn = _make_product(False, False)
+_nt = _make_product(False, True)
+_tn = _make_product(True, False)
+
+
+@numba.jit(**_FLAGS)
+def _horner_step(Q, A, j0, P, Pn, m, den):
+    """Pn = 1 - A P / den for the matrices j0..j0+m of A (Q a scratch)."""
+    _nn(Q, A, j0, P, m)
+    for r in range(Q.shape[0]):
+        for c in range(Q.shape[0]):
             one = 1.0 if r == c else 0.0
             q, o = Q[r, c], Pn[r, c]
             for j in range(m):
@@ -42,32 +59,20 @@ def _horner_step(Q, At, j0, P, Pn, m, den):
 @numba.jit(**_FLAGS)
 def _abar_step(Q, Pb, P, Ab, m, den):
     """Ab -= Pb P^T / den."""
-    n = Q.shape[0]
-    for r in range(n):
-        for c in range(n):
-            Q[r, c, :m] = 0.0
-        for t in range(n):
-            for c in range(n):
-                _mac(Q[r, c], Pb[r, t], P[c, t], m)
-        for c in range(n):
+    _nt(Q, Pb, 0, P, m)
+    for r in range(Q.shape[0]):
+        for c in range(Q.shape[0]):
             q, o = Q[r, c], Ab[r, c]
             for j in range(m):
                 o[j] -= q[j] / den
 
 
 @numba.jit(**_FLAGS)
-def _pbar_step(Q, At, j0, Pb, m, den):
-    """Pb <- -A^T Pb / den."""
-    n = Q.shape[0]
-    for r in range(n):
-        for c in range(n):
-            Q[r, c, :m] = 0.0
-        for t in range(n):
-            a = At[t, r, j0:j0 + m]
-            for c in range(n):
-                _mac(Q[r, c], a, Pb[t, c], m)
-    for r in range(n):
-        for c in range(n):
+def _pbar_step(Q, A, j0, Pb, m, den):
+    """Pb <- -A^T Pb / den (matrices j0..j0+m of A)."""
+    _tn(Q, A, j0, Pb, m)
+    for r in range(Q.shape[0]):
+        for c in range(Q.shape[0]):
             q, o = Q[r, c], Pb[r, c]
             for j in range(m):
                 o[j] = -q[j] / den
