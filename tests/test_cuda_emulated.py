@@ -96,6 +96,9 @@ def test_expm3(monkeypatch, dtype):
     bad[3, 0, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         ce.expm3(bad, 18)
+    bad[3, 0, 1] = 1e200                                     # finite, but ||X||^2 overflows
+    with pytest.raises(ValueError, match="overflows"):
+        ce.expm3(bad, 18)
     assert ce.expm3(np.zeros((4, 3, 3)), 18) is None          # real input: the reference's job
 
 
@@ -146,5 +149,10 @@ def test_staple_pairs_and_adjoint(monkeypatch, dtype):
                                                         Tb0.copy())
     scale = TOL[dtype] * max(np.max(np.abs(Sb_ref)), np.max(np.abs(Tb_ref)))
     assert np.max(np.abs(Sb - Sb_ref)) < scale and np.max(np.abs(Tb - Tb_ref)) < scale
+    assert not cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, [6, 1, 6, 2, 0])      # an R slot written twice
+    with pytest.raises(IndexError, match="out of range"):                       # the kernel does not check
+        cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, [6, 1, 8, 2, 0])
+    with pytest.raises(IndexError, match="out of range"):
+        cs.vjp(S, T, [0, 1, 2, 3, 0], i_nu, i_mn, i_nm, Rb, oR, Db, Sb, Tb)
     assert not cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D[:, :, :, :, ::2], R, oR)
     assert not cs.forward(S.real.copy(), T.real.copy(), i_mu, i_nu, i_mn, i_nm, D.real.copy(), R.real.copy(), oR)

@@ -132,6 +132,51 @@ def test_staple_pairs_on_the_device(cp, dtype):
         assert _close(a, b, 10 * TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+def test_hopping_kernel_equals_reference(cp, dtype):
+    """The fused CUDA kernel (lattice/kernels/_cupy_hopping.py) against the reference, full
+    lattice and both even-odd blocks, with the adjoint flag."""
+    from test_kernels_hopping import WilsonLinks, _both, _close, _spinor
+    shape = (4, 6, 2, 4)
+    U = L.random_gauge(shape, seed=1, batch=(2,)).astype(dtype)
+    links = WilsonLinks(cp.asarray(U), L.Layout(shape), (1j, 1, np.exp(0.3j), -1))
+    assert kernels.implementation(cp) == "cupy"
+    psi = cp.asarray(_spinor(links.layout, lead=(3, 1), dtype=dtype))
+    for dagger in (False, True):
+        fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
+        _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+        for target in (0, 1):
+            e = cp.asarray(_spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=4 + target))
+            fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
+            _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
+
+
+def test_hopping_core_then_rest_on_a_split_layout_is_bit_for_bit(cp):
+    """The hopping kernel on a block with ghost layers, core launched before the faces arrive
+    and the rest after (asynchronous launches, the faces copied on the same stream), equals one
+    launch on the whole block bit for bit -- full lattice and a packed even-odd block."""
+    from test_kernels_hopping import PROJ, _Split, _links, _spinor, hopping
+    from lattice.kernels import _cupy_hopping as ch
+    shape = (4, 6, 4, 8)
+    links = _links(shape, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
+    U = [cp.asarray(u) for u in links.U]
+    psi = cp.asarray(_spinor(links.layout, lead=(3, 1)))
+    for dagger in (False, True):
+        split = hopping._ghost_hop(ch, psi, U, U, _Split(links.layout, (1, 2, 1, 2)), (1, 3), PROJ, dagger, {},
+                                   "full")
+        for a, b in zip(split, ch.wilson_hop(psi, U, U, dagger=dagger)):
+            assert bool(cp.array_equal(a, b))
+    Ueo, _ = links._eo_links()
+    Ueo = [[cp.asarray(u) for u in side] for side in Ueo]
+    e = cp.asarray(_spinor(links.eo.half, lead=(3, 1), seed=3))
+    half = _Split(links.eo.half, (2, 1, 2, 1))
+    for target in (0, 1):
+        split = hopping._ghost_hop(ch, e, Ueo[target], Ueo[1 - target], half, (0, 2), PROJ, False, {}, None,
+                                   target=target, row_parity=hopping._block_row_parity(half, (0, 2)))
+        for a, b in zip(split, ch.wilson_hop(e, Ueo[target], Ueo[1 - target], target=target)):
+            assert bool(cp.array_equal(a, b))
+
+
 @pytest.mark.parametrize("dtype", ["complex128", "complex64"])
 def test_line_sums_on_the_device(cp, xcp, dtype):
     """kernels.line_sums / line_sums_vjp (CUDA chain, atomic adjoint) against the array-API

@@ -293,35 +293,6 @@ def test_operator_through_the_kernel_matches_reference():
         assert np.abs(a - b).max() < 1e-13 * max(1.0, np.abs(b).max()), n
 
 
-def _cupy_with_device():
-    cp = pytest.importorskip("cupy")
-    try:
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as exc:  # noqa: BLE001 - any CUDA runtime failure means: no usable device
-        pytest.skip(f"no usable CUDA device ({exc})")
-    return cp
-
-
-@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
-def test_cupy_equals_reference(dtype):
-    """The fused CUDA kernel (lattice/kernels/_cupy_hopping.py) against the reference, full
-    lattice and both even-odd blocks, with the adjoint flag (runs only with CuPy and a GPU)."""
-    cp = _cupy_with_device()
-    shape = (4, 6, 2, 4)
-    U = L.random_gauge(shape, seed=1, batch=(2,)).astype(dtype)
-    links = WilsonLinks(cp.asarray(U), L.Layout(shape), (1j, 1, np.exp(0.3j), -1))
-    assert kernels.implementation(cp) == "cupy"
-    psi = cp.asarray(_spinor(links.layout, lead=(3, 1), dtype=dtype))
-    for dagger in (False, True):
-        fast, ref = _both(lambda: links.hop(psi, dagger=dagger))
-        _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
-        for target in (0, 1):
-            e = cp.asarray(_spinor(links.eo.half, lead=(3, 1), dtype=dtype, seed=4 + target))
-            fast, ref = _both(lambda: links.hop_eo(e, target, dagger=dagger))
-            _close([cp.asnumpy(a) for a in fast], [cp.asnumpy(b) for b in ref], dtype)
-
-
 # ---------------------------------------------------------------- the CUDA source without a GPU
 def test_cuda_source_compiled_as_cpp_equals_reference(monkeypatch):
     """The CUDA kernels of _cupy_hopping.py and their Python wrapper, run on the CPU by
@@ -370,39 +341,70 @@ def test_cuda_core_then_rest_overlaps_the_fill(monkeypatch, ghosts):
     no ghost site and the second launch runs after ``fill()``. The ghost layers hold NaN until
     ``fill`` copies the true values in, so a ghost read before the fill would put NaN into the
     result; the non-ghost sites must equal one launch on the filled block bit for bit, and the
-    fill must run exactly once, between the two launches."""
+    fill must run exactly once, between the two launches. When ``fill`` runs, the output holds
+    the core (written, and not empty) and nothing else yet. A spinor the kernel cannot use in
+    place (another dtype than the links: converted first) gets ``fill`` before one launch."""
     import cuda_emulation
     if cuda_emulation.CXX is None:
         pytest.skip("no C++ compiler")
     ch = cuda_emulation.load(monkeypatch, "_cupy_hopping")
-    shape = (6, 4, 6, 6)
+    shape = (10, 6, 6, 6)                       # a non-empty core on every axis, also on the half lattice
     links = _links(shape, batch=(2,), bc=(1j, 1, np.exp(0.3j), -1))
     psi = _spinor(links.layout, lead=(2,))
-    inner = tuple(slice(g, L - g) for g, L in zip(ghosts, shape))
-    launches = []
+    launches, outputs = [], []
     kernel = ch._kernel()
     monkeypatch.setattr(ch, "_kernel", lambda: lambda *a, **kw: (launches.append(a[12]), kernel(*a, **kw)))
+    monkeypatch.setattr(ch.cupy, "empty", lambda shape, dtype: outputs.append(np.full(shape, np.nan, dtype))
+                        or outputs[-1])
     for target in (None, 0, 1):
         if target is None:
             Wt = Ws = links.U
             E = psi
+            sites = shape
         else:
             Ueo, _ = links._eo_links()
             Wt, Ws = Ueo[target], Ueo[1 - target]
             E = _spinor(links.eo.half, lead=(2,), seed=7)
-            inner = tuple(slice(g, L - g) for g, L in zip(ghosts, links.eo.half.local_shape))
+            sites = links.eo.half.local_shape
+        inner = tuple(slice(g, L - g) for g, L in zip(ghosts, sites))
+        core = tuple(slice(2 * g, L - 2 * g) for g, L in zip(ghosts, sites))
         for dagger in (False, True):
             whole = ch.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, row_parity=1)
-            holes = np.full_like(E, np.nan)
-            holes[(...,) + inner] = E[(...,) + inner]
-            fills = []
+            for dtype in (np.complex128, np.complex64):
+                holes = np.full_like(E, np.nan, dtype=dtype)
+                holes[(...,) + inner] = E[(...,) + inner]
+                fills = []
 
-            def fill():
-                fills.append(len(launches))
-                holes[...] = E
-            launches.clear()
-            split = ch.wilson_hop(holes, Wt, Ws, dagger=dagger, target=target, row_parity=1, ghosts=ghosts,
-                                  fill=fill)
-            assert launches == [1, 2] and fills == [1]
-            for a, b in zip(split, whole):
-                assert np.array_equal(a[(...,) + inner], b[(...,) + inner])
+                def fill():
+                    fills.append(len(launches))
+                    if launches:
+                        done = np.isfinite(outputs[-1])
+                        assert done[(...,) + core].all() and done.sum() == done[(...,) + core].size > 0
+                    holes[...] = E
+                launches.clear()
+                split = ch.wilson_hop(holes, Wt, Ws, dagger=dagger, target=target, row_parity=1, ghosts=ghosts,
+                                      fill=fill)
+                want = whole if dtype == np.complex128 else ch.wilson_hop(E.astype(dtype), Wt, Ws, dagger=dagger,
+                                                                         target=target, row_parity=1)
+                assert (launches, fills) == (([1, 2], [1]) if dtype == np.complex128 else ([0, 0], [0]))
+                for a, b in zip(split, want):
+                    assert np.array_equal(a[(...,) + inner], b[(...,) + inner])
+
+
+def test_ghost_hop_waits_for_every_exchange_when_one_fails():
+    """A face exchange that fails leaves no other message in flight (a stale receive would
+    meet the next call's faces): every posted exchange is waited for, then the first error is
+    raised."""
+    links = _links((4, 2, 4, 6), batch=(2,))
+    psi = _spinor(links.layout, lead=(3, 1))
+    finished = []
+
+    class Failing(_Split):
+        def finish_swap(self, handle):
+            finished.append(handle)
+            if len(finished) == 1:
+                raise RuntimeError("halo exchange failed")
+            return handle
+    with pytest.raises(RuntimeError, match="halo exchange failed"):
+        hopping.wilson_hop(psi, links.U, links.Udag, Failing(links.layout, (2, 1, 2, 2)), PROJ, cache={})
+    assert len(finished) == 3

@@ -1,6 +1,8 @@
 """lattice.kernels.staple_pairs, periodic_shift and real_mix: the compiled paths equal their
 references (both precisions, strided slots, repeated output slots), and the staple-pair
 adjoint (A1)-(A2) passes central finite differences in float64."""
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -161,6 +163,16 @@ def test_real_mix_equals_the_complex_product(dtype, transpose, K, L):
             got = kernels.real_mix(c, A, transpose=transpose)
         assert got.dtype == dtype and got.shape == want.shape
         assert np.max(np.abs(got - want)) < TOL[dtype] * np.max(np.abs(want))
+
+
+def test_real_mix_refuses_mismatched_shapes_on_every_path():
+    """c (..., K, 1) against A (..., L, M) with L != 1 is an error, also where the compiled path
+    writes one input channel as a broadcast product."""
+    A = _rand(np.random.default_rng(9), (2, 5, 7))
+    for ref in (False, True):
+        with kernels.reference_only() if ref else contextlib.nullcontext():
+            with pytest.raises(ValueError):
+                kernels.real_mix(np.ones((2, 5, 1)), A)
 
 
 def test_strict_namespace_takes_the_references():

@@ -215,6 +215,8 @@ def wilson_hop(psi, Wt, Ws, dagger: bool = False, target: int | None = None, cac
     Each site gets the same arithmetic as in one launch (bit for bit); output at ghost sites is
     undefined. Where psi is not used in place (broadcast, another dtype), ``fill()`` runs first."""
     from lattice.kernels.hopping import fast_operands, prepared_links
+    if fill is not None and (ghosts is None or len(ghosts) != 4):
+        raise ValueError(f"wilson_hop: a fill callback needs the ghost widths of the block's 4 axes, got {ghosts!r}")
     shapes = fast_operands(psi, Wt, Ws, cupy.result_type)
     if shapes is None:
         return None

@@ -100,8 +100,25 @@ def _flat(X, dtype, M):
     return X.shape[2] if rest == M else None
 
 
-def _index(v):
-    return cupy.asarray([int(k) for k in v], dtype=cupy.int64)
+@functools.lru_cache(maxsize=256)
+def _index_on_device(v: tuple, device: int):
+    return cupy.asarray(v, dtype=cupy.int64)
+
+
+def _index(v, bound, what):
+    """The slot list ``v`` on the device (cached: a network layer passes the same lists every
+    step), checked against ``bound`` slots: the kernel does not check its indices."""
+    t = tuple(int(k) for k in v)
+    if any(not 0 <= k < bound for k in t):
+        raise IndexError(f"kernels.staple_pairs: {what} slots {t} out of range for an axis of {bound} slots")
+    return _index_on_device(t, _device_id())
+
+
+def _device_id():
+    try:
+        return cupy.cuda.Device().id
+    except AttributeError:         # the CPU stand-in of the tests
+        return -1
 
 
 def _slots(S, others):
@@ -122,9 +139,11 @@ def forward(S, T, i_mu, i_nu, i_mn, i_nm, D, R, oR) -> bool:
         return False
     M, (PS, PT, PD, PR) = got
     nq = len(i_mu)
+    if len(set(int(k) for k in oR)) != nq or PD < nq:
+        return False                   # repeated R slots (written twice) or too few D slots: the reference
     if nq and M:
-        _kernels()[0](S, T, _index(i_mu), _index(i_nu), _index(i_mn), _index(i_nm), _index(oR), M, PS, PT, PD, PR,
-                      D, R, size=nq * M)
+        _kernels()[0](S, T, _index(i_mu, PS, "S"), _index(i_nu, PS, "S"), _index(i_mn, PT, "T"),
+                      _index(i_nm, PT, "T"), _index(oR, PR, "R"), M, PS, PT, PD, PR, D, R, size=nq * M)
     return True
 
 
@@ -137,7 +156,10 @@ def vjp(S, T, i_mu, i_nu, i_mn, i_nm, Rb, iR, Db, S_bar, T_bar) -> bool:
     if PSb != PS or PTb != PT:
         return False
     nq = len(i_mu)
+    if PD < nq:
+        return False
     if nq and M:
-        _kernels()[1](S, T, _index(i_mu), _index(i_nu), _index(i_mn), _index(i_nm), _index(iR), Rb, Db, M, PS, PT,
-                      PD, PR, nq, S_bar, T_bar, size=M)
+        _kernels()[1](S, T, _index(i_mu, PS, "S"), _index(i_nu, PS, "S"), _index(i_mn, PT, "T"),
+                      _index(i_nm, PT, "T"), _index(iR, PR, "R"), Rb, Db, M, PS, PT, PD, PR, nq, S_bar, T_bar,
+                      size=M)
     return True

@@ -26,7 +26,7 @@ def real_mix(c, A, transpose):
     if transpose:
         cr = np.swapaxes(cr, -1, -2)
     af = a.view(a.real.dtype)
-    if cr.shape[-1] == 1:
+    if cr.shape[-1] == 1 and af.shape[-2] == 1:
         # one input channel: an outer product, which a broadcast multiply writes at memory speed
         # (OpenBLAS takes 3-4x longer for a GEMM with inner dimension 1)
         return (cr * af).view(a.dtype)

@@ -134,6 +134,6 @@ def phi_ad_vjp(A, saved: PhiSaved, phi_bar):
     """Cotangent of A (same shape) from that of phi(A), ``saved`` from :func:`phi_ad`."""
     fast = _compiled(A)
     A_bar = None
-    if fast is not None and phi_bar.dtype == A.dtype:
+    if fast is not None and phi_bar.dtype == A.dtype and tuple(phi_bar.shape) == tuple(A.shape):
         A_bar = fast.phi_ad_vjp(A, saved.terms, phi_bar)
     return phi_ad_vjp_reference(A, saved, phi_bar) if A_bar is None else A_bar

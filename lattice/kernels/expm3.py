@@ -23,12 +23,17 @@ from __future__ import annotations
 from ..backend import namespace
 from .dispatch import implementation
 
-__all__ = ["expm"]
+__all__ = ["expm", "LARGEST_ENTRY"]
+
+LARGEST_ENTRY = 1e150
+"""The compiled paths refuse entries of at least this modulus (and NaN/inf): ||X||_F^2, from
+which the scaling s of (X1) is taken, would overflow."""
 
 
 def expm(X, terms: int = 18):
     """exp(X) for stacks ``(..., N, N)``; see the module docstring. Raises ``ValueError`` on
-    NaN or inf input (both paths)."""
+    NaN or inf input (both paths) and, on the compiled paths, on entries of modulus >=
+    ``LARGEST_ENTRY``."""
     xp = namespace(X)
     impl = implementation(xp)
     if X.ndim >= 2 and X.shape[-1] == 3 and X.shape[-2] == 3 and impl in ("numba", "cupy"):

@@ -330,31 +330,45 @@ def _ghost_hop(fast, psi, Ut, Us, layout, split, proj, dagger, cache, key, targe
         faces.append((up, down))
     # only the faces travel; the extended block is assembled while they are in flight, and a
     # kernel that can (CuPy) computes the core of the block before ``fill`` waits for them
-    handles = [layout.start_swap(mu, up, down) for mu, (up, down) in zip(split, faces)]
-    E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
-    E[(...,) + inner] = psi
-    pending = [True]
+    handles, block = [], {}
 
     def fill():
-        if not pending[0]:
-            return
-        pending[0] = False
-        for mu, h in zip(split, handles):
-            l = layout.local_shape[mu]
-            from_below, from_above = layout.finish_swap(h)
-            E[(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = from_above
-            E[(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = from_below
+        """Wait for every posted exchange (once) and put the faces into the extended block; after
+        a failure the remaining exchanges are still waited for, then the first error is raised."""
+        error = None
+        while handles:
+            mu, h = handles.pop(0)
+            try:
+                from_below, from_above = layout.finish_swap(h)
+                if "E" in block:
+                    l = layout.local_shape[mu]
+                    block["E"][(..., slice(0, 2), slice(None)) + _at(inner, mu, l + 1)] = from_above
+                    block["E"][(..., slice(0, 2), slice(None)) + _at(inner, mu, 0)] = from_below
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
-    if target is None:
-        Wt = Ws = _ghost_links(Ut, layout, split, cache, key)
-    else:
-        Wt = _ghost_links(Ut, layout, split, cache, target)
-        Ws = _ghost_links(Us, layout, split, cache, 1 - target)
     try:
+        for mu, (up, down) in zip(split, faces):
+            handles.append((mu, layout.start_swap(mu, up, down)))
+        E = xp.zeros(batch + (4, N) + ext, dtype=psi.dtype, device=dev)
+        E[(...,) + inner] = psi
+        block["E"] = E
+        if target is None:
+            Wt = Ws = _ghost_links(Ut, layout, split, cache, key)
+        else:
+            Wt = _ghost_links(Ut, layout, split, cache, target)
+            Ws = _ghost_links(Us, layout, split, cache, 1 - target)
         res = fast.wilson_hop(E, Wt, Ws, dagger=dagger, target=target, cache=cache, row_parity=row_parity,
                               ghosts=gw, fill=fill)
-    finally:
-        fill()                   # every posted message completes, whatever the kernel did
+    except BaseException:
+        try:                     # no message may stay in flight (it would meet the next call's)
+            fill()
+        except BaseException:
+            pass                 # the first error is the one to report
+        raise
+    fill()                       # a kernel that declined (None) may not have called it
     if res is None:
         return None
     return tuple(r[(...,) + inner] for r in res)
