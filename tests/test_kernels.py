@@ -339,3 +339,11 @@ def test_expm_single_precision_and_nonfinite_input():
                     su_n.expm(X)
             else:
                 kernels.expm(X)
+    X[3, 1, 2] = 1e200          # finite, but ||X||_F^2 overflows: refused on both paths, not a garbage s
+    for ref in (False, True):
+        with pytest.raises(ValueError, match="inf"):
+            if ref:
+                with kernels.reference_only():
+                    su_n.expm(X)
+            else:
+                kernels.expm(X)

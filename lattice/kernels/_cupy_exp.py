@@ -139,12 +139,9 @@ def expm3(X, terms: int):
     """exp of a (..., 3, 3) complex stack; None where this path does not apply."""
     if X.dtype.kind != "c":
         return None
-    from .expm3 import LARGEST_ENTRY as _LARGEST
+    from .expm3 import check_entries
     x = cupy.ascontiguousarray(X).reshape(-1, 3, 3)
-    big = float(cupy.max(cupy.abs(x))) if x.size else 0.0
-    if not big < _LARGEST:
-        raise ValueError(f"expm: input contains NaN or inf, or an entry of modulus {big:.3g} (>= {_LARGEST:g}: "
-                         f"its norm overflows the scaling step)")
+    check_entries(x, cupy)
     E = cupy.empty(x.shape, dtype=x.dtype)
     if x.shape[0]:
         _expm3_kernel()(x.reshape(-1), int(terms), E.reshape(-1), size=x.shape[0])

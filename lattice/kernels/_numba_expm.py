@@ -7,7 +7,7 @@ import numba
 from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
 from ._numba import _FLAGS
-from .expm3 import LARGEST_ENTRY as _LARGEST
+from .expm3 import check_entries
 
 
 @numba.jit(**_FLAGS)
@@ -72,10 +72,7 @@ def expm3(X, terms):
     if X.dtype.kind != "c":
         return None
     x = np.ascontiguousarray(X).reshape(-1, 3, 3)
-    big = float(np.max(np.abs(x))) if x.size else 0.0
-    if not big < _LARGEST:
-        raise ValueError(f"expm: input contains NaN or inf, or an entry of modulus {big:.3g} (>= {_LARGEST:g}: "
-                         f"its norm overflows the scaling step)")
+    check_entries(x, np)
     E = np.empty(x.shape, dtype=X.dtype)
     _expm3_kernel(x, E, terms)
     return E.reshape(X.shape)

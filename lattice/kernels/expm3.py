@@ -23,11 +23,20 @@ from __future__ import annotations
 from ..backend import namespace
 from .dispatch import implementation
 
-__all__ = ["expm", "LARGEST_ENTRY"]
+__all__ = ["expm", "LARGEST_ENTRY", "check_entries"]
 
 LARGEST_ENTRY = 1e150
 """The compiled paths refuse entries of at least this modulus (and NaN/inf): ||X||_F^2, from
 which the scaling s of (X1) is taken, would overflow."""
+
+
+def check_entries(x, xp):
+    """``ValueError`` unless every entry of ``x`` is finite and of modulus < ``LARGEST_ENTRY``
+    (the compiled paths' input check; one pass over x)."""
+    big = float(xp.max(xp.abs(x))) if x.size else 0.0
+    if not big < LARGEST_ENTRY:
+        raise ValueError(f"expm: input contains NaN or inf, or an entry of modulus {big:.3g} (>= {LARGEST_ENTRY:g}: "
+                         f"its norm overflows the scaling step)")
 
 
 def expm(X, terms: int = 18):
