@@ -6,6 +6,9 @@ On one CuPy device, 12^3x24 unless stated:
   and percent of the measured device copy bandwidth (2880 / 1440 bytes per site, as in
   ``bench_fermions``), and of the card's nominal HBM bandwidth when ``--hbm`` /
   GAUGEFLOW_HBM_TBS gives it (H200: 4.8 TB/s);
+* the hopping kernel on a block with ghost layers (time split, the block its own neighbour):
+  core launch, face wait, rest launch, against one launch -- the cost of the split that lets
+  the face exchange overlap the interior on several ranks;
 * exp of su(3) on every link and phi(ad X) with its adjoint on half of them: fused kernels
   against the array-API references on the device;
 * the learned-loop flow training step (4^4, 16 layers, batch 16, path gradient), the residual
@@ -46,6 +49,22 @@ def _timed(cp, fn, repeat=5):
     return best
 
 
+class _SelfNeighbour:
+    """A one-process layout that claims a split along one axis: the hopping kernel then runs on
+    the block with ghost layers, the faces "exchanged" with the block itself."""
+
+    def __init__(self, layout, split_axis):
+        self.grid = tuple(2 if a == split_axis else 1 for a in range(4))
+        self.local_shape = layout.local_shape
+        self.offset = (0, 0, 0, 0)
+
+    def start_swap(self, a, send_up, send_down):
+        return send_up, send_down
+
+    def finish_swap(self, handle):
+        return handle
+
+
 def run(quick: bool = False):
     cp, why = _cupy()
     if cp is None:
@@ -76,6 +95,21 @@ def run(quick: bool = False):
         if hbm:
             rec["hbm_fraction"] = nbytes * V / hbm / t
         recs.append(rec)
+    # the hopping kernel on a block with ghost layers split in time (as on 2 ranks, the block its
+    # own neighbour): core launch, face wait, rest launch against one launch on the same block
+    from fermions.gamma import PROJ
+    from fermions.wilson import WilsonLinks, to_soa
+    from lattice.kernels import hopping, _cupy_hopping
+    links = WilsonLinks(U, lay, "antiperiodic")
+    psi_s = to_soa(cp.asarray(L.Rng(2).complex_normal(layout=lay, inner=(4, 3))))
+    self_split = _SelfNeighbour(lay, split_axis=3)
+    t_split = _timed(cp, lambda: hopping._ghost_hop(_cupy_hopping, psi_s, links.U, links.U, self_split, (3,), PROJ,
+                                                    False, {}, "full"))
+    t_one = _timed(cp, lambda: _cupy_hopping.wilson_hop(psi_s, links.U, links.U))
+    recs.append({"name": f"Dslash {'x'.join(map(str, shape))} ghost block, core then rest", "seconds": t_split,
+                 "seconds_reference": t_one, "ratio": t_split / t_one,
+                 "reference": "one launch on the block without ghosts (the split's overhead: face products, "
+                              "extended block, two launches)"})
     # exp of su(3) on every link (an HMC update) and phi(ad X) with its adjoint on half the links
     # (an M2 residual layer): the fused kernels against the array-API references on the device
     from lattice import kernels, su_n
