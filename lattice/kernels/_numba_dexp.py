@@ -91,38 +91,28 @@ def _horner(At, j0, m, K, S, Q):
 
 
 @numba.jit(**_FLAGS)
-def _phi_kernel(At, K, Out):
+def _phi_kernel(At, K, Gt, adjoint, Out):
+    """Out = phi(A) (D2), or with ``adjoint`` Abar of (D3) for the cotangents Gt, block by block."""
     n, M = At.shape[0], At.shape[2]
     S = np.empty((K + 1, n, n, _BLOCK))
     Q = np.empty((n, n, _BLOCK))
-    for j0 in range(0, M, _BLOCK):
-        m = min(_BLOCK, M - j0)
-        _horner(At, j0, m, K, S, Q)
-        for r in range(n):
-            for c in range(n):
-                Out[r, c, j0:j0 + m] = S[0, r, c, :m]
-
-
-@numba.jit(**_FLAGS)
-def _phi_vjp_kernel(At, K, Gt, Out):
-    n, M = At.shape[0], At.shape[2]
-    S = np.empty((K + 1, n, n, _BLOCK))
     Pb = np.empty((n, n, _BLOCK))
-    Q = np.empty((n, n, _BLOCK))
     Ab = np.empty((n, n, _BLOCK))
     for j0 in range(0, M, _BLOCK):
         m = min(_BLOCK, M - j0)
         _horner(At, j0, m, K, S, Q)
+        if adjoint:
+            for r in range(n):
+                for c in range(n):
+                    Pb[r, c, :m] = Gt[r, c, j0:j0 + m]
+                    Ab[r, c, :m] = 0.0
+            for k in range(1, K + 1):
+                _abar_step(Q, Pb, S[k], Ab, m, k + 1.0)      # S[k] = P_{k+1}
+                _pbar_step(Q, At, j0, Pb, m, k + 1.0)
+        res = Ab if adjoint else S[0]
         for r in range(n):
             for c in range(n):
-                Pb[r, c, :m] = Gt[r, c, j0:j0 + m]
-                Ab[r, c, :m] = 0.0
-        for k in range(1, K + 1):
-            _abar_step(Q, Pb, S[k], Ab, m, k + 1.0)      # S[k] = P_{k+1}
-            _pbar_step(Q, At, j0, Pb, m, k + 1.0)
-        for r in range(n):
-            for c in range(n):
-                Out[r, c, j0:j0 + m] = Ab[r, c, :m]
+                Out[r, c, j0:j0 + m] = res[r, c, :m]
 
 
 def _soa(A):
@@ -130,20 +120,20 @@ def _soa(A):
     return np.ascontiguousarray(np.moveaxis(np.reshape(A, (-1, n, n)), 0, -1))
 
 
-def phi_ad(A, K: int):
-    """phi(A) of (D2), float64 (..., n, n)."""
-    n = A.shape[-1]
+def _run(A, K, phi_bar):
     At = _soa(A)
+    Gt = At if phi_bar is None else _soa(np.broadcast_to(phi_bar, A.shape))
     Out = np.empty_like(At)
     if At.shape[-1]:
-        _phi_kernel(At, int(K), Out)
+        _phi_kernel(At, int(K), Gt, phi_bar is not None, Out)
     return np.moveaxis(Out, -1, 0).reshape(A.shape)
+
+
+def phi_ad(A, K: int):
+    """phi(A) of (D2), float64 (..., n, n)."""
+    return _run(A, K, None)
 
 
 def phi_ad_vjp(A, K: int, phi_bar):
     """Abar of (D3), float64 (..., n, n)."""
-    At, Gt = _soa(A), _soa(np.broadcast_to(phi_bar, A.shape))
-    Out = np.empty_like(At)
-    if At.shape[-1]:
-        _phi_vjp_kernel(At, int(K), Gt, Out)
-    return np.moveaxis(Out, -1, 0).reshape(A.shape)
+    return _run(A, K, phi_bar)
