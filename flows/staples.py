@@ -72,6 +72,10 @@ field and no intermediate product is written to memory (6 products per pair of p
 forward, 14 in the VJP, which recomputes the Y). Otherwise the shifted fields are stacked with
 ``layout.shift`` (halo exchange on MPI-split axes) and :func:`lattice.kernels.staple_pairs`
 runs the same fused chain on them (NumPy) or gathered product compositions (CuPy, reference). Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
+The output layer (direction mu only, one channel out) is one :func:`lattice.kernels.transported_mix`
+call: on one process with NumPy its transported staples are mixed as they are formed (its
+augmented vector, the largest array of the network, is never written; the VJP recomputes the
+staples for the coefficient gradient), elsewhere it is the same augment-and-mix composition.
 Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at most
 ``StapleNet.CHUNK_MATRICES`` matrices per field (a pair and its partner at least), which keeps
 the peak memory of the generic path near that of the colour-last code. The colour-last
@@ -121,7 +125,7 @@ class StapleNet(Module):
         "2 hidden layers with N_h = 8" reads as N_l = 3 in this counting, or N_l = 2 if it counts
         mixing layers.)
     save_memory : keep only the layer inputs in ``ctx`` and recompute the transported staples in
-        the VJP (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
+        the VJP (the fused output layer never keeps them) (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
         staple fields per layer, about 3x less for N_h = 8; the VJP costs one more forward).
 
     ``forward(params, U, mask, layout=None) -> ((S_act,), ctx)`` with S_act of shape
@@ -277,13 +281,17 @@ class StapleNet(Module):
         xp = namespace(U)
         keep, S = self._inputs(U, mask, layout)
         saved = []
-        for i in range(self.n_layers):
+        for i in range(self.n_layers - 1):
             c = params[f"c{i}"]                                   # real coefficients
             aug = self._augment(S, i, layout)
             saved.append((S, None if self.save_memory else aug))
             S = self._mix(c, aug)
+        # output layer: direction mu only, mixed as it is formed (no augmented vector where fused)
+        out, aug = kernels.transported_mix(S, layout, self.mu, params[f"c{self.n_layers - 1}"][0, ...],
+                                           keep=not self.save_memory)
+        saved.append((S, aug))
         ctx = (layout, keep, saved)
-        return (kernels.colour_last(S[:, :, 0, 0, ...]),), ctx
+        return (kernels.colour_last(out[:, :, 0, ...]),), ctx
 
     # ------------------------------------------------------------------ adjoint
     def _augment_vjp(self, S, i, aug_bar, layout):
@@ -316,7 +324,16 @@ class StapleNet(Module):
         grads = {}
         N = S0.shape[0]
         ob = xp.reshape(kernels.colour_first(xp.astype(S_bar, S0.dtype)), (N, N, 1, 1) + tuple(S0.shape[4:]))
-        for i in reversed(range(self.n_layers)):
+        last = self.n_layers - 1
+        S, aug = saved[last]
+        c = params[f"c{last}"]
+        ob_in = xp.zeros(S.shape, dtype=S.dtype)                  # cotangent of the output layer's input
+        c_bar = kernels.transported_mix_vjp(S, layout, self.mu, c[0, ...], ob[:, :, 0, ...], S_bar=ob_in, aug=aug,
+                                            need_c=need_params)
+        grads[f"c{last}"] = xp.zeros(c.shape, dtype=c.dtype) if c_bar is None else \
+            xp.astype(xp.reshape(c_bar, c.shape), c.dtype)
+        ob = ob_in
+        for i in reversed(range(last)):
             S, aug = saved[i]
             c = params[f"c{i}"]
             n_dirs = len(self.dirs[i])

@@ -268,3 +268,100 @@ def test_transported_staples_vjp_matches_central_differences_on_both_paths(monke
     fd = (f(S + h * dS) - f(S - h * dS)) / (2 * h)
     an = float(np.sum(np.real(np.conj(bars[0]) * dS)))
     assert abs(fd - an) <= 1e-8 * max(1.0, abs(an)), (fd, an)
+
+
+def _generic_mix(monkeypatch, fn):
+    """Run fn with the fused mixing path (and the table path under it) switched off."""
+    import importlib
+    sm = importlib.import_module("lattice.kernels.staple_mix")
+    with monkeypatch.context() as mp:
+        mp.setattr(sm, "_local", lambda *a: False)
+        return _generic(monkeypatch, fn)
+
+
+def _mix_by_hand(S, mu, c, nd):
+    """out_p = sum_l c_pl aug_mu,l (M1) with aug from np.roll products."""
+    nus = [nu for nu in range(nd) if nu != mu]
+    L, R = _transported_by_hand(S, [mu] * len(nus), nus, nd)
+    aug = np.stack([S[:, :, mu]] + L + R, axis=2)                 # (N, N, blocks, K, *rest)
+    aug = aug.reshape(aug.shape[:2] + (-1,) + aug.shape[4:])      # l = block K + k
+    return np.einsum("pl,ijl...->ijp...", c, aug)
+
+
+@pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
+@pytest.mark.parametrize("sites", [(4, 3, 25), (3, 5)])
+def test_transported_mix_fused_path_equals_the_composition(monkeypatch, dtype, sites):
+    """(M1) from the fused one-process path, the generic composition (aug, then real_mix) and
+    np.roll products agree for every direction: several channels in and out, a batch axis, a
+    volume that is not a multiple of the kernel's block."""
+    from lattice import Layout
+    rng = np.random.default_rng(11)
+    nd, K, K_out = len(sites), 3, 2
+    lay = Layout(sites)
+    S = _rand(rng, (3, 3, nd, K, 2) + sites, dtype)
+    c = rng.normal(size=(K_out, (2 * nd - 1) * K))
+    for mu in range(nd):
+        want = _mix_by_hand(S.astype(np.complex128), mu, c, nd)
+        fused, aug = kernels.transported_mix(S, lay, mu, c, keep=True)
+        assert aug is None                                       # the fused path never forms aug
+        generic, aug = _generic_mix(monkeypatch, lambda: kernels.transported_mix(S, lay, mu, c, keep=True))
+        assert aug.shape == (3, 3, (2 * nd - 1) * K, 2) + sites
+        for got in (fused, generic):
+            assert got.dtype == dtype and got.shape == (3, 3, K_out, 2) + sites
+            assert np.max(np.abs(got - want)) < TOL[dtype] * np.max(np.abs(want)) * 10
+
+
+def test_transported_mix_vjp_matches_central_differences_on_both_paths(monkeypatch):
+    """f = Re sum conj(W) out: S_bar (added to a nonzero start) and c_bar of the fused and the
+    generic path agree and match central differences in float64; need_c=False gives the same
+    S_bar and no c_bar."""
+    from lattice import Layout
+    rng = np.random.default_rng(12)
+    sites = (3, 4, 5)
+    nd, K, K_out, mu = 3, 2, 2, 1
+    lay = Layout(sites)
+    S = _rand(rng, (3, 3, nd, K, 2) + sites)
+    c = rng.normal(size=(K_out, (2 * nd - 1) * K))
+    W = _rand(rng, (3, 3, K_out, 2) + sites)
+
+    def f(S, c):
+        return float(np.sum(np.real(np.conj(W) * kernels.transported_mix(S, lay, mu, c)[0])))
+    start = _rand(rng, S.shape)
+    results = []
+    for generic, need_c in ((False, True), (True, True), (False, False), (True, False)):
+        Sb = start.copy()
+        call = lambda: kernels.transported_mix_vjp(S, lay, mu, c, W, S_bar=Sb, need_c=need_c)  # noqa: E731
+        cb = _generic_mix(monkeypatch, call) if generic else call()
+        assert (cb is None) == (not need_c)
+        results.append((Sb - start, cb))
+    ref_S, ref_c = results[1]
+    for Sb, cb in results:
+        assert np.max(np.abs(Sb - ref_S)) < 1e-12 * np.max(np.abs(ref_S))
+    assert results[0][1].dtype == np.float64 and results[0][1].shape == c.shape
+    assert np.max(np.abs(results[0][1] - ref_c)) < 1e-12 * np.max(np.abs(ref_c))
+    h = 1e-6
+    dS, dc = _rand(rng, S.shape), rng.normal(size=c.shape)
+    fd = (f(S + h * dS, c) - f(S - h * dS, c)) / (2 * h)
+    an = float(np.sum(np.real(np.conj(results[0][0]) * dS)))
+    assert abs(fd - an) <= 1e-8 * max(1.0, abs(an)), (fd, an)
+    fd = (f(S, c + h * dc) - f(S, c - h * dc)) / (2 * h)
+    an = float(np.sum(results[0][1] * dc))
+    assert abs(fd - an) <= 1e-8 * max(1.0, abs(an)), (fd, an)
+
+
+def test_transported_mix_refuses_inconsistent_shapes():
+    from lattice import Layout
+    rng = np.random.default_rng(13)
+    sites = (3, 4)
+    lay = Layout(sites)
+    S = _rand(rng, (3, 3, 2, 2) + sites)
+    with pytest.raises(ValueError, match="coefficients of shape"):
+        kernels.transported_mix(S, lay, 0, np.ones((1, 5)))
+    with pytest.raises(ValueError, match="out of range"):
+        kernels.transported_mix(S, lay, 2, np.ones((1, 6)))
+    with pytest.raises(ValueError, match="staple fields of shape"):
+        kernels.transported_mix(S[:, :, :1], lay, 0, np.ones((1, 6)))
+    with pytest.raises(ValueError, match="cotangent of shape"):
+        kernels.transported_mix_vjp(S, lay, 0, np.ones((1, 6)), S[:, :, :1], S_bar=np.zeros_like(S))
+    with pytest.raises(ValueError, match="S_bar of shape"):
+        kernels.transported_mix_vjp(S, lay, 0, np.ones((1, 6)), S[:, :, :1, 0].copy(), S_bar=S[:, :, :1])

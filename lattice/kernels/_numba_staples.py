@@ -126,12 +126,12 @@ def _forward_units(S, Tsrc, units, tbl, V, Ddst, R):
     tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
     yab, yba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
     o = np.empty((2, 3, 3, _BLOCK), f)
-    for u in range(units.shape[0]):
-        w = units[u]
-        for r in range(S.shape[3] // V):
-            base = r * V
-            for x0 in range(0, V, _BLOCK):
-                n = min(_BLOCK, V - x0)
+    for r in range(S.shape[3] // V):
+        base = r * V
+        for x0 in range(0, V, _BLOCK):
+            n = min(_BLOCK, V - x0)
+            for u in range(units.shape[0]):
+                w = units[u]
                 _load_unit(S, Tsrc, w, base, tbl, x0, sa, sb, tab, tba, n)
                 _nn(sa, tab, yab, n)                            # (P1) Y_ab = S_a T_ab
                 _nn(sb, tba, yba, n)                            #      Y_ba = S_b T_ba
@@ -160,12 +160,12 @@ def _vjp_units(S, Tsrc, units, tbl, V, Rb, Dsrc, Sb, Tdst):
     gab, gba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)    # Y cotangents
     ga, gb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)      # S_a, S_b
     gtab, gtba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)  # T_ab, T_ba
-    for u in range(units.shape[0]):
-        w = units[u]
-        for r in range(S.shape[3] // V):
-            base = r * V
-            for x0 in range(0, V, _BLOCK):
-                n = min(_BLOCK, V - x0)
+    for r in range(S.shape[3] // V):
+        base = r * V
+        for x0 in range(0, V, _BLOCK):
+            n = min(_BLOCK, V - x0)
+            for u in range(units.shape[0]):
+                w = units[u]
                 _load_unit(S, Tsrc, w, base, tbl, x0, sa, sb, tab, tba, n)
                 _nn(sa, tab, yab, n)
                 _nn(sb, tba, yba, n)
@@ -309,3 +309,210 @@ def transported_local_vjp(S, local_shape, i_mu, i_nu, AB, i_L, i_R, S_bar) -> bo
     P = _tables(local_shape)
     _vjp_units(s, s, _local_units(i_mu, i_nu, i_L, i_R), P, P.shape[1], ab, ab, sb, sb)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the output layer of a staple network: transported staples of one direction mixed on the fly
+# (lattice.kernels.staple_mix)
+
+@numba.jit(**_FLAGS)
+def _store_axpy(X, a, C, q, base, tbl, t, x0, n):
+    """C[i, j, q, base + P_t(x0 + m)] += a (X[0, i, j, m] + i X[1, i, j, m])."""
+    for i in range(3):
+        for j in range(3):
+            for m in range(n):
+                k = base + x0 + m if t == 0 else base + tbl[t, x0 + m]
+                C[i, j, q, k] += complex(a * X[0, i, j, m], a * X[1, i, j, m])
+
+
+@numba.jit(**_FLAGS)
+def _combine(c, Obs, X, n):
+    """X = sum_p c[p] Obs[p] on split blocks (the cotangent of one augmented channel)."""
+    for i in range(3):
+        for j in range(3):
+            for m in range(n):
+                X[0, i, j, m] = c[0] * Obs[0, 0, i, j, m]
+                X[1, i, j, m] = c[0] * Obs[0, 1, i, j, m]
+            for p in range(1, c.shape[0]):
+                for m in range(n):
+                    X[0, i, j, m] += c[p] * Obs[p, 0, i, j, m]
+                    X[1, i, j, m] += c[p] * Obs[p, 1, i, j, m]
+
+
+@numba.jit(**_FLAGS)
+def _dot(X, Y, n):
+    """Re sum conj(X) Y = sum X_re Y_re + X_im Y_im over a split block, in float64."""
+    s = 0.0
+    for i in range(3):
+        for j in range(3):
+            for m in range(n):
+                s += np.float64(X[0, i, j, m]) * np.float64(Y[0, i, j, m]) \
+                    + np.float64(X[1, i, j, m]) * np.float64(Y[1, i, j, m])
+    return s
+
+
+@numba.jit(**_FLAGS)
+def _mix_forward(S, mu, nus, tbl, V, Bt, cS, cL, cR, Out):
+    """Out (+)= cS S_mu + sum_j (cL[j] S^L_mu,nu_j + cR[j] S^R_mu,nu_j) per channel.
+
+    S (3, 3, Nd, R V) with rows r = k Bt + b (channel k, batch row b); Out (3, 3, K_out, Bt V);
+    cS (K_out, K), cL, cR (len(nus), K_out, K); tbl the neighbour tables of one row. Per row and
+    block: S_mu loaded once; per nu (P1)-(P3) of the pair (mu, nu), D added at x + nu^ (S^L),
+    R at x (S^R), each scaled by its coefficients."""
+    f = S.real.dtype
+    sa, sb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    yab, yba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    o = np.empty((2, 3, 3, _BLOCK), f)
+    K_out = Out.shape[2]
+    for r in range(S.shape[3] // V):
+        k = r // Bt
+        base = r * V
+        obase = (r % Bt) * V
+        for x0 in range(0, V, _BLOCK):
+            n = min(_BLOCK, V - x0)
+            _load(S, mu, base, tbl, 0, x0, sa, n)
+            for p in range(K_out):
+                _store_axpy(sa, cS[p, k], Out, p, obase, tbl, 0, x0, n)
+            for j in range(nus.shape[0]):
+                nu = nus[j]
+                _load(S, nu, base, tbl, 0, x0, sb, n)                   # S_nu(x)
+                _load(S, nu, base, tbl, 1 + mu, x0, tab, n)             # T_mn = S_nu(x + mu^)
+                _load(S, mu, base, tbl, 1 + nu, x0, tba, n)             # T_nm = S_mu(x + nu^)
+                _nn(sa, tab, yab, n)                                    # (P1)
+                _nn(sb, tba, yba, n)
+                _dn(sb, yab, o, n)                                      # (P2) D, S^L at x + nu^
+                for p in range(K_out):
+                    _store_axpy(o, cL[j, p, k], Out, p, obase, tbl, 1 + nu, x0, n)
+                _nd(yba, tab, o, n)                                     # (P3) R = S^R at x
+                for p in range(K_out):
+                    _store_axpy(o, cR[j, p, k], Out, p, obase, tbl, 0, x0, n)
+
+
+@numba.jit(**_FLAGS)
+def _mix_vjp(S, mu, nus, tbl, V, Bt, cS, cL, cR, Ob, Sb, need_c, gS, gL, gR):
+    """Adjoint of :func:`_mix_forward`: the cotangent Ob of Out pulled back through the mixing
+    (Rb = sum_p cR[j, p, k] Ob_p(x), Db = sum_p cL[j, p, k] Ob_p(x + nu^)) and (A1)-(A2), added
+    to Sb; with ``need_c`` the coefficient cotangents Re <Ob_p, aug_l> (D and R recomputed)
+    added to gS, gL, gR (float64, shapes of cS, cL, cR)."""
+    f = S.real.dtype
+    K_out = Ob.shape[2]
+    sa, sb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    yab, yba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    rb, db = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
+    gab, gba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)    # Y cotangents
+    ga, gb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)      # S_mu, S_nu
+    gtab, gtba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)  # T_mn, T_nm
+    o = np.empty((2, 3, 3, _BLOCK), f)
+    obx = np.empty((K_out, 2, 3, 3, _BLOCK), f)                                   # Ob_p(x)
+    obs = np.empty((K_out, 2, 3, 3, _BLOCK), f)                                   # Ob_p(x + nu^)
+    for r in range(S.shape[3] // V):
+        k = r // Bt
+        base = r * V
+        obase = (r % Bt) * V
+        for x0 in range(0, V, _BLOCK):
+            n = min(_BLOCK, V - x0)
+            _load(S, mu, base, tbl, 0, x0, sa, n)
+            for p in range(K_out):
+                _load(Ob, p, obase, tbl, 0, x0, obx[p], n)
+                if need_c:
+                    gS[p, k] += _dot(obx[p], sa, n)
+            _combine(cS[:, k], obx, ga, n)                              # S_mu block
+            for j in range(nus.shape[0]):
+                nu = nus[j]
+                _load(S, nu, base, tbl, 0, x0, sb, n)
+                _load(S, nu, base, tbl, 1 + mu, x0, tab, n)
+                _load(S, mu, base, tbl, 1 + nu, x0, tba, n)
+                _nn(sa, tab, yab, n)
+                _nn(sb, tba, yba, n)
+                for p in range(K_out):
+                    _load(Ob, p, obase, tbl, 1 + nu, x0, obs[p], n)
+                if need_c:
+                    _dn(sb, yab, o, n)                                  # D
+                    for p in range(K_out):
+                        gL[j, p, k] += _dot(obs[p], o, n)
+                    _nd(yba, tab, o, n)                                 # R
+                    for p in range(K_out):
+                        gR[j, p, k] += _dot(obx[p], o, n)
+                _combine(cR[j, :, k], obx, rb, n)
+                _combine(cL[j, :, k], obs, db, n)
+                _nn(rb, tab, gba, n)                                    # (A1) Ynm_b = Rb T_mn
+                _dn(rb, yba, gtab, n)                                   #      T_mn_b = Rb^dag Y_nm
+                _nd(yab, db, gb, n)                                     # (A2) S_nu_b = Y_mn Db^dag
+                _nn(sb, db, gab, n)                                     #      Ymn_b = S_nu Db
+                _nd_acc(gab, tab, ga, n)                                # S_mu_b += Ymn_b T_mn^dag
+                _dn(sb, gba, gtba, n)                                   # T_nm_b = S_nu^dag Ynm_b
+                _dn_acc(sa, gab, gtab, n)                               # T_mn_b += S_mu^dag Ymn_b
+                _nd_acc(gba, tba, gb, n)                                # S_nu_b += Ynm_b T_nm^dag
+                _store_acc(gb, Sb, nu, base, tbl, 0, x0, n)
+                _store_acc(gtab, Sb, nu, base, tbl, 1 + mu, x0, n)
+                _store_acc(gtba, Sb, mu, base, tbl, 1 + nu, x0, n)
+            _store_acc(ga, Sb, mu, base, tbl, 0, x0, n)
+
+
+def _mix_coefficients(c, K, nus, nd, dtype):
+    """cS (K_out, K), cL, cR (Nd - 1, K_out, K) in S's real dtype from the augmented-order
+    coefficients c (K_out, (2 Nd - 1) K) (blocks [S_mu | S^L_nu... | S^R_nu...])."""
+    K_out = c.shape[0]
+    cb = np.asarray(c).astype(dtype, copy=False).reshape(K_out, 2 * nd - 1, K)
+    cS = np.ascontiguousarray(cb[:, 0])
+    cL = np.ascontiguousarray(np.swapaxes(cb[:, 1:nd], 0, 1))
+    cR = np.ascontiguousarray(np.swapaxes(cb[:, nd:], 0, 1))
+    return cS, cL, cR
+
+
+def _mix_views(S, local_shape, mu, c, others):
+    """Flat views for the fused mixing path, or None where it does not apply."""
+    nd = len(local_shape)
+    views = _local_views(S, local_shape, ())
+    if views is None or S.ndim < 4 + nd:
+        return None
+    K = int(S.shape[3])
+    rows = 1
+    for d in S.shape[4:S.ndim - nd]:
+        rows *= int(d)
+    V = 1
+    for d in local_shape:
+        V *= int(d)
+    outs = []
+    for X in others:
+        if X.shape[:2] != S.shape[:2] or tuple(X.shape[3:]) != tuple(S.shape[4:]) or X.shape[2] != c.shape[0]:
+            return None
+        v = _flat4(X, S.dtype)
+        if v is None:
+            return None
+        outs.append(v)
+    nus = np.asarray([nu for nu in range(nd) if nu != int(mu)], dtype=np.int64)
+    cS, cL, cR = _mix_coefficients(c, K, nus, nd, S.real.dtype)
+    return views[0], outs, nus, rows, cS, cL, cR
+
+
+def transported_mix_local(S, local_shape, mu, c, out) -> bool:
+    """The one-process path of :func:`lattice.kernels.transported_mix`: ``out`` (zeros on
+    entry) += c . aug_mu; False where the arrays do not fit."""
+    got = _mix_views(S, local_shape, mu, c, (out,))
+    if got is None:
+        return False
+    s, (o,), nus, rows, cS, cL, cR = got
+    P = _tables(local_shape)
+    _mix_forward(s, int(mu), nus, P, P.shape[1], rows, cS, cL, cR, o)
+    return True
+
+
+def transported_mix_local_vjp(S, local_shape, mu, c, out_bar, S_bar, need_c: bool):
+    """The one-process path of :func:`lattice.kernels.transported_mix_vjp`: adds to ``S_bar``
+    and returns the coefficient cotangent (float64, shape of c; zeros without ``need_c``), or
+    None where the arrays do not fit."""
+    if S_bar.shape != S.shape or S_bar.dtype != S.dtype or not S_bar.flags.c_contiguous:
+        return None
+    got = _mix_views(S, local_shape, mu, c, (out_bar,))
+    if got is None:
+        return None
+    s, (ob,), nus, rows, cS, cL, cR = got
+    P = _tables(local_shape)
+    gS, gL, gR = (np.zeros(x.shape, dtype=np.float64) for x in (cS, cL, cR))
+    _mix_vjp(s, int(mu), nus, P, P.shape[1], rows, cS, cL, cR, ob, _flat4(S_bar, S.dtype), bool(need_c), gS, gL, gR)
+    nd = len(local_shape)
+    g = np.concatenate([gS[:, None], np.swapaxes(gL, 0, 1), np.swapaxes(gR, 0, 1)], axis=1)
+    return g.reshape(c.shape[0], (2 * nd - 1) * int(S.shape[3]))
