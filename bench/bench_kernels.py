@@ -12,6 +12,10 @@ Records (thread count in every record, ``--threads``, default 1):
   with stacked ``@``, with peak memory (the compiled adjoint recomputes the intermediates);
 * ``transported staples``: one staple layer's S^L, S^R (and the adjoint) with the fused
   one-process kernel against the array-API reference, and its GFLOP/s;
+* ``staple output layer``: the last layer of a staple network (direction mu, 8 channels mixed
+  into one) with :func:`lattice.kernels.transported_mix` fused (staples mixed as they are
+  formed) against the composition it replaced (the augmented vector written by the fused
+  staple kernel, then ``real_mix``; adjoint with the coefficient gradient), with peak memory;
 * ``staple net fwd+vjp``: the colour-first pair-batched network against the colour-last one it
   replaced (``bench/reference/staples_colour_last.py``);
 * ``train step``: the learned-loop path-gradient step (4^4 SU(3) Wilson beta = 2, 16 layers,
@@ -132,9 +136,56 @@ def _staple_records(quick):
         net.vjp(p, ctx, Sb)
     r, t_old, t_new, _ = _pairs(lambda: step(old), lambda: step(new), 3 if quick else 5)
     tag = f"{'x'.join(map(str, shape))} B={batch} (width 8, 2 layers)"
-    return _transported_records(quick) + [{"name": f"staple net fwd+vjp {tag}",
+    return _transported_records(quick) + _mix_records(quick) + [{"name": f"staple net fwd+vjp {tag}",
              "seconds": t_new, "reference": "colour-last staple net (previous code)", "ratio": r,
              "speedup": 1 / r, "peak_MB": _peak(lambda: step(new)), "peak_MB_reference": _peak(lambda: step(old))}]
+
+
+def _mix_records(quick):
+    """The output layer of a staple network: ``transported_mix`` (and its adjoint with the
+    coefficient gradient) fused, against the augment-then-``real_mix`` composition (the
+    compiled staple kernel writes the augmented vector, 7 K staple fields, which the
+    composition's adjoint gets from its forward as the previous code kept it)."""
+    import importlib
+    from lattice import Layout, kernels
+    sm = importlib.import_module("lattice.kernels.staple_mix")
+    shape = (2, 2, 2, 4) if quick else (4, 4, 4, 4)
+    K, batch = (2, 2) if quick else (8, 16)
+    lay = Layout(shape)
+    rng = np.random.default_rng(4)
+    S = rng.normal(size=(3, 3, 4, K, batch) + shape) + 1j * rng.normal(size=(3, 3, 4, K, batch) + shape)
+    c = rng.normal(size=(1, 7 * K))
+    ob = rng.normal(size=(3, 3, 1, batch) + shape) + 1j * rng.normal(size=(3, 3, 1, batch) + shape)
+
+    def fwd():
+        kernels.transported_mix(S, lay, 0, c)
+
+    def vjp(aug=None):
+        kernels.transported_mix_vjp(S, lay, 0, c, ob, S_bar=np.zeros_like(S), aug=aug)
+
+    def composed(fn):
+        def run():
+            local, sm._local = sm._local, (lambda *a: False)
+            try:
+                if fn is vjp:                       # the previous code kept aug from its forward
+                    fn(kept)
+                else:
+                    fn()
+            finally:
+                sm._local = local
+        return run
+    local, sm._local = sm._local, (lambda *a: False)
+    try:
+        kept = kernels.transported_mix(S, lay, 0, c, keep=True)[1]
+    finally:
+        sm._local = local
+    recs = []
+    for what, fn in (("forward", fwd), ("adjoint with c_bar", vjp)):
+        r, _, t, _ = _pairs(composed(fn), fn, 2 if quick else 5)
+        recs.append({"name": f"staple output layer {what} {'x'.join(map(str, shape))} K={K} B={batch} (3 pairs)",
+                     "seconds": t, "reference": "augmented vector written, then real_mix (previous code)",
+                     "ratio": r, "speedup": 1 / r, "peak_MB": _peak(fn), "peak_MB_reference": _peak(composed(fn))})
+    return recs
 
 
 def _transported_records(quick):

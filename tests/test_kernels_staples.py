@@ -357,6 +357,8 @@ def test_transported_mix_refuses_inconsistent_shapes():
     S = _rand(rng, (3, 3, 2, 2) + sites)
     with pytest.raises(ValueError, match="coefficients of shape"):
         kernels.transported_mix(S, lay, 0, np.ones((1, 5)))
+    with pytest.raises(ValueError, match="coefficients of shape"):
+        kernels.transported_mix(S, lay, 0, np.ones((0, 6)))
     with pytest.raises(ValueError, match="out of range"):
         kernels.transported_mix(S, lay, 2, np.ones((1, 6)))
     with pytest.raises(ValueError, match="staple fields of shape"):

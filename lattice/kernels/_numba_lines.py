@@ -59,7 +59,7 @@ def _forward(Lf, edge, dag, W):
             for q in range(n):
                 for i in range(3):
                     for j in range(3):
-                        W[r, i0 + q, i, j] = acc[0, i, j, q] + 1j * acc[1, i, j, q]
+                        W[r, i0 + q, i, j] = complex(acc[0, i, j, q], acc[1, i, j, q])
 
 
 @numba.jit(**_FLAGS)
@@ -100,9 +100,9 @@ def _vjp(Lf, edge, dag, Wb, Lb):
                         for i in range(3):
                             for j in range(3):
                                 if dag[p, k]:
-                                    Lb[r, e, j, i] += fb[0, i, j, q] - 1j * fb[1, i, j, q]
+                                    Lb[r, e, j, i] += complex(fb[0, i, j, q], -fb[1, i, j, q])
                                 else:
-                                    Lb[r, e, i, j] += fb[0, i, j, q] + 1j * fb[1, i, j, q]
+                                    Lb[r, e, i, j] += complex(fb[0, i, j, q], fb[1, i, j, q])
 
 
 def _rows(L, table, nl):

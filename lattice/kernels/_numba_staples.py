@@ -58,7 +58,7 @@ def _make_store(acc: bool):
             for j in range(3):
                 for m in range(n):
                     k = base + x0 + m if t == 0 else base + tbl[t, x0 + m]
-                    v = X[0, i, j, m] + 1j * X[1, i, j, m]
+                    v = complex(X[0, i, j, m], X[1, i, j, m])
                     if acc:
                         C[i, j, q, k] += v
                     else:

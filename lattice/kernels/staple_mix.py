@@ -42,9 +42,9 @@ def _check(S, layout, mu, c):
     if not 0 <= int(mu) < nd:
         raise ValueError(f"kernels.transported_mix: direction mu = {mu} out of range for Nd = {nd}")
     K = int(S.shape[3])
-    if c.ndim != 2 or int(c.shape[1]) != (2 * nd - 1) * K:
+    if c.ndim != 2 or int(c.shape[1]) != (2 * nd - 1) * K or int(c.shape[0]) < 1:
         raise ValueError(f"kernels.transported_mix: coefficients of shape {tuple(c.shape)}: expected (K_out, "
-                         f"(2 Nd - 1) K) = (K_out, {(2 * nd - 1) * K})")
+                         f"(2 Nd - 1) K) = (K_out >= 1, {(2 * nd - 1) * K})")
 
 
 def _augmented(S, layout, mu):
