@@ -74,7 +74,7 @@ forward, 14 in the VJP, which recomputes the Y). Otherwise the shifted fields ar
 runs the same fused chain on them (NumPy) or gathered product compositions (CuPy, reference). Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
 The output layer (direction mu only, one channel out) is one :func:`lattice.kernels.transported_mix`
 call: on one process with NumPy its transported staples are mixed as they are formed (its
-augmented vector, the largest array of the network, is never written; the VJP recomputes the
+augmented vector, (2Nd - 1) K staple fields, is never written; the VJP recomputes the
 staples for the coefficient gradient), elsewhere it is the same augment-and-mix composition.
 Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at most
 ``StapleNet.CHUNK_MATRICES`` matrices per field (a pair and its partner at least), which keeps
@@ -125,7 +125,7 @@ class StapleNet(Module):
         "2 hidden layers with N_h = 8" reads as N_l = 3 in this counting, or N_l = 2 if it counts
         mixing layers.)
     save_memory : keep only the layer inputs in ``ctx`` and recompute the transported staples in
-        the VJP (the fused output layer never keeps them) (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
+        the VJP; the output layer keeps none either way where its mixing is fused (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
         staple fields per layer, about 3x less for N_h = 8; the VJP costs one more forward).
 
     ``forward(params, U, mask, layout=None) -> ((S_act,), ctx)`` with S_act of shape

@@ -311,14 +311,17 @@ def test_transported_mix_fused_path_equals_the_composition(monkeypatch, dtype, s
             assert np.max(np.abs(got - want)) < TOL[dtype] * np.max(np.abs(want)) * 10
 
 
-def test_transported_mix_vjp_matches_central_differences_on_both_paths(monkeypatch):
-    """f = Re sum conj(W) out: S_bar (added to a nonzero start) and c_bar of the fused and the
-    generic path agree and match central differences in float64; need_c=False gives the same
-    S_bar and no c_bar."""
+@pytest.mark.parametrize("sites, mu", [((3, 4, 5), 1), ((3, 3, 4, 3), 0), ((3, 3, 4, 3), 3)])
+def test_transported_mix_vjp_matches_central_differences_on_both_paths(monkeypatch, sites, mu):
+    """f = Re sum conj(W) out: S_bar (added to a nonzero start) and c_bar of the fused path (it
+    must run) and of the generic path (with aug recomputed and with aug kept from the forward)
+    agree and match central differences in float64; need_c=False gives the same S_bar and no
+    c_bar."""
+    import importlib
     from lattice import Layout
+    ns = importlib.import_module("lattice.kernels._numba_staples")
     rng = np.random.default_rng(12)
-    sites = (3, 4, 5)
-    nd, K, K_out, mu = 3, 2, 2, 1
+    nd, K, K_out = len(sites), 2, 2
     lay = Layout(sites)
     S = _rand(rng, (3, 3, nd, K, 2) + sites)
     c = rng.normal(size=(K_out, (2 * nd - 1) * K))
@@ -326,19 +329,28 @@ def test_transported_mix_vjp_matches_central_differences_on_both_paths(monkeypat
 
     def f(S, c):
         return float(np.sum(np.real(np.conj(W) * kernels.transported_mix(S, lay, mu, c)[0])))
+    fused_runs = []
+    real_local_vjp = ns.transported_mix_local_vjp
+    monkeypatch.setattr(ns, "transported_mix_local_vjp",
+                        lambda *a: fused_runs.append(1) or real_local_vjp(*a))
+    kept = _generic_mix(monkeypatch, lambda: kernels.transported_mix(S, lay, mu, c, keep=True))[1]
     start = _rand(rng, S.shape)
     results = []
-    for generic, need_c in ((False, True), (True, True), (False, False), (True, False)):
+    for generic, need_c, aug in ((False, True, None), (True, True, None), (True, True, kept), (False, False, None),
+                                 (True, False, None)):
         Sb = start.copy()
-        call = lambda: kernels.transported_mix_vjp(S, lay, mu, c, W, S_bar=Sb, need_c=need_c)  # noqa: E731
+        call = lambda: kernels.transported_mix_vjp(S, lay, mu, c, W, S_bar=Sb, aug=aug, need_c=need_c)  # noqa: E731
+        runs = len(fused_runs)
         cb = _generic_mix(monkeypatch, call) if generic else call()
+        assert len(fused_runs) == runs + (not generic)         # the fused adjoint ran where expected
         assert (cb is None) == (not need_c)
         results.append((Sb - start, cb))
     ref_S, ref_c = results[1]
     for Sb, cb in results:
         assert np.max(np.abs(Sb - ref_S)) < 1e-12 * np.max(np.abs(ref_S))
-    assert results[0][1].dtype == np.float64 and results[0][1].shape == c.shape
-    assert np.max(np.abs(results[0][1] - ref_c)) < 1e-12 * np.max(np.abs(ref_c))
+        if cb is not None:
+            assert cb.dtype == np.float64 and cb.shape == c.shape
+            assert np.max(np.abs(cb - ref_c)) < 1e-12 * np.max(np.abs(ref_c))
     h = 1e-6
     dS, dc = _rand(rng, S.shape), rng.normal(size=c.shape)
     fd = (f(S + h * dS, c) - f(S - h * dS, c)) / (2 * h)
@@ -347,6 +359,28 @@ def test_transported_mix_vjp_matches_central_differences_on_both_paths(monkeypat
     fd = (f(S, c + h * dc) - f(S, c - h * dc)) / (2 * h)
     an = float(np.sum(results[0][1] * dc))
     assert abs(fd - an) <= 1e-8 * max(1.0, abs(an)), (fd, an)
+
+
+def test_transported_mix_vjp_single_precision_fused_equals_generic(monkeypatch):
+    """complex64: the fused adjoint equals the generic one to single-precision rounding; c_bar
+    is float64 on both paths."""
+    from lattice import Layout
+    rng = np.random.default_rng(14)
+    sites = (3, 3, 4, 3)
+    lay = Layout(sites)
+    S = _rand(rng, (3, 3, 4, 2, 2) + sites, np.complex64)
+    c = rng.normal(size=(1, 14))
+    W = _rand(rng, (3, 3, 1, 2) + sites, np.complex64)
+    got = []
+    for generic in (False, True):
+        Sb = np.zeros_like(S)
+        call = lambda: kernels.transported_mix_vjp(S, lay, 2, c, W, S_bar=Sb)  # noqa: E731
+        cb = _generic_mix(monkeypatch, call) if generic else call()
+        got.append((Sb, cb))
+    (S1, c1), (S2, c2) = got
+    assert S1.dtype == np.complex64 and c1.dtype == np.float64
+    assert np.max(np.abs(S1 - S2)) < TOL[np.complex64] * np.max(np.abs(S2))
+    assert np.max(np.abs(c1 - c2)) < TOL[np.complex64] * np.max(np.abs(c2))
 
 
 def test_transported_mix_refuses_inconsistent_shapes():
@@ -365,5 +399,8 @@ def test_transported_mix_refuses_inconsistent_shapes():
         kernels.transported_mix(S[:, :, :1], lay, 0, np.ones((1, 6)))
     with pytest.raises(ValueError, match="cotangent of shape"):
         kernels.transported_mix_vjp(S, lay, 0, np.ones((1, 6)), S[:, :, :1], S_bar=np.zeros_like(S))
+    with pytest.raises(ValueError, match="aug of shape"):                  # an aug that is not this layer's
+        kernels.transported_mix_vjp(S, lay, 0, np.ones((1, 6)), S[:, :, :1, 0].copy(), S_bar=np.zeros_like(S),
+                                    aug=S[:, :, :1])
     with pytest.raises(ValueError, match="S_bar of shape"):
         kernels.transported_mix_vjp(S, lay, 0, np.ones((1, 6)), S[:, :, :1, 0].copy(), S_bar=S[:, :, :1])

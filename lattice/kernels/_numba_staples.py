@@ -358,7 +358,9 @@ def _mix_forward(S, mu, nus, tbl, V, Bt, cS, cL, cR, Out):
     S (3, 3, Nd, R V) with rows r = k Bt + b (channel k, batch row b); Out (3, 3, K_out, Bt V);
     cS (K_out, K), cL, cR (len(nus), K_out, K); tbl the neighbour tables of one row. Per row and
     block: S_mu loaded once; per nu (P1)-(P3) of the pair (mu, nu), D added at x + nu^ (S^L),
-    R at x (S^R), each scaled by its coefficients."""
+    R at x (S^R), each scaled by its coefficients. Rows of different channels add into the
+    same output row (and, in the adjoint, the same coefficient cotangents): the row loop must
+    stay sequential (a parallel loop would need per-thread buffers)."""
     f = S.real.dtype
     sa, sb = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
     tab, tba = np.empty((2, 3, 3, _BLOCK), f), np.empty((2, 3, 3, _BLOCK), f)
@@ -451,7 +453,7 @@ def _mix_vjp(S, mu, nus, tbl, V, Bt, cS, cL, cR, Ob, Sb, need_c, gS, gL, gR):
             _store_acc(ga, Sb, mu, base, tbl, 0, x0, n)
 
 
-def _mix_coefficients(c, K, nus, nd, dtype):
+def _mix_coefficients(c, K, nd, dtype):
     """cS (K_out, K), cL, cR (Nd - 1, K_out, K) in S's real dtype from the augmented-order
     coefficients c (K_out, (2 Nd - 1) K) (blocks [S_mu | S^L_nu... | S^R_nu...])."""
     K_out = c.shape[0]
@@ -465,6 +467,8 @@ def _mix_coefficients(c, K, nus, nd, dtype):
 def _mix_views(S, local_shape, mu, c, others):
     """Flat views for the fused mixing path, or None where it does not apply."""
     nd = len(local_shape)
+    if not 0 <= int(mu) < nd:            # the kernels read table 1 + mu unchecked
+        raise ValueError(f"direction mu = {mu} out of range for Nd = {nd}")
     views = _local_views(S, local_shape, ())
     if views is None or S.ndim < 4 + nd:
         return None
@@ -484,7 +488,7 @@ def _mix_views(S, local_shape, mu, c, others):
             return None
         outs.append(v)
     nus = np.asarray([nu for nu in range(nd) if nu != int(mu)], dtype=np.int64)
-    cS, cL, cR = _mix_coefficients(c, K, nus, nd, S.real.dtype)
+    cS, cL, cR = _mix_coefficients(c, K, nd, S.real.dtype)
     return views[0], outs, nus, rows, cS, cL, cR
 
 

@@ -17,13 +17,13 @@ of shape ``(N, N, K_out, *rest)``. The adjoint for a cotangent ``ob`` of out is
 
 and aug_bar pulled back through the transported staples (:func:`transported_staples_vjp`).
 
-The reference composes :func:`transported_staples` (writing aug_mu, 2 Nd - 1 times the size
-of one staple field per output channel) with :func:`lattice.kernels.real_mix`. On one process
+The reference composes :func:`transported_staples` (writing aug_mu: 2 Nd - 1 staple fields per
+input channel) with :func:`lattice.kernels.real_mix`. On one process
 with NumPy the compiled path never writes aug: per block of sites it forms D (S^L before its
 shift) and R = S^R in a cache-resident scratch and adds c D at x + nu^ and c R at x straight
 into out; the adjoint recomputes them for c_bar and reads ob for their cotangents. For the
-last layer of a staple network (K channels in, one out) that removes the largest array of the
-network and the passes that write and read it.
+last layer of a staple network (K channels in, one out) that removes its augmented vector (with
+two mixing layers the largest array of the network) and the passes that write and read it.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def transported_mix(S, layout, mu, c, *, keep: bool = False):
     Returns ``(out, aug)`` with out ``(N, N, K_out, *batch, *sites)`` in S's dtype and aug the
     augmented vector ``(N, N, (2 Nd - 1) K, *batch, *sites)`` where the path formed it and
     ``keep`` asks for it (pass it back to :func:`transported_mix_vjp` to skip its recomputation),
-    else None. On one process with NumPy (N = 3) aug is never formed.
+    else None. On one process with NumPy (N = 3, complex, C-contiguous S) aug is never formed.
     """
     _check(S, layout, mu, c)
     xp = namespace(S)
@@ -92,7 +92,8 @@ def transported_mix_vjp(S, layout, mu, c, out_bar, *, S_bar, aug=None, need_c: b
     """Adjoint of :func:`transported_mix` (M2): the cotangent ``out_bar`` (shape of out)
     pulled back and *added* to ``S_bar`` (shape of S); returns c_bar (float64, shape of c) when
     ``need_c``, else None. ``aug``: the augmented vector :func:`transported_mix` returned with
-    ``keep`` (recomputed where needed and not given)."""
+    ``keep`` for the same S and mu (recomputed where needed and not given; checked for shape
+    and dtype)."""
     _check(S, layout, mu, c)
     xp = namespace(S)
     nd, K_out = layout.Nd, int(c.shape[0])
@@ -101,6 +102,11 @@ def transported_mix_vjp(S, layout, mu, c, out_bar, *, S_bar, aug=None, need_c: b
         raise ValueError(f"kernels.transported_mix_vjp: cotangent of shape {tuple(out_bar.shape)}, expected {want}")
     if tuple(S_bar.shape) != tuple(S.shape):
         raise ValueError(f"kernels.transported_mix_vjp: S_bar of shape {tuple(S_bar.shape)}, expected {tuple(S.shape)}")
+    want_aug = (S.shape[0], S.shape[1], (2 * nd - 1) * int(S.shape[3])) + tuple(S.shape[4:])
+    if aug is not None and (tuple(aug.shape) != want_aug or aug.dtype != S.dtype):
+        raise ValueError(f"kernels.transported_mix_vjp: aug of shape {tuple(aug.shape)} and dtype {aug.dtype}, "
+                         f"expected {want_aug} and {S.dtype}: pass what transported_mix(..., keep=True) "
+                         f"returned for this S and mu")
     ob = out_bar if out_bar.dtype == S.dtype else xp.astype(out_bar, S.dtype)
     if _local(layout, S, ob, S_bar):
         from . import _numba_staples
