@@ -352,6 +352,18 @@ def _dot(X, Y, n):
 
 
 @numba.jit(**_FLAGS)
+def _pair(S, mu, nu, base, tbl, x0, sa, sb, tab, tba, yab, yba, n):
+    """The operands of the pair (mu, nu) at a block whose S_mu is in ``sa``: S_nu(x),
+    T_mn = S_nu(x + mu^), T_nm = S_mu(x + nu^) read through the tables, and (P1)
+    Y_mn = S_mu T_mn, Y_nm = S_nu T_nm."""
+    _load(S, nu, base, tbl, 0, x0, sb, n)
+    _load(S, nu, base, tbl, 1 + mu, x0, tab, n)
+    _load(S, mu, base, tbl, 1 + nu, x0, tba, n)
+    _nn(sa, tab, yab, n)
+    _nn(sb, tba, yba, n)
+
+
+@numba.jit(**_FLAGS)
 def _mix_forward(S, mu, nus, tbl, V, Bt, cS, cL, cR, Out):
     """Out (+)= cS S_mu + sum_j (cL[j] S^L_mu,nu_j + cR[j] S^R_mu,nu_j) per channel.
 
@@ -378,11 +390,7 @@ def _mix_forward(S, mu, nus, tbl, V, Bt, cS, cL, cR, Out):
                 _store_axpy(sa, cS[p, k], Out, p, obase, tbl, 0, x0, n)
             for j in range(nus.shape[0]):
                 nu = nus[j]
-                _load(S, nu, base, tbl, 0, x0, sb, n)                   # S_nu(x)
-                _load(S, nu, base, tbl, 1 + mu, x0, tab, n)             # T_mn = S_nu(x + mu^)
-                _load(S, mu, base, tbl, 1 + nu, x0, tba, n)             # T_nm = S_mu(x + nu^)
-                _nn(sa, tab, yab, n)                                    # (P1)
-                _nn(sb, tba, yba, n)
+                _pair(S, mu, nu, base, tbl, x0, sa, sb, tab, tba, yab, yba, n)    # (P1)
                 _dn(sb, yab, o, n)                                      # (P2) D, S^L at x + nu^
                 for p in range(K_out):
                     _store_axpy(o, cL[j, p, k], Out, p, obase, tbl, 1 + nu, x0, n)
@@ -423,11 +431,7 @@ def _mix_vjp(S, mu, nus, tbl, V, Bt, cS, cL, cR, Ob, Sb, need_c, gS, gL, gR):
             _combine(cS[:, k], obx, ga, n)                              # S_mu block
             for j in range(nus.shape[0]):
                 nu = nus[j]
-                _load(S, nu, base, tbl, 0, x0, sb, n)
-                _load(S, nu, base, tbl, 1 + mu, x0, tab, n)
-                _load(S, mu, base, tbl, 1 + nu, x0, tba, n)
-                _nn(sa, tab, yab, n)
-                _nn(sb, tba, yba, n)
+                _pair(S, mu, nu, base, tbl, x0, sa, sb, tab, tba, yab, yba, n)
                 for p in range(K_out):
                     _load(Ob, p, obase, tbl, 1 + nu, x0, obs[p], n)
                 if need_c:
