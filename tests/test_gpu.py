@@ -198,6 +198,26 @@ def test_line_sums_on_the_device(cp, xcp, dtype):
     assert _close(W, W_ref, TOL[dtype]) and _close(Lb, Lb_ref, TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", ["complex128", "complex64"])
+def test_staple_output_layer_on_the_device_equals_numpy(cp, dtype):
+    """kernels.transported_mix and its adjoint on CuPy (the composition of the fused pair chain
+    and real_mix) against the fused one-process NumPy kernel: out, S_bar and c_bar."""
+    sites = (3, 4, 3, 5)
+    lay = L.Layout(sites)
+    S = _rand((3, 3, 4, 2, 2) + sites, dtype, 13)
+    c = np.random.default_rng(14).normal(size=(1, 14))
+    ob = _rand((3, 3, 1, 2) + sites, dtype, 15)
+    got = []
+    for xp_arr in (np.asarray, cp.asarray):
+        Sx = xp_arr(S)
+        out, _ = kernels.transported_mix(Sx, lay, 2, xp_arr(c))
+        Sb = xp_arr(np.zeros_like(S))
+        cb = kernels.transported_mix_vjp(Sx, lay, 2, xp_arr(c), xp_arr(ob), S_bar=Sb)
+        got.append((out, Sb, cb))
+    for a, b in zip(got[1], got[0]):
+        assert _close(a, b, 10 * TOL[dtype])
+
+
 def test_staple_network_and_flow_equal_numpy(cp):
     import flows
     shape = (4, 4, 4, 4)
