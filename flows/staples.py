@@ -125,8 +125,9 @@ class StapleNet(Module):
         "2 hidden layers with N_h = 8" reads as N_l = 3 in this counting, or N_l = 2 if it counts
         mixing layers.)
     save_memory : keep only the layer inputs in ``ctx`` and recompute the transported staples in
-        the VJP; the output layer keeps none either way where its mixing is fused (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
+        the VJP (memory per site and layer drops from ~(K_i (2Nd - 1) + Nd K_i) to Nd K_i
         staple fields per layer, about 3x less for N_h = 8; the VJP costs one more forward).
+        Where the output layer's mixing is fused, that layer keeps no staples either way.
 
     ``forward(params, U, mask, layout=None) -> ((S_act,), ctx)`` with S_act of shape
     ``(*batch, *sites, N, N)``; ``vjp(params, ctx, S_act_bar) -> ((U_bar, None), grads)``.
