@@ -69,11 +69,13 @@ their slots; its adjoint is :func:`lattice.kernels.transported_staples_vjp`. On 
 NumPy that is a fused product chain per pair and block of sites, with S read at neighbour sites
 through index tables and the Y shared by a pair (mu, nu) and its partner (nu, mu): no shifted
 field and no intermediate product is written to memory (6 products per pair of partners
-forward, 14 in the VJP, which recomputes the Y). Otherwise the shifted fields are stacked with
-``layout.shift`` (halo exchange on MPI-split axes) and :func:`lattice.kernels.staple_pairs`
-runs the same fused chain on them (NumPy) or gathered product compositions (CuPy, reference). Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
+forward, 14 in the VJP, which recomputes the Y). On MPI-split axes with NumPy the same
+kernels run on the block extended by one ghost plane per split side (one exchange of S per
+call; the adjoint sends the ghost cotangents back). Otherwise (CuPy, reference) the shifted
+fields are stacked with ``layout.shift`` and :func:`lattice.kernels.staple_pairs` runs the
+fused CUDA chain or gathered product compositions on them. Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
 The output layer (direction mu only, one channel out) is one :func:`lattice.kernels.transported_mix`
-call: on one process with NumPy its transported staples are mixed as they are formed (its
+call: with NumPy (one process or ghost block) its transported staples are mixed as they are formed (its
 augmented vector, (2Nd - 1) K staple fields, is never written; the VJP recomputes the
 staples for the coefficient gradient), elsewhere it is the same augment-and-mix composition.
 Small fields (the first layer, K = 1) go in one chunk; large ones in chunks of at most

@@ -18,7 +18,8 @@ of shape ``(N, N, K_out, *rest)``. The adjoint for a cotangent ``ob`` of out is
 and aug_bar pulled back through the transported staples (:func:`transported_staples_vjp`).
 
 The reference composes :func:`transported_staples` (writing aug_mu: 2 Nd - 1 staple fields per
-input channel) with :func:`lattice.kernels.real_mix`. On one process
+input channel) with :func:`lattice.kernels.real_mix`. On a split layout the compiled path runs
+on the block with ghost planes (:class:`lattice.kernels.staple_pairs.GhostBlock`). On one process
 with NumPy the compiled path never writes aug: per block of sites it forms D (S^L before its
 shift) and R = S^R in a cache-resident scratch and adds c D at x + nu^ and c R at x straight
 into out; the adjoint recomputes them for c_bar and reads ob for their cotangents. For the
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from ..backend import namespace
 from .colour import real_inner, real_mix
-from .staple_pairs import _local, transported_staples, transported_staples_vjp
+from .staple_pairs import GhostBlock, _ghosted, _local, transported_staples, transported_staples_vjp
 
 __all__ = ["transported_mix", "transported_mix_vjp"]
 
@@ -76,13 +77,19 @@ def transported_mix(S, layout, mu, c, *, keep: bool = False):
     """
     _check(S, layout, mu, c)
     xp = namespace(S)
-    K_out = int(c.shape[0])
+    nd, K_out = layout.Nd, int(c.shape[0])
     rest = tuple(S.shape[4:])
     if _local(layout, S):
         from . import _numba_staples
         out = xp.zeros((S.shape[0], S.shape[1], K_out) + rest, dtype=S.dtype)
         if _numba_staples.transported_mix_local(S, layout.local_shape, mu, c, out):
             return out, None
+    elif _ghosted(layout, S):                 # split layout: the same kernel on the block with ghosts
+        from . import _numba_staples
+        g = GhostBlock(layout)
+        out = g.zeros(S, (S.shape[0], S.shape[1], K_out) + rest[:len(rest) - nd])
+        if _numba_staples.transported_mix_local(g.extend(S), g.shape, mu, c, out):
+            return xp.asarray(out[g.block], copy=True), None
     aug = _augmented(S, layout, mu)
     out = xp.reshape(real_mix(c, _flat(aug, aug.shape[2])), (S.shape[0], S.shape[1], K_out) + rest)
     return out, (aug if keep else None)
@@ -112,6 +119,16 @@ def transported_mix_vjp(S, layout, mu, c, out_bar, *, S_bar, aug=None, need_c: b
         from . import _numba_staples
         g = _numba_staples.transported_mix_local_vjp(S, layout.local_shape, mu, c, ob, S_bar, need_c)
         if g is not None:
+            return g if need_c else None
+    elif _ghosted(layout, S, ob, S_bar) and S_bar.dtype == S.dtype:
+        from . import _numba_staples
+        blk = GhostBlock(layout)
+        ob_e = blk.zeros(S, tuple(ob.shape[:ob.ndim - nd]))             # zero on the ghost sites
+        ob_e[blk.block] = ob
+        Sb_e = blk.zeros(S, tuple(S.shape[:S.ndim - nd]))
+        g = _numba_staples.transported_mix_local_vjp(blk.extend(S), blk.shape, mu, c, ob_e, Sb_e, need_c)
+        if g is not None:
+            S_bar += blk.sum_back(Sb_e)
             return g if need_c else None
     ob_f = _flat(ob, K_out)
     c_bar = None

@@ -19,7 +19,8 @@ and the adjoint (cotangents Rb of R_q and Db of D_q; everything accumulates):
 :func:`staple_pairs` / :func:`staple_pairs_vjp` do this for a list of pairs, given T;
 :func:`transported_staples` / :func:`transported_staples_vjp` do the whole step of a staple
 network layer (T from ``layout.shift``, S^L = D shifted by -nu^, and the adjoint), and on one
-process read S at neighbour sites through index tables instead of materialising T. The reference
+process read S at neighbour sites through index tables instead of materialising T; on a split
+layout the same tables run on the block with ghost planes (:class:`GhostBlock`). The reference
 composes :func:`lattice.kernels.mul_gather` calls (the two-link products and the cotangents
 Ynm_b, Ymn_b are materialised for all pairs); the compiled path (NumPy + Numba) runs the whole
 chain per block of sites with the intermediates in a cache-resident scratch, so each pair
@@ -145,6 +146,80 @@ def _local(layout, *arrays):
     return not any(g > 1 for g in layout.grid) and implementation(namespace(*arrays)) == "numba"
 
 
+def _ghosted(layout, *arrays):
+    """Whether some axis is split and the compiled path runs on the block with ghost planes."""
+    return any(g > 1 for g in layout.grid) and implementation(namespace(*arrays)) == "numba" and \
+        GhostBlock.fits(arrays[0])
+
+
+class GhostBlock:
+    """The local block extended by one ghost plane on each side of every split axis (corners
+    included, :meth:`lattice.Layout.with_ghosts`), for the staple kernels on a split layout.
+
+    Every transported staple at a site x of the block reads S at x, x + mu^, x + nu^, x - nu^
+    and x + mu^ - nu^ only, all inside the extended block, so the one-process kernels run on it
+    with periodic tables of its shape: the values at the block's own sites are exact (a wrapped
+    read only feeds a ghost site, which is cropped). In the adjoint the cotangents are zero on
+    the ghost sites, so wrapped reads contribute nothing, and the cotangents that land on ghost
+    planes go back to their owners through :meth:`lattice.Layout.ghost_sum`."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.w = [1 if g > 1 else 0 for g in layout.grid]
+        self.shape = tuple(L + 2 * b for L, b in zip(layout.local_shape, self.w))
+        self.block = (Ellipsis,) + tuple(slice(b, b + L) for b, L in zip(self.w, layout.local_shape))
+
+    @staticmethod
+    def fits(S):
+        """Whether the compiled staple kernels take S (SU(3), complex): checked before the
+        exchange, so that every rank takes the same path."""
+        return S.shape[0] == 3 and S.shape[1] == 3 and S.dtype.kind == "c"
+
+    def extend(self, S):
+        """S with its ghost planes (one exchange per split axis and side)."""
+        return self.layout.with_ghosts(S, self.w, self.w, inner=0)
+
+    def zeros(self, like, lead):
+        """Zeros of shape ``(*lead, *extended sites)`` in ``like``'s namespace and dtype."""
+        xp = namespace(like)
+        return xp.zeros(tuple(lead) + self.shape, dtype=like.dtype)
+
+    def sum_back(self, E):
+        """The cotangent of the block from that of the extended block (ghosts to their owners)."""
+        return self.layout.ghost_sum(E, self.w, self.w, inner=0)
+
+
+def _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R):
+    """:func:`transported_staples` on a split layout: the one-process kernel on the block with
+    ghost planes, S^L and S^R cropped into their slots. False where the kernel does not fit."""
+    from . import _numba_staples
+    g = GhostBlock(layout)
+    n = len(i_mu)
+    Se = g.extend(S)
+    out = g.zeros(S, tuple(S.shape[:2]) + (2 * n,) + tuple(S.shape[3:S.ndim - layout.Nd]))
+    if not _numba_staples.transported_local(Se, g.shape, i_mu, i_nu, out, list(range(n)), list(range(n, 2 * n))):
+        return False
+    for k, slot in enumerate(list(i_L) + list(i_R)):
+        aug[:, :, slot, ...] = out[:, :, k, ...][g.block]
+    return True
+
+
+def _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
+    """:func:`transported_staples_vjp` on a split layout (see :class:`GhostBlock`)."""
+    from . import _numba_staples
+    g = GhostBlock(layout)
+    n = len(i_mu)
+    Se = g.extend(S)
+    AB = g.zeros(S, tuple(S.shape[:2]) + (2 * n,) + tuple(S.shape[3:S.ndim - layout.Nd]))
+    for k, slot in enumerate(list(i_L) + list(i_R)):
+        AB[:, :, k, ...][g.block] = aug_bar[:, :, slot, ...]
+    Sb = g.zeros(S, tuple(Se.shape[:Se.ndim - layout.Nd]))
+    if not _numba_staples.transported_local_vjp(Se, g.shape, i_mu, i_nu, AB, list(range(n)), list(range(n, 2 * n)), Sb):
+        return False
+    S_bar += g.sum_back(Sb)
+    return True
+
+
 def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
     """Both transported staples of pairs q = (i_mu[q], i_nu[q]) (paper eqs. 5-6, design §7):
 
@@ -162,6 +237,8 @@ def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
         from . import _numba_staples
         if _numba_staples.transported_local(S, layout.local_shape, i_mu, i_nu, aug, i_L, i_R):
             return aug
+    elif _ghosted(layout, S, aug) and _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R):
+        return aug
     xp = namespace(S)
     E, i_mn, i_nm = _plan(i_mu, i_nu)
     T = _shifted_stack(S, [b for _, b in E], [a for a, _ in E], layout)
@@ -183,6 +260,9 @@ def transported_staples_vjp(S, layout, i_mu, i_nu, *, aug_bar, i_L, i_R, S_bar):
         from . import _numba_staples
         if _numba_staples.transported_local_vjp(S, layout.local_shape, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
             return S_bar
+    elif _ghosted(layout, S, aug_bar, S_bar) and \
+            _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
+        return S_bar
     xp = namespace(S)
     E, i_mn, i_nm = _plan(i_mu, i_nu)
     T = _shifted_stack(S, [b for _, b in E], [a for a, _ in E], layout)
