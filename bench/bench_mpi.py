@@ -2,7 +2,9 @@
 1e-10 and flow forward passes on 12^3 x 24 at 1, 2 and 4 ranks, plus the surface-to-volume
 model for larger lattices on many ranks. The residual-flow forward is also timed with the
 whole-field Wilson lines it used before the line tables with ghost planes
-(``over_whole_field_lines`` = time with line tables / time with whole-field lines).
+(``over_whole_field_lines`` = time with line tables / time with whole-field lines), and the
+learned-loop flow forward with the shifted copies its staple networks used before the block
+with ghost planes (``over_shifted_copies``; 1 on one process, where neither is used).
 
 Each rank count runs in its own process group: ``mpiexec -n R python -m bench.bench_mpi
 --worker ...`` (R = 1 runs plain ``python``, the single-process reference) prints one JSON
@@ -165,15 +167,29 @@ def _flow_ops(lay, comm, repeat):
     p = {k: v + 0.1 * rng.normal(size=v.shape) for k, v in m.init(0).items()}
     base = flows.HaarBase(lay.global_shape, 3, layout=lay)
     z = base.sample(1, Rng(3))
+    import importlib
+    sp, sm = (importlib.import_module(f"lattice.kernels.{k}") for k in ("staple_pairs", "staple_mix"))
+    saved = (sp._ghosted, sm._ghosted)
+
+    def shifted_copies():                    # the staple networks' path before the ghost block
+        sp._ghosted = sm._ghosted = lambda *a: False
+        try:
+            return m.forward(p, z, layout=lay)
+        finally:
+            sp._ghosted, sm._ghosted = saved
     out = {}
-    lay.reset_halo_stats()
-    m.forward(p, z, layout=lay)
-    b, msgs = lay.halo_bytes, lay.halo_messages
-    out["flow forward + log det (2 learned-loop layers)"] = {
-        "seconds": _timed(comm, [lambda: m.forward(p, z, layout=lay)], max(1, repeat // 4))[0],
-        "halo_bytes": b, "halo_messages": msgs}
+    for name, fn in ((FLOW, lambda: m.forward(p, z, layout=lay)), (FLOW + SHIFTED, shifted_copies)):
+        lay.reset_halo_stats()
+        fn()
+        out[name] = {"halo_bytes": lay.halo_bytes, "halo_messages": lay.halo_messages}
+    t = _timed(comm, [lambda: m.forward(p, z, layout=lay), shifted_copies], max(1, repeat // 4))
+    out[FLOW]["seconds"], out[FLOW + SHIFTED]["seconds"] = t
     out.update(_residual_ops(lay, comm, z, repeat))
     return out
+
+
+FLOW = "flow forward + log det (2 learned-loop layers)"
+SHIFTED = " [shifted copies]"
 
 
 def _residual_ops(lay, comm, z, repeat):
@@ -337,6 +353,8 @@ def run(quick: bool = False):
                 r["over_no_halo"] = o["seconds"] / res["ops"][LOCAL_ONLY + name]["seconds"]
             if "iterations" in o:
                 r["iterations"] = o["iterations"]
+            if name + SHIFTED in res["ops"]:
+                r["over_shifted_copies"] = o["seconds"] / res["ops"][name + SHIFTED]["seconds"]
             if name + WHOLE_FIELD in res["ops"]:
                 r["over_whole_field_lines"] = o["seconds"] / res["ops"][name + WHOLE_FIELD]["seconds"]
                 r["logdet_rel_diff"] = o["logdet_rel_diff"]

@@ -14,6 +14,10 @@ from __future__ import annotations
 import numba
 from ..backend import np  # NumPy itself: lattice.backend holds the one import
 
+from ._numba_cache import install as _install_cache_locks
+
+_install_cache_locks()      # before any kernel is compiled or loaded: the cache is shared by MPI ranks
+
 _FLAGS = dict(nopython=True, nogil=True, cache=True, boundscheck=False,
               fastmath={"reassoc", "contract", "nsz", "arcp"})
 _BLOCK = 512          # sites per block: a block of all operands stays in L1/L2
