@@ -165,20 +165,20 @@ def _mix_records(quick):
 
     def composed(fn):
         def run():
-            local, sm._local = sm._local, (lambda *a: False)
+            local, sm._compiled = sm._compiled, (lambda *a: False)
             try:
                 if fn is vjp:                       # the previous code kept aug from its forward
                     fn(kept)
                 else:
                     fn()
             finally:
-                sm._local = local
+                sm._compiled = local
         return run
-    local, sm._local = sm._local, (lambda *a: False)
+    local, sm._compiled = sm._compiled, (lambda *a: False)
     try:
         kept = kernels.transported_mix(S, lay, 0, c, keep=True)[1]
     finally:
-        sm._local = local
+        sm._compiled = local
     recs = []
     for what, fn in (("forward", fwd), ("adjoint with c_bar", vjp)):
         r, _, t, _ = _pairs(composed(fn), fn, 2 if quick else 5)

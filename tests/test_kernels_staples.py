@@ -275,7 +275,7 @@ def _generic_mix(monkeypatch, fn):
     import importlib
     sm = importlib.import_module("lattice.kernels.staple_mix")
     with monkeypatch.context() as mp:
-        mp.setattr(sm, "_local", lambda *a: False)
+        mp.setattr(sm, "_compiled", lambda *a: False)
         return _generic(monkeypatch, fn)
 
 

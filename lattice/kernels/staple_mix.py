@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from ..backend import namespace
 from .colour import real_inner, real_mix
-from .staple_pairs import GhostBlock, _ghosted, _local, transported_staples, transported_staples_vjp
+from .staple_pairs import GhostBlock, _compiled, transported_staples, transported_staples_vjp
 
 __all__ = ["transported_mix", "transported_mix_vjp"]
 
@@ -79,17 +79,12 @@ def transported_mix(S, layout, mu, c, *, keep: bool = False):
     xp = namespace(S)
     nd, K_out = layout.Nd, int(c.shape[0])
     rest = tuple(S.shape[4:])
-    if _local(layout, S):
-        from . import _numba_staples
-        out = xp.zeros((S.shape[0], S.shape[1], K_out) + rest, dtype=S.dtype)
-        if _numba_staples.transported_mix_local(S, layout.local_shape, mu, c, out):
-            return out, None
-    elif _ghosted(layout, S):                 # split layout: the same kernel on the block with ghosts
+    if _compiled(layout, S):                  # the local block, or on a split layout its ghost block
         from . import _numba_staples
         g = GhostBlock(layout)
         out = g.zeros(S, (S.shape[0], S.shape[1], K_out) + rest[:len(rest) - nd])
         if _numba_staples.transported_mix_local(g.extend(S), g.shape, mu, c, out):
-            return xp.asarray(out[g.block], copy=True), None
+            return g.crop(out), None
     aug = _augmented(S, layout, mu)
     out = xp.reshape(real_mix(c, _flat(aug, aug.shape[2])), (S.shape[0], S.shape[1], K_out) + rest)
     return out, (aug if keep else None)
@@ -115,20 +110,14 @@ def transported_mix_vjp(S, layout, mu, c, out_bar, *, S_bar, aug=None, need_c: b
                          f"expected {want_aug} and {S.dtype}: pass what transported_mix(..., keep=True) "
                          f"returned for this S and mu")
     ob = out_bar if out_bar.dtype == S.dtype else xp.astype(out_bar, S.dtype)
-    if _local(layout, S, ob, S_bar):
-        from . import _numba_staples
-        g = _numba_staples.transported_mix_local_vjp(S, layout.local_shape, mu, c, ob, S_bar, need_c)
-        if g is not None:
-            return g if need_c else None
-    elif _ghosted(layout, S, ob, S_bar) and S_bar.dtype == S.dtype:
+    if _compiled(layout, S, ob, S_bar) and S_bar.dtype == S.dtype:
         from . import _numba_staples
         blk = GhostBlock(layout)
-        ob_e = blk.zeros(S, tuple(ob.shape[:ob.ndim - nd]))             # zero on the ghost sites
-        ob_e[blk.block] = ob
-        Sb_e = blk.zeros(S, tuple(S.shape[:S.ndim - nd]))
-        g = _numba_staples.transported_mix_local_vjp(blk.extend(S), blk.shape, mu, c, ob_e, Sb_e, need_c)
+        Sb = blk.accumulator(S_bar)
+        g = _numba_staples.transported_mix_local_vjp(blk.extend(S), blk.shape, mu, c,
+                                                     blk.pad(ob, tuple(ob.shape[:ob.ndim - nd])), Sb, need_c)
         if g is not None:
-            S_bar += blk.sum_back(Sb_e)
+            blk.add_back(S_bar, Sb)
             return g if need_c else None
     ob_f = _flat(ob, K_out)
     c_bar = None

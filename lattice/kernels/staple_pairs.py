@@ -148,13 +148,18 @@ def _local(layout, *arrays):
 
 def _ghosted(layout, *arrays):
     """Whether some axis is split and the compiled path runs on the block with ghost planes."""
-    return any(g > 1 for g in layout.grid) and implementation(namespace(*arrays)) == "numba" and \
-        GhostBlock.fits(arrays[0])
+    return any(g > 1 for g in layout.grid) and _compiled(layout, *arrays)
+
+
+def _compiled(layout, *arrays):
+    """Whether the compiled kernels run, on the local block or (split layout) its ghost block."""
+    return implementation(namespace(*arrays)) == "numba" and GhostBlock.fits(arrays[0])
 
 
 class GhostBlock:
     """The local block extended by one ghost plane on each side of every split axis (corners
-    included, :meth:`lattice.Layout.with_ghosts`), for the staple kernels on a split layout.
+    included, :meth:`lattice.Layout.with_ghosts`), for the staple kernels on a split layout; on
+    one process there are no ghost planes and every method is the identity (no copy).
 
     Every transported staple at a site x of the block reads S at x, x + mu^, x + nu^, x - nu^
     and x + mu^ - nu^ only, all inside the extended block, so the one-process kernels run on it
@@ -183,6 +188,32 @@ class GhostBlock:
         """Zeros of shape ``(*lead, *extended sites)`` in ``like``'s namespace and dtype."""
         xp = namespace(like)
         return xp.zeros(tuple(lead) + self.shape, dtype=like.dtype)
+
+    @property
+    def ghosts(self) -> bool:
+        return any(self.w)
+
+    def crop(self, E):
+        """The block's own sites of a field on the extended block."""
+        return namespace(E).asarray(E[self.block], copy=True) if self.ghosts else E
+
+    def pad(self, X, lead):
+        """A field of the block on the extended block, zero on the ghost sites."""
+        if not self.ghosts:
+            return X
+        E = self.zeros(X, lead)
+        E[self.block] = X
+        return E
+
+    def accumulator(self, S_bar):
+        """Where a kernel adds cotangents of S: S_bar itself, or zeros on the extended block
+        (then :meth:`add_back`)."""
+        return self.zeros(S_bar, tuple(S_bar.shape[:S_bar.ndim - len(self.w)])) if self.ghosts else S_bar
+
+    def add_back(self, S_bar, E):
+        """S_bar += the extended cotangent E with its ghost planes sent to their owners."""
+        if self.ghosts:
+            S_bar += self.sum_back(E)
 
     def sum_back(self, E):
         """The cotangent of the block from that of the extended block (ghosts to their owners)."""
@@ -213,10 +244,10 @@ def _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
     AB = g.zeros(S, tuple(S.shape[:2]) + (2 * n,) + tuple(S.shape[3:S.ndim - layout.Nd]))
     for k, slot in enumerate(list(i_L) + list(i_R)):
         AB[:, :, k, ...][g.block] = aug_bar[:, :, slot, ...]
-    Sb = g.zeros(S, tuple(Se.shape[:Se.ndim - layout.Nd]))
+    Sb = g.accumulator(S_bar)
     if not _numba_staples.transported_local_vjp(Se, g.shape, i_mu, i_nu, AB, list(range(n)), list(range(n, 2 * n)), Sb):
         return False
-    S_bar += g.sum_back(Sb)
+    g.add_back(S_bar, Sb)
     return True
 
 

@@ -37,7 +37,7 @@ def _spy(monkeypatch, name):
 def _generic(monkeypatch, fn):
     with monkeypatch.context() as mp:
         mp.setattr(sp, "_ghosted", lambda *a: False)
-        mp.setattr(sm, "_ghosted", lambda *a: False)
+        mp.setattr(sm, "_compiled", lambda *a: False)
         return fn()
 
 
