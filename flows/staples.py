@@ -71,7 +71,8 @@ through index tables and the Y shared by a pair (mu, nu) and its partner (nu, mu
 field and no intermediate product is written to memory (6 products per pair of partners
 forward, 14 in the VJP, which recomputes the Y). On MPI-split axes with NumPy the same
 kernels run on the block extended by one ghost plane per split side (one exchange of S per
-call; the adjoint sends the ghost cotangents back). Otherwise (CuPy, reference) the shifted
+layer, shared by its chunks through :func:`lattice.kernels.ghosted_input`; the adjoint adds
+the chunks' cotangents on the extended block and sends the ghost planes back once). Otherwise (CuPy, reference) the shifted
 fields are stacked with ``layout.shift`` and :func:`lattice.kernels.staple_pairs` runs the
 fused CUDA chain or gathered product compositions on them. Fields of all directions live in one array ``(N, N, Nd, K, *batch, *sites)``.
 The output layer (direction mu only, one channel out) is one :func:`lattice.kernels.transported_mix`
@@ -246,9 +247,10 @@ class StapleNet(Module):
         aug = xp.empty((N, N, len(dirs) * nb) + rest, dtype=S.dtype)        # flat block axis
         for d, mu in enumerate(dirs):
             aug[:, :, d * nb, ...] = S[:, :, mu, ...]
+        ghosted = kernels.ghosted_input(S, layout)                        # one exchange per layer
         for qs in chunks:
             i_mu, i_nu, i_L, i_R = self._pair_indices(Q, qs)
-            kernels.transported_staples(S, layout, i_mu, i_nu, aug=aug, i_L=i_L, i_R=i_R)
+            kernels.transported_staples(S, layout, i_mu, i_nu, aug=aug, i_L=i_L, i_R=i_R, ghosted=ghosted)
         return xp.reshape(aug, (N, N, len(dirs), nb) + rest)
 
     @staticmethod
@@ -309,10 +311,12 @@ class StapleNet(Module):
         S_bar = xp.zeros(S.shape, dtype=S.dtype)
         for d, mu in enumerate(dirs):
             S_bar[:, :, mu, ...] += aug_bar[:, :, d, 0, ...]
+        ghosted = kernels.ghosted_input(S, layout)
         for qs in chunks:
             i_mu, i_nu, i_L, i_R = self._pair_indices(Q, qs)
-            kernels.transported_staples_vjp(S, layout, i_mu, i_nu, aug_bar=AB, i_L=i_L, i_R=i_R, S_bar=S_bar)
-        return S_bar
+            kernels.transported_staples_vjp(S, layout, i_mu, i_nu, aug_bar=AB, i_L=i_L, i_R=i_R, S_bar=S_bar,
+                                            ghosted=ghosted)
+        return S_bar if ghosted is None else ghosted.add_back(S_bar)
 
     def vjp(self, params, ctx, S_bar, *, need_params: bool = True):
         """((U_bar, None), grads). With ``need_params=False`` (a path-gradient inverse VJP)

@@ -63,13 +63,13 @@ from .lines import LineTable, line_table, ghost_line_tables, line_sums, line_sum
 from .hopping import wilson_hop, wilson_hop_eo, wilson_hop_reference
 from .shift import periodic_shift, periodic_shift_reference
 from .staple_pairs import (staple_pairs, staple_pairs_vjp, staple_pairs_reference, staple_pairs_vjp_reference,
-                           transported_staples, transported_staples_vjp)
+                           transported_staples, transported_staples_vjp, ghosted_input)
 from .staple_mix import transported_mix, transported_mix_vjp
 
 __all__ = ["implementation", "reference_only", "colour_first", "colour_last", "mul", "mul_reference", "mul_gather",
            "real_inner", "real_mix", "matmul", "eigh", "polar", "expm", "phi_ad", "phi_ad_vjp", "phi_ad_reference",
            "phi_ad_vjp_reference", "wilson_hop", "wilson_hop_eo", "wilson_hop_reference",
            "periodic_shift", "periodic_shift_reference", "staple_pairs", "staple_pairs_vjp", "staple_pairs_reference",
-           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "transported_mix",
+           "staple_pairs_vjp_reference", "transported_staples", "transported_staples_vjp", "ghosted_input", "transported_mix",
            "transported_mix_vjp", "LineTable", "line_table", "ghost_line_tables",
            "line_sums", "line_sums_vjp", "line_sums_reference", "line_sums_vjp_reference"]

@@ -220,13 +220,53 @@ class GhostBlock:
         return self.layout.ghost_sum(E, self.w, self.w, inner=0)
 
 
-def _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R):
+class GhostedInput:
+    """A staple network layer's input S with its ghost planes, exchanged once for all the
+    :func:`transported_staples` / :func:`transported_staples_vjp` calls of the layer (its pair
+    chunks), passed to them as ``ghosted=``; made by :func:`ghosted_input`. In the adjoint the
+    cotangents of the calls accumulate on the extended block, and :meth:`add_back` sends them
+    to S_bar once (one :meth:`lattice.Layout.ghost_sum`) after the last call."""
+
+    def __init__(self, S, layout):
+        self.S, self.block = S, GhostBlock(layout)
+        self.extended = self.block.extend(S)
+        self._bar = None
+
+    def check(self, S):
+        if S is not self.S:
+            raise ValueError("ghosted= was made for another field: call ghosted_input(S, layout) "
+                             "with the S passed to transported_staples(_vjp)")
+        return self
+
+    def accumulator(self, S_bar):
+        """The extended cotangent the adjoint kernels add to (zeros on the first call)."""
+        if self._bar is None:
+            self._bar = self.block.accumulator(S_bar)
+        return self._bar
+
+    def add_back(self, S_bar):
+        """S_bar += the accumulated cotangents, ghost planes to their owners; returns S_bar."""
+        if self._bar is not None:
+            self.block.add_back(S_bar, self._bar)
+            self._bar = None
+        return S_bar
+
+
+def ghosted_input(S, layout):
+    """S extended by its ghost planes once (a :class:`GhostedInput`) where the staple kernels
+    run on the ghost block (a split layout, NumPy, SU(3)); None elsewhere (one process, CuPy,
+    the generic path), where nothing needs to be shared. Collective under MPI: every rank
+    decides alike (layout and dtype) and then exchanges."""
+    return GhostedInput(S, layout) if _ghosted(layout, S) else None
+
+
+def _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R, ghosted=None):
     """:func:`transported_staples` on a split layout: the one-process kernel on the block with
     ghost planes, S^L and S^R cropped into their slots. False where the kernel does not fit."""
     from . import _numba_staples
     g = GhostBlock(layout)
     n = len(i_mu)
-    Se = g.extend(S)
+    Se = g.extend(S) if ghosted is None else ghosted.check(S).extended
     out = g.zeros(S, tuple(S.shape[:2]) + (2 * n,) + tuple(S.shape[3:S.ndim - layout.Nd]))
     if not _numba_staples.transported_local(Se, g.shape, i_mu, i_nu, out, list(range(n)), list(range(n, 2 * n))):
         return False
@@ -235,23 +275,25 @@ def _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R):
     return True
 
 
-def _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
-    """:func:`transported_staples_vjp` on a split layout (see :class:`GhostBlock`)."""
+def _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar, ghosted=None):
+    """:func:`transported_staples_vjp` on a split layout (see :class:`GhostBlock`); with
+    ``ghosted`` the cotangents stay on its extended block until its ``add_back``."""
     from . import _numba_staples
     g = GhostBlock(layout)
     n = len(i_mu)
-    Se = g.extend(S)
+    Se = g.extend(S) if ghosted is None else ghosted.check(S).extended
     AB = g.zeros(S, tuple(S.shape[:2]) + (2 * n,) + tuple(S.shape[3:S.ndim - layout.Nd]))
     for k, slot in enumerate(list(i_L) + list(i_R)):
         AB[:, :, k, ...][g.block] = aug_bar[:, :, slot, ...]
-    Sb = g.accumulator(S_bar)
+    Sb = g.accumulator(S_bar) if ghosted is None else ghosted.accumulator(S_bar)
     if not _numba_staples.transported_local_vjp(Se, g.shape, i_mu, i_nu, AB, list(range(n)), list(range(n, 2 * n)), Sb):
         return False
-    g.add_back(S_bar, Sb)
+    if ghosted is None:
+        g.add_back(S_bar, Sb)
     return True
 
 
-def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
+def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R, ghosted=None):
     """Both transported staples of pairs q = (i_mu[q], i_nu[q]) (paper eqs. 5-6, design §7):
 
         aug[:, :, i_L[q]] = S^L_mu,nu(x) = S_nu(x - nu^)^dag S_mu(x - nu^) S_nu(x + mu^ - nu^),
@@ -262,13 +304,15 @@ def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
     shifted fields T are stacked with ``layout.shift`` (halo exchange under MPI),
     :func:`staple_pairs` gives D = S^L before its shift and S^R, and D is shifted by -nu^. On
     one process with NumPy, the compiled path reads S at neighbour sites through index tables
-    and writes S^L at its shifted site: no shifted field is materialised.
+    and writes S^L at its shifted site: no shifted field is materialised; on a split layout it
+    runs on the ghost block (:class:`GhostBlock`), and ``ghosted=ghosted_input(S, layout)``
+    shares one ghost exchange of S among the calls of several pair chunks.
     """
     if _local(layout, S, aug):
         from . import _numba_staples
         if _numba_staples.transported_local(S, layout.local_shape, i_mu, i_nu, aug, i_L, i_R):
             return aug
-    elif _ghosted(layout, S, aug) and _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R):
+    elif _ghosted(layout, S, aug) and _ghost_transported(S, layout, i_mu, i_nu, aug, i_L, i_R, ghosted):
         return aug
     xp = namespace(S)
     E, i_mn, i_nm = _plan(i_mu, i_nu)
@@ -281,18 +325,21 @@ def transported_staples(S, layout, i_mu, i_nu, *, aug, i_L, i_R):
     return aug
 
 
-def transported_staples_vjp(S, layout, i_mu, i_nu, *, aug_bar, i_L, i_R, S_bar):
+def transported_staples_vjp(S, layout, i_mu, i_nu, *, aug_bar, i_L, i_R, S_bar, ghosted=None):
     """Adjoint of :func:`transported_staples`: the cotangents ``aug_bar[:, :, i_L[q]]`` and
     ``aug_bar[:, :, i_R[q]]`` pulled back and *added* to ``S_bar`` (shape of S), returned.
     Generic path: T stacked again, the S^L cotangents shifted by +nu^, :func:`staple_pairs_vjp`,
     and the cotangents of T (summed over the pairs) shifted back once per field; the compiled
-    one-process path gathers and scatters through neighbour tables instead."""
+    one-process path gathers and scatters through neighbour tables instead. With
+    ``ghosted=ghosted_input(S, layout)`` (not None only on a split layout) the cotangents of
+    the ghost-block path are held on its extended block and reach S_bar only with
+    ``ghosted.add_back(S_bar)``, to be called once after the last chunk."""
     if _local(layout, S, aug_bar, S_bar):
         from . import _numba_staples
         if _numba_staples.transported_local_vjp(S, layout.local_shape, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
             return S_bar
     elif _ghosted(layout, S, aug_bar, S_bar) and \
-            _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar):
+            _ghost_transported_vjp(S, layout, i_mu, i_nu, aug_bar, i_L, i_R, S_bar, ghosted):
         return S_bar
     xp = namespace(S)
     E, i_mn, i_nm = _plan(i_mu, i_nu)

@@ -50,3 +50,40 @@ def test_distributed_equals_single_process(which):
     for k in gg:
         tot = comm.allreduce(np.asarray(g[k]), op=MPI.SUM)
         np.testing.assert_allclose(tot, gg[k], rtol=1e-11, atol=1e-11)
+
+
+def test_staple_net_chunks_exchange_once_per_layer(monkeypatch):
+    """With one pair group per chunk (several kernel calls per layer), a split layout still
+    extends each layer's input once and sends its ghost cotangents back once, and the network
+    equals the single-process one."""
+    comm = MPI.COMM_WORLD
+    shape = (4, 4, 2, 8)
+    grid = {1: (1, 1, 1, 1), 2: (1, 2, 1, 1), 4: (2, 1, 1, 2)}.get(comm.Get_size())
+    lay, full = Layout(shape, comm=comm, grid=grid), Layout(shape)
+    U = random_gauge(shape, N=3, batch=(2,), seed=4, layout=lay)
+    Ug = random_gauge(shape, N=3, batch=(2,), seed=4, layout=full)
+    mg = _mask(full, 2)
+    net = flows.StapleNet(4, 2, width=3, n_layers=3)
+    params = net.init(Rng(6))
+    monkeypatch.setattr(flows.StapleNet, "CHUNK_MATRICES", 1)
+    calls = {"with_ghosts": 0, "ghost_sum": 0}
+    for name in calls:
+        real = getattr(Layout, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(Layout, name, spy)
+    (o,), ctx = net.forward(params, U, lay.local_part(mg, inner=0), layout=lay)
+    fwd = dict(calls)
+    Gg = Rng(7).complex_normal(tuple(o.shape[:-2 - 4]) + shape + (3, 3))
+    (Ub, _), g = net.vjp(params, ctx, lay.local_part(Gg, inner=2))
+    if comm.Get_size() > 1:                   # 2 hidden layers + the output layer, each once
+        assert fwd == {"with_ghosts": 3, "ghost_sum": 0}
+        assert calls == {"with_ghosts": 6, "ghost_sum": 3}
+    (og,), ctxg = net.forward(params, Ug, mg, layout=full)
+    (Ubg, _), gg = net.vjp(params, ctxg, Gg)
+    np.testing.assert_allclose(o, lay.local_part(og, inner=2), atol=1e-13)
+    np.testing.assert_allclose(Ub, lay.local_part(Ubg, inner=2), atol=1e-12)
+    for k in gg:
+        np.testing.assert_allclose(comm.allreduce(np.asarray(g[k]), op=MPI.SUM), gg[k], rtol=1e-11, atol=1e-11)

@@ -67,6 +67,49 @@ def test_transported_staples_on_the_ghost_block(monkeypatch):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.max(np.abs(want)))
 
 
+def test_chunks_share_one_ghost_exchange(monkeypatch):
+    """Pair chunks of one S with ``ghosted=ghosted_input(S, layout)``: S is extended once, the
+    adjoint's ghost cotangents go back once (after add_back, not before), and the result
+    equals one call over all pairs; a ghosted input of another field is refused."""
+    comm, lay, full, Sg, S = _setup()
+    Q = [(m, n) for m in range(4) for n in range(4) if m != n]
+    chunks = [Q[:4], Q[4:10], Q[10:]]
+    W = np.ascontiguousarray(lay.local_part(
+        np.random.default_rng(25).normal(size=(3, 3, 24, 2, 2) + full.global_shape) * (1 - 2j), inner=0))
+    i_L, i_R = list(range(0, 24, 2)), list(range(1, 24, 2))
+    whole = np.zeros(W.shape, complex)
+    kernels.transported_staples(S, lay, [m for m, _ in Q], [n for _, n in Q], aug=whole, i_L=i_L, i_R=i_R)
+    Sb_whole = kernels.transported_staples_vjp(S, lay, [m for m, _ in Q], [n for _, n in Q], aug_bar=W,
+                                               i_L=i_L, i_R=i_R, S_bar=np.zeros(S.shape, complex))
+    calls = {"with_ghosts": 0, "ghost_sum": 0}
+    for name in calls:
+        real = getattr(type(lay), name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(self, *a, **k)
+        monkeypatch.setattr(type(lay), name, spy)
+    ghosted = kernels.ghosted_input(S, lay)
+    split = comm.Get_size() > 1
+    assert (ghosted is not None) == split
+    aug, Sb, start = np.zeros(W.shape, complex), np.zeros(S.shape, complex), 0
+    for part in chunks:
+        kw = dict(i_L=i_L[start:start + len(part)], i_R=i_R[start:start + len(part)])
+        kernels.transported_staples(S, lay, [m for m, _ in part], [n for _, n in part], aug=aug, ghosted=ghosted, **kw)
+        kernels.transported_staples_vjp(S, lay, [m for m, _ in part], [n for _, n in part], aug_bar=W, S_bar=Sb,
+                                        ghosted=ghosted, **kw)
+        start += len(part)
+    if split:
+        assert calls == {"with_ghosts": 1, "ghost_sum": 0}
+        assert not np.any(Sb)                           # held on the extended block until add_back
+        ghosted.add_back(Sb)
+        assert calls == {"with_ghosts": 1, "ghost_sum": 1}
+        with pytest.raises(ValueError, match="another field"):
+            kernels.transported_staples(S.copy(), lay, [0], [1], aug=aug, i_L=[0], i_R=[1], ghosted=ghosted)
+    np.testing.assert_allclose(aug, whole, rtol=0, atol=1e-13 * np.max(np.abs(whole)))
+    np.testing.assert_allclose(Sb, Sb_whole, rtol=0, atol=1e-13 * np.max(np.abs(Sb_whole)))
+
+
 @pytest.mark.parametrize("mu", [0, 3])
 def test_transported_mix_on_the_ghost_block(monkeypatch, mu):
     comm, lay, full, Sg, S = _setup()
