@@ -147,19 +147,24 @@ def test_no_overwrite_and_atomicity(tmp_path, U):
 
 
 def _foreign(path, U, records_order, precision=64, flags="messages", with_checksum=True,
-             extra_nul=False):
-    """A file as another code might write it: chosen records, order and MB/ME flags."""
+             extra_nul=False, dims=None, plaq=None):
+    """A file as another code might write it: chosen records, order and MB/ME flags (``flags``
+    a list of (mb, me) per record for messages of several records); ``dims`` the lattice in
+    ildg-format only (default: U's, as the SciDAC XML has it), ``plaq`` the text of
+    usqcdInfo's <plaq>."""
     data = file_order(U, precision)
     V = int(np.prod(U.shape[1:5]))
     a, b = scidac_checksum(data.reshape(V, -1).view(np.uint8))
     Lx, Ly, Lz, Lt = U.shape[1:5]
+    Fx, Fy, Fz, Ft = U.shape[1:5] if dims is None else dims
     recs = {
         "ildg-format": (f'<?xml version="1.0" encoding="UTF-8"?>\n<ildgFormat xmlns="http://www.lqcd.org/ildg">'
                         f"<version>1.0</version>\n <field> su3gauge </field><precision>{precision}</precision>"
-                        f"<lx>{Lx}</lx><ly>{Ly}</ly><lz>{Lz}</lz><lt>{Lt}</lt></ildgFormat>"),
+                        f"<lx>{Fx}</lx><ly>{Fy}</ly><lz>{Fz}</lz><lt>{Ft}</lt></ildgFormat>"),
         "ildg-binary-data": data,
         "scidac-checksum": f"<scidacChecksum><version>1.0</version><suma>{a:x}</suma><sumb>{b:x}</sumb></scidacChecksum>",
         "xlf-info": "plaquette = 0.5\n",
+        "scidac-record-xml": f"<usqcdInfo><version>1.0</version><plaq>{plaq}</plaq><info></info></usqcdInfo>",
         "scidac-private-file-xml": f"<scidacFile><version>1.1</version><spacetime>4</spacetime><dims>{Lx} {Ly} {Lz} {Lt}</dims><volfmt>0</volfmt></scidacFile>",
         "scidac-private-record-xml": (f"<scidacRecord><version>1.1</version><recordtype>0</recordtype><datatype>QDP_"
                                       f"{'D' if precision == 64 else 'F'}3_ColorMatrix</datatype><precision>"
@@ -174,7 +179,8 @@ def _foreign(path, U, records_order, precision=64, flags="messages", with_checks
             d = recs[name]
             if isinstance(d, str):
                 d = d.encode() + (b"\0" if extra_nul else b"")
-            mb, me = {"messages": (True, True), "all_mb": (True, False), "none": (False, False)}[flags]
+            mb, me = flags[k] if isinstance(flags, list) else \
+                {"messages": (True, True), "all_mb": (True, False), "none": (False, False)}[flags]
             w.write(name, d, mb=mb, me=me)
 
 
@@ -219,6 +225,64 @@ def test_inconsistent_metadata(tmp_path, U):
         lime.LimeWriter(f).write("ildg-format", "<ildgFormat><field>su3gauge</field><precision>64</precision>"
                                  "<lx>4</lx><ly>4</ly><lz>4</lz><lt>6</lt></ildgFormat>", True, True)
     with pytest.raises(CorruptFileError, match="metadata and the data disagree"):
+        read_ildg(p)
+
+
+def test_file_cut_before_its_checksum_record(tmp_path, U):
+    """A file whose writer marks message ends but whose last record has none, and no checksum:
+    cut at a record boundary (here our own file without its final scidac-checksum)."""
+    p = tmp_path / "c.lime"
+    write_ildg(p, U)
+    last = lime.scan(p)[-1]
+    assert last.type == "scidac-checksum" and last.me
+    p.write_bytes(p.read_bytes()[:last.header_offset])
+    with pytest.raises(TruncatedFileError, match="ends inside a LIME message .*'ildg-binary-data'.* verify=False"):
+        read_ildg(p)
+    assert np.array_equal(read_ildg(p, verify=False), U)
+    # a writer that never sets ME (CL2QCD) and leaves the checksum out: only unverified
+    _foreign(p, U, ["ildg-format", "ildg-binary-data"], flags="all_mb", with_checksum=False)
+    with pytest.warns(UnverifiedDataWarning):
+        assert np.array_equal(read_ildg(p), U)
+
+
+def test_checksum_of_another_configuration_is_not_used(tmp_path, U):
+    """Two configurations in two messages, only the second with a checksum: the first is read
+    unverified, not checked against the second's checksum."""
+    p, q = tmp_path / "a.lime", tmp_path / "b.lime"
+    W = lattice.random_gauge(U.shape[1:5], N=3, seed=9)
+    _foreign(p, U, ["ildg-format", "ildg-binary-data"], flags=[(True, False), (False, True)])
+    _foreign(q, W, ["ildg-format", "ildg-binary-data", "scidac-checksum"],
+             flags=[(True, False), (False, False), (False, True)])
+    p.write_bytes(p.read_bytes() + q.read_bytes())
+    with pytest.warns(UserWarning) as got:
+        assert np.array_equal(read_ildg(p), U)
+    assert any(issubclass(w.category, UnverifiedDataWarning) for w in got)
+    assert any("2 binary data records" in str(w.message) for w in got)
+
+
+def test_metadata_cross_checks(tmp_path, U):
+    """Records of one file that contradict each other: the SciDAC dims against ildg-format,
+    and usqcdInfo's plaquette against the links read (an axis swap of equal volume, which the
+    sizes alone cannot show); the plaquette is accepted to its printed digits, normalised to
+    1 or to N."""
+    p = tmp_path / "x.lime"
+    assert U.shape[1:5] == (4, 4, 4, 6)
+    _foreign(p, U, ["scidac-private-file-xml", "ildg-format", "ildg-binary-data", "scidac-checksum"],
+             dims=(6, 4, 4, 4))                                        # x <-> t in ildg-format only
+    with pytest.raises(CorruptFileError, match="metadata disagree on the lattice: ildg-format gives lx ly lz "
+                                               "lt = 6 4 4 4, scidac-private-file-xml gives dims 4 4 4 6"):
+        read_ildg(p)
+    P = float(lattice.plaquette(U))
+    order = ["scidac-record-xml", "ildg-format", "ildg-binary-data", "scidac-checksum"]
+    _foreign(p, U, order, dims=tuple(reversed(U.shape[1:5])), plaq=repr(P))   # same volume, axes reversed
+    with pytest.raises(CorruptFileError, match=r"average plaquette .* the links read give"):
+        read_ildg(p)
+    assert read_ildg(p, check=False).shape == (4,) + tuple(reversed(U.shape[1:5])) + (3, 3)
+    for text in (repr(P), f"{P:.5f}", f"{3 * P:.7e}"):
+        _foreign(p, U, order, plaq=text)
+        assert np.array_equal(read_ildg(p), U)
+    _foreign(p, U, order, plaq=f"{P + 2e-5:.5f}")                     # off by more than its last digit
+    with pytest.raises(CorruptFileError, match="average plaquette"):
         read_ildg(p)
 
 

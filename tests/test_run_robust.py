@@ -486,6 +486,31 @@ def test_import_of_exact_double_precision_files_is_bit_for_bit(tmp_path, capsys)
     np.testing.assert_array_equal(ensemble_fields(out / "ensemble.h5")[0], fields[0])
 
 
+def test_import_refuses_a_cut_file_and_marks_one_without_checksum(tmp_path, capsys):
+    """A file cut before its checksum record stops the import; a file written without one is
+    imported, with state checksum = "absent" and UNVERIFIED in the log."""
+    from lattice.io import EnsembleStore, lime
+    files, fields = _ildg_files(tmp_path, n=2)
+    last = lime.scan(files[1])[-1]
+    raw = files[1].read_bytes()[:last.header_offset]
+    files[1].write_bytes(raw)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "import", tiny(tmp_path, out), *files)
+    line = one_error_line(err)
+    assert rc == 2 and "TruncatedFileError" in line and "conf.0001" in line and "ends inside a LIME message" in line
+    with open(files[1], "r+b") as f:                         # the same file as a writer without ME flags leaves it
+        for r in lime.scan(files[1]):
+            f.seek(r.header_offset + 6)
+            f.write(bytes([0x80 if r.mb else 0]))
+    from lattice.io import UnverifiedDataWarning
+    with pytest.warns(UnverifiedDataWarning, match="conf.0001: no scidac-checksum"):
+        rc, o, err = cli(capsys, "import", tiny(tmp_path, out), *files)
+    assert rc == 0 and "UNVERIFIED" in o and o.count("UNVERIFIED") == 1, err
+    with EnsembleStore.open(out / "ensemble.h5", "r") as e:
+        assert [e.state(i)["checksum"] for i in range(2)] == ["verified", "absent"]
+        np.testing.assert_array_equal(e.read(1), fields[1])
+
+
 # ------------------------------------------------------------------ evaluate: the flow must match
 def test_evaluate_refuses_a_flow_of_other_settings_in_a_fresh_directory(made, tmp_path, capsys):
     out = tmp_path / "out"

@@ -25,8 +25,13 @@ mod 31 and XOR-accumulated. It is computed on write and verified on read.
 Reading accepts files written by other codes: records in any order, missing optional
 records (SciDAC XML, LFN, even ildg-format when the SciDAC private XML gives the size and
 precision), malformed MB/ME flags, 32- and 64-bit precision, XML with or without a
-terminating NUL. Without a ``scidac-checksum`` record the data cannot be verified and an
-:class:`UnverifiedDataWarning` is issued.
+terminating NUL. Without a ``scidac-checksum`` record (between the data and the neighbouring
+configurations' data) the data cannot be verified and an :class:`UnverifiedDataWarning` is
+issued -- unless the file ends inside a LIME message (its writer sets message-end flags, its
+last record has none), which means it was cut before the checksum: TruncatedFileError.
+Records that contradict each other raise CorruptFileError: the SciDAC dims against
+``ildg-format``, and (with ``check``) ``<usqcdInfo><plaq>`` against the plaquette of the
+links read, to its printed digits (USQCD normalisation, 1 for U = 1; N times it accepted).
 
 Under MPI (a distributed :class:`lattice.Layout`) rank 0 does the file I/O: ``write_ildg``
 gathers the field to rank 0; ``read_ildg`` reads and verifies on rank 0 and sends every
@@ -49,7 +54,7 @@ from .. import su_n
 from . import lime
 from .atomic import atomic_write
 from .checksum import scidac_checksum
-from .errors import CorruptFileError, ChecksumError, MismatchError
+from .errors import CorruptFileError, ChecksumError, MismatchError, TruncatedFileError
 from .provenance import provenance
 from ._parallel import on_root
 
@@ -237,6 +242,8 @@ class IldgInfo:
     private_record_xml: str | None = None
     ildg_format_xml: str | None = None
     plaquette: float | None = None  # <usqcdInfo><plaq>, if present
+    plaquette_tol: float | None = None  # how far the links' plaquette may be from it (printed digits)
+    cut: bool = False               # the file ends inside a LIME message (see lime.ends_inside_message)
     records: list = field(default_factory=list)
 
     @property
@@ -258,6 +265,27 @@ def _nearest(records, rtype, anchor, prefer="before"):
     if prefer == "before":
         return before[-1] if before else after[0]
     return after[0] if after else before[-1]
+
+
+def _checksum_record(records, data_rec):
+    """The ``scidac-checksum`` of the configuration in ``data_rec``: one between the
+    neighbouring binary data records (never another configuration's; not necessarily in the
+    same LIME message, since some writers give every record its own), the first after the
+    data, else the last before them; None if there is none."""
+    binary = [r.index for r in records if r.type in _BINARY_TYPES]
+    lo = max((i for i in binary if i < data_rec.index), default=-1)
+    hi = min((i for i in binary if i > data_rec.index), default=len(records))
+    cand = [r for r in records if r.type == "scidac-checksum" and lo < r.index < hi]
+    after = [r for r in cand if r.index > data_rec.index]
+    return after[0] if after else (cand[-1] if cand else None)
+
+
+def _plaquette_tolerance(text: str, precision: int) -> float:
+    """Half a unit in the last printed digit of a recorded plaquette, plus the rounding of the
+    stored links (a 32-bit file holds the field rounded after its plaquette was taken)."""
+    from decimal import Decimal
+    exp = Decimal(text.strip()).as_tuple().exponent
+    return 0.5 * 10.0 ** int(exp) + (1e-6 if precision == 32 else 1e-12)
 
 
 def _parse_precision(text, path, what):
@@ -328,7 +356,15 @@ def read_ildg_info(path) -> IldgInfo:
         if ts and dc and ts.isdigit() and dc.isdigit() and int(ts) * int(dc) != info.bytes_per_site:
             raise CorruptFileError(f"{path}: scidac-private-record-xml says {dc} x {ts} bytes per site, but "
                                    f"ildg-format implies {info.bytes_per_site}", path)
-    ck = text("scidac-checksum", prefer="after")
+    if fmt is not None and pfile is not None:
+        d = (_xml_value(pfile, "dims") or "").split()
+        if len(d) == 4 and all(x.isdigit() for x in d) and [int(x) for x in d] != dims:
+            raise CorruptFileError(f"{path}: the metadata disagree on the lattice: ildg-format gives lx ly lz lt = "
+                                   f"{' '.join(map(str, dims))}, scidac-private-file-xml gives dims {' '.join(d)}",
+                                   path)
+    ck_rec = _checksum_record(records, data_rec)
+    ck = None if ck_rec is None else _decode(lime.read_data(path, ck_rec))
+    info.cut = lime.ends_inside_message(records)
     if ck is not None:
         a, b = _xml_value(ck, "suma"), _xml_value(ck, "sumb")
         try:
@@ -342,8 +378,9 @@ def read_ildg_info(path) -> IldgInfo:
         p = _xml_value(info.record_xml, "plaq")
         try:
             info.plaquette = float(p) if p else None
-        except ValueError:
-            info.plaquette = None
+            info.plaquette_tol = _plaquette_tolerance(p, precision) if p else None
+        except (ValueError, ArithmeticError):
+            info.plaquette = info.plaquette_tol = None
     return info
 
 
@@ -399,6 +436,12 @@ def _read_root(path, expect, verify, check, su_tol):
         raise CorruptFileError(f"{path}: truncated file: binary data end early", path)
     data = data.reshape(lt, lz, ly, lx, 4, 3, 3)
     if verify:
+        if info.checksum is None and info.cut:
+            raise TruncatedFileError(
+                f"{path}: truncated file: it ends inside a LIME message (its last record, "
+                f"'{info.records[-1].type}', has no message-end flag) and has no scidac-checksum: it was "
+                f"probably cut after the binary data, before the checksum record; read with verify=False "
+                f"to accept the data unverified", path)
         if info.checksum is None:
             warnings.warn(f"{path}: no scidac-checksum record; the binary data cannot be verified",
                           UnverifiedDataWarning, stacklevel=3)
@@ -414,4 +457,22 @@ def _read_root(path, expect, verify, check, su_tol):
     if check:
         tol = SU_TOL[info.precision] if su_tol is None else su_tol
         su_n.check_su_n(U, tol=tol, what=f"ILDG file {path} (U[mu, x, y, z, t])")
+        _check_plaquette(U, info)
     return U
+
+
+def _check_plaquette(U, info):
+    """The plaquette of the links read against the file's ``<usqcdInfo><plaq>`` (USQCD
+    convention: the average of Re tr P / N over sites and planes, 1 for U = 1; N times that
+    is accepted as well): a mismatch means the metadata (lattice size, axis order) do not
+    describe the data, which the format cannot detect otherwise."""
+    if info.plaquette is None or info.plaquette_tol is None:
+        return
+    from ..loops import plaquette
+    P, tol = float(plaquette(U)), info.plaquette_tol
+    if abs(info.plaquette - P) <= tol or abs(info.plaquette - 3 * P) <= 3 * tol:
+        return
+    raise CorruptFileError(
+        f"{info.path}: the file records the average plaquette {info.plaquette!r} (usqcdInfo), but the links "
+        f"read give {P:.12g} (normalised to 1): the metadata (lattice size, axis order) do not describe the "
+        f"data, or the record belongs to another field; read with check=False to skip the checks", info.path)

@@ -33,7 +33,7 @@ import numpy as np
 from .errors import CorruptFileError, TruncatedFileError
 
 __all__ = ["LIME_MAGIC", "LIME_VERSION", "HEADER_BYTES", "LimeRecord", "scan", "read_data",
-           "LimeWriter", "padding"]
+           "LimeWriter", "padding", "ends_inside_message"]
 
 LIME_MAGIC = 0x456789AB
 LIME_VERSION = 1
@@ -104,6 +104,12 @@ def scan(path) -> list[LimeRecord]:
     if not records:
         raise CorruptFileError(f"{path}: empty file, not a LIME/ILDG file", path)
     return records
+
+
+def ends_inside_message(records) -> bool:
+    """Whether the writer marks message ends (some record has ME) and yet the last record has
+    none: the file was cut at a record boundary."""
+    return any(r.me for r in records) and not records[-1].me
 
 
 def read_data(path, record: LimeRecord) -> bytes:

@@ -11,7 +11,12 @@ tolerance 1e-10, e.g. rounding drift of another code; at most 1e-5 / 1e-8 is acc
 reader) is reunitarised to double precision on import (``lattice.su_n.reunitarize``, the
 nearest SU(3) matrix) and the record's state says so: ``precision``, ``reunitarized``
 and the unitarity violation found, ``max_violation``. 64-bit files within 1e-10 are stored
-bit for bit."""
+bit for bit.
+
+Checksums: a file whose scidac-checksum does not match, or that ends inside a LIME message
+with no checksum (cut before it), stops the import (``lattice.io.read_ildg``). A file written
+without any checksum (older codes) is imported, its state says ``checksum = "absent"``
+(``"verified"`` otherwise) and the log line says UNVERIFIED."""
 from __future__ import annotations
 
 import os
@@ -55,6 +60,11 @@ def _check_list(ens: EnsembleStore, ids: list, files) -> int:
     return done
 
 
+def _precision_and_checksum(f):
+    info = read_ildg_info(f)
+    return info.precision, info.checksum is not None
+
+
 def run(ctx: JobContext, files):
     cfg = ctx.cfg
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
@@ -68,14 +78,16 @@ def run(ctx: JobContext, files):
         for i, f in enumerate(files):
             if i < done:
                 continue
-            prec = on_root(ctx.layout, lambda: read_ildg_info(f).precision, bcast_result=True)
+            prec, has_sum = on_root(ctx.layout, lambda: _precision_and_checksum(f), bcast_result=True)
             U = read_ildg(f, shape=shape, layout=ctx.layout, xp=ctx.xp)
             worst = ctx.layout.allreduce_max(float(ctx.xp.max(su_n.unitarity_violation(U))))
             fix = prec == 32 or worst > STORE_TOL
             if fix:
                 U = su_n.reunitarize(U)
-            state = dict(ids[i], precision=prec, reunitarized=fix, max_violation=worst)
+            state = dict(ids[i], precision=prec, reunitarized=fix, max_violation=worst,
+                         checksum="verified" if has_sum else "absent")
             ens.append(U, trajectory=i, source=0, state=state)
             ctx.say(f"imported {f} as configuration {i}" + (f" ({prec}-bit, reunitarised: max |U^dag U - 1| was "
-                                                              f"{worst:.1e})" if fix else ""))
+                                                              f"{worst:.1e})" if fix else "")
+                    + ("" if has_sum else " -- UNVERIFIED: the file has no scidac-checksum record"))
     return path
