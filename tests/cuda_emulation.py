@@ -4,7 +4,9 @@ preamble and body, raw and scalar parameters) with the host C++ compiler against
 std::complex, as a loop over the element index i, and calls it through ctypes.
 
 What this checks: the wrapper code of ``_cupy*.py`` (shapes, dtypes, strides, argument order)
-and the indexing and algebra of the CUDA source. What it does not: NVRTC, CuPy's launch and
+and the indexing and algebra of the CUDA source; and, since every launch runs twice, with the
+element loop forwards and backwards, that no thread reads or writes what another writes (a data
+race shows as an order-dependent result, which raises). What it does not: NVRTC, CuPy's launch and
 type handling, thrust's complex type, atomics, memory coalescing (``make test-gpu`` on a GPU
 does). Used by tests/test_cuda_emulated.py; needs a C++ compiler (g++, c++ or clang++).
 """
@@ -71,8 +73,9 @@ class ElementwiseKernel:
             ctype = T if typ == "T" else _CTYPES.get(typ, (None,))[0] or {"complex128": "complex<double>",
                                                                         "complex64": "complex<float>"}[typ]
             sig.append(f"{ctype}* {name}" if raw else f"{ctype} {name}")
-        src = (_HEAD + self.preamble + f'\nextern "C" void run(long long _n, {", ".join(sig)}) {{\n'
-               f"  typedef {T} T;\n  for (long long i = 0; i < _n; ++i) {{\n{self.body}\n  }}\n}}\n")
+        src = (_HEAD + self.preamble + f'\nextern "C" void run(long long _n, bool _reverse, {", ".join(sig)}) {{\n'
+               f"  typedef {T} T;\n  for (long long _k = 0; _k < _n; ++_k) {{\n"
+               f"  const long long i = _reverse ? _n - 1 - _k : _k;\n{self.body}\n  }}\n}}\n")
         key = hashlib.sha1(src.encode()).hexdigest()[:16]
         if key not in _CACHE:
             cpp, lib = _BUILD / f"{self.name}_{key}.cpp", _BUILD / f"{self.name}_{key}.so"
@@ -93,16 +96,41 @@ class ElementwiseKernel:
                 T = _CPP_OF_DTYPE[np.asarray(a).dtype]
                 break
         fn = self._library(T or "double").run
-        cargs, keep = [ctypes.c_longlong(int(size))], []
+        cargs, raws = [], []
         for (raw, typ, name), a in zip(self.params, args):
             if raw:
                 if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
                     raise TypeError(f"{self.name}: raw argument {name} must be a C-contiguous array")
-                keep.append(a)
+                raws.append((name, a))
                 cargs.append(ctypes.c_void_p(a.ctypes.data))
             else:
                 cargs.append(_CTYPES[typ][1](a))
-        fn(*cargs)
+        before = [a.copy() for _, a in raws]
+        fn(ctypes.c_longlong(int(size)), ctypes.c_bool(True), *cargs)
+        reversed_order = [a.copy() for _, a in raws]
+        for (_, a), b in zip(raws, before):
+            if a.flags.writeable:                       # read-only inputs (broadcast views)
+                a[...] = b
+            elif not np.array_equal(a, b, equal_nan=True):
+                raise AssertionError(f"emulated kernel {self.name} wrote into a read-only argument")
+        fn(ctypes.c_longlong(int(size)), ctypes.c_bool(False), *cargs)
+        self._check_order(raws, reversed_order)
+
+    def _check_order(self, raws, reversed_order):
+        """Threads of a kernel run in no fixed order: the same launch with the element loop
+        reversed (every pair of threads in the opposite order) must write the same arrays,
+        bit for bit, unless the source adds with atomicAdd (then to rounding: the atomic sums'
+        order is free by design). A difference is a data race between threads."""
+        atomic = "atomicAdd" in self.preamble + self.body or "atomic_add" in self.body
+        for (name, a), r in zip(raws, reversed_order):
+            if atomic and a.dtype.kind in "fc":
+                tol = 64 * np.finfo(a.dtype).eps * max(1.0, float(np.max(np.abs(a), initial=0.0)))
+                same = bool(np.all(np.abs(a - r) <= tol))
+            else:
+                same = np.array_equal(a, r, equal_nan=a.dtype.kind in "fc")
+            if not same:
+                raise AssertionError(f"emulated kernel {self.name}: {name} depends on the order of the "
+                                     "threads (a data race): the element loop run backwards wrote other values")
 
 
 def fake_cupy():
