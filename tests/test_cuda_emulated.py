@@ -156,3 +156,18 @@ def test_staple_pairs_and_adjoint(monkeypatch, dtype):
         cs.vjp(S, T, [0, 1, 2, 3, 0], i_nu, i_mn, i_nm, Rb, oR, Db, Sb, Tb)
     assert not cs.forward(S, T, i_mu, i_nu, i_mn, i_nm, D[:, :, :, :, ::2], R, oR)
     assert not cs.forward(S.real.copy(), T.real.copy(), i_mu, i_nu, i_mn, i_nm, D.real.copy(), R.real.copy(), oR)
+
+
+def test_the_emulator_finds_a_data_race():
+    """A kernel where thread i reads what thread i + 1 writes gives an order-dependent result,
+    which the emulator's forwards-and-backwards launch reports; a race-free one passes."""
+    racy = cuda_emulation.ElementwiseKernel("raw float64 X, int64 n", "raw float64 O",
+                                            "O[i] = X[i] + (i + 1 < n ? O[i + 1] : 0.0);", "racy")
+    clean = cuda_emulation.ElementwiseKernel("raw float64 X, int64 n", "raw float64 O",
+                                             "O[i] = X[i] + (i + 1 < n ? X[i + 1] : 0.0);", "clean")
+    X = np.arange(1.0, 9.0)
+    O = np.zeros(8)
+    clean(X, 8, O, size=8)
+    np.testing.assert_array_equal(O, X + np.append(X[1:], 0.0))
+    with pytest.raises(AssertionError, match="racy: O depends on the order of the threads"):
+        racy(X, 8, np.zeros(8), size=8)
