@@ -10,8 +10,16 @@ gives the "down" propagator S_d(y, x) = gamma_5 S(x, y)^dag gamma_5, so the char
 
 (trace over spin and colour; V_s = L_0 L_1 L_2 the spatial volume; t0 + t taken mod T). This is
 the normalisation of a single point source, C(t) = sum_x_vec tr[S(x, y) S(x, y)^dag] with
-x_4 = y_4 + t, averaged over the source position. The antiperiodic time boundary does not
-change C (it enters through |S|^2).
+x_4 = y_4 + t, averaged over the source position. The time boundary condition does change C
+(free field on 4^3 x 6, kappa = 0.12: periodic and antiperiodic differ by up to 80%); where its phase
+sits -- on the links that cross one boundary, as here, or spread as e^{i pi / T} over every
+time link, as in tmLQCD -- does not (a U(1) gauge choice: S changes by phases, |S|^2 not).
+
+Normalisation: S is the inverse of M in the hopping normalisation (M = 1 + i mu~ gamma_5 -
+kappa H, docs/design.md §6). The continuum-normalised propagator 2 kappa M^{-1} gives
+4 kappa^2 C(t); codes that print correlators (e.g. tmLQCD's online measurement) divide by
+their own factors of kappa and V_s, so compare amplitudes only after matching these. C is
+stored unfolded (t = 0 ... T - 1 from the source); masses do not depend on any of this.
 
 Estimators
 ----------

@@ -55,7 +55,9 @@ GAMMA5 = ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, -1, 0), (0, 0, 0, -1))
 
 
 def gammas(xp=None, dtype=None):
-    """gamma_0..gamma_3 as an array of shape (4, 4, 4) (direction, spin, spin)."""
+    """gamma_mu for the lattice directions mu = 0..3 = (x, y, z, t), shape (4, 4, 4)
+    (direction, spin, spin). Index 0 is gamma_x, **not** tmLQCD's gamma_0: their gamma_0 (time)
+    is ``gammas()[3]``; note also gamma_x gamma_y gamma_z gamma_t = -gamma_5."""
     from lattice.backend import default_xp
     xp = default_xp() if xp is None else xp
     return xp.asarray([[[complex(v) for v in row] for row in g] for g in GAMMA],
