@@ -19,7 +19,9 @@ import math
 import numpy as np
 
 from lattice.io import atomic_write
+from lattice.io._parallel import mark_all_ranks
 
+from ..config import ConfigError, analyze_window, check_analyze
 from ..context import JobContext
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
@@ -55,8 +57,11 @@ def analyze(ctx: JobContext):
         raise RuntimeError("measure.h5 and evaluate.h5 do not refer to the same configurations")
     C, Cf, O, lw = meas["C"][:n], meas["C_flow"][:n], meas["O"][:n], ev["log_w"][:n]
     T = C.shape[1]
-    t_max = a["t_max"] or T // 2
-    t_mins = a["t_min"] or list(range(1, max(2, t_max - 2)))
+    try:        # the fit settings against the data, before any fit (identical on every rank)
+        check_analyze(cfg, T, n_configs=n, source=cfg.get("_source", "config"))
+    except ConfigError as exc:
+        raise mark_all_ranks(exc)
+    t_max, t_mins = analyze_window(T, a)
     kw = dict(T=T, t_max=t_max, n_states=a["n_states"], correlated=a["correlated"], bin_size=a["bin_size"], fold=True)
     flow = gluon_momentum_fraction(C, t_min=t_mins, method="flow", lam1=t["lam1"], lam2=t["lam2"], C_flowed=Cf,
                                    log_weights=lw, label="flows", **kw)

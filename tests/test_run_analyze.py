@@ -1,0 +1,130 @@
+"""`gaugeflow analyze` on synthetic measurement files (no hmc/train/measure needed): settings
+that the data cannot support are one-line configuration errors (exit status 2) found before any
+fit; the effective-mass plot shows the fit that results.json reports; a measure.h5 without a
+flowed ensemble (measure.flowed = false) gives the epsilon-reweighting analysis alone;
+results.json records its provenance and settings."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import analysis as an
+from lattice.io import RecordStore, Column
+from run.cli import main
+
+T = 8
+
+CONFIG = """
+[job]
+output = "{out}"
+progress = false
+[lattice]
+shape = [4, 4, 4, {T}]
+[action]
+beta = 5.7
+[train]
+lam2 = 0.02
+base = "ensemble"
+[analyze]
+t_min = [1, 2]
+"""
+
+
+def measurements(out: Path, n: int, flowed: bool = True, evaluate: bool = True, seed: int = 1, T: int = T):
+    """measure.h5 (and evaluate.h5) as `measure` and `evaluate` write them, with the correlators
+    and weights of the toy Feynman-Hellmann model (analysis.ToyFeynmanHellmann) at lambda 0 -> 0.02.
+    ``flowed=False``: as `measure` with measure.flowed = false (C_flow left at zero)."""
+    out.mkdir(parents=True, exist_ok=True)
+    toy = an.ToyFeynmanHellmann(T=T, mass=0.6, excited=(1.5, 0.5))
+    ens = toy.ensemble(0.0, n, seed=seed)
+    Cf, lw = toy.flow(ens, 0.02)
+    cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
+            "C_flow": Column((T,)), "O_flow": Column(), "plaquette_flow": Column()}
+    with RecordStore.create(out / "measure.h5", kind="pion-measurements", columns=cols,
+                            attrs={"lam1": 0.0, "n_sources": 1, "flowed": flowed}) as s:
+        for i in range(n):
+            s.append({"index": i, "C": ens.C[i], "O": ens.O[i], "plaquette": 0.5,
+                      "C_flow": Cf[i] if flowed else np.zeros(T), "O_flow": 0.0, "plaquette_flow": 0.0})
+    if evaluate:
+        with RecordStore.create(out / "evaluate.h5", kind="flow-evaluation", attrs={"lam1": 0.0, "lam2": 0.02},
+                                columns={"index": Column((), "i8"), "log_w": Column()}) as s:
+            for i in range(n):
+                s.append({"index": i, "log_w": lw[i]})
+    return ens, Cf, lw
+
+
+def config(tmp_path: Path, T: int = T) -> Path:
+    p = tmp_path / "job.toml"
+    p.write_text(CONFIG.format(out=tmp_path / "out", T=T))
+    return p
+
+
+def cli(capsys, *args):
+    rc = main([str(a) for a in args])
+    o, e = capsys.readouterr()
+    return rc, o, e
+
+
+def one_error_line(err: str) -> str:
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gaugeflow: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def sets(*overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+# ------------------------------------------------------------------ settings the data cannot support
+BAD = [
+    # (overrides, n_configs, key, value, what is allowed)   T = 8: t_max = 4, t_min = [1, 2]
+    (["analyze.n_states=2", "analyze.t_min=[3]"], 40, "analyze.n_states", "2", "at most 1"),
+    (["analyze.n_states=3"], 40, "analyze.n_states", "3", "at most 1"),
+    (["analyze.bin_size=100"], 40, "analyze.bin_size", "100", "at most 20"),
+    (["analyze.bin_size=21", "analyze.correlated=false"], 40, "analyze.bin_size", "21", "at most 20"),
+    (["analyze.bin_size=9"], 40, "analyze.bin_size", "9", "at most 8 for correlated fits"),
+]
+
+
+@pytest.mark.parametrize("overrides,n,key,value,allowed", BAD, ids=["-".join(b[0]) for b in BAD])
+def test_fit_settings_the_data_cannot_support_are_one_configuration_error(tmp_path, capsys, overrides, n, key,
+                                                                         value, allowed):
+    measurements(tmp_path / "out", n)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets(*overrides))
+    line = one_error_line(err)
+    assert rc == 2 and "configuration error" in line, line
+    assert key in line and f"got {value}" in line and allowed in line, line
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("overrides", [["analyze.bin_size=8"], ["analyze.bin_size=20", "analyze.correlated=false"],
+                                       ["analyze.n_states=2", "analyze.t_min=[1]", "analyze.correlated=false"]])
+def test_the_largest_allowed_settings_run(tmp_path, capsys, overrides):
+    """The limits named in the messages are the library's: at the limit the fits run."""
+    measurements(tmp_path / "out", 40)
+    rc, out, err = cli(capsys, "analyze", config(tmp_path), *sets(*overrides))
+    assert rc == 0, err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["n_configs"] == 40
+
+
+def test_a_correlated_fit_longer_than_the_data_allows(tmp_path, capsys):
+    """8 configurations cannot estimate the covariance of a 12-point window (T = 24, [1, 12]):
+    analyze.correlated is named, with the t_min from which the correlated fit works."""
+    measurements(tmp_path / "out", 8, T=24)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path, T=24))
+    line = one_error_line(err)
+    assert rc == 2 and "analyze.correlated must be false with 8 measured configurations" in line, line
+    assert "got True" in line and "analyze.t_min >= 6" in line, line
+    rc, _, err = cli(capsys, "analyze", config(tmp_path, T=24), *sets("analyze.t_min=[6]"))
+    assert rc == 0, err
+
+
+def test_fit_window_checks_come_before_the_job_starts(tmp_path, capsys):
+    """n_states against the window needs no data: refused before the lock, log or config copy."""
+    rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets("analyze.n_states=2", "analyze.t_min=[3]"))
+    assert rc == 2 and "analyze.n_states" in one_error_line(err)
+    assert not (tmp_path / "out").exists()
