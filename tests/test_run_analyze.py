@@ -128,3 +128,36 @@ def test_fit_window_checks_come_before_the_job_starts(tmp_path, capsys):
     rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets("analyze.n_states=2", "analyze.t_min=[3]"))
     assert rc == 2 and "analyze.n_states" in one_error_line(err)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ effective_mass.png
+def test_the_effective_mass_plot_shows_the_fit_that_results_json_reports(tmp_path, capsys, monkeypatch):
+    """Uncorrelated fits in bins of 2 (not the defaults): the plotted fit is the reported one."""
+    import analysis.plots
+    drawn = []
+    real = analysis.plots.plot_effective_mass
+
+    def spy(C, fit=None, **kw):
+        fig = real(C, fit, **kw)
+        drawn.append((C, fit, kw, fig))
+        return fig
+
+    monkeypatch.setattr(analysis.plots, "plot_effective_mass", spy)
+    ens, _, _ = measurements(tmp_path / "out", 40)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets("analyze.correlated=false", "analyze.bin_size=2"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(drawn) == 1 and (tmp_path / "out" / "effective_mass.png").stat().st_size > 1000
+    C, fit, kw, fig = drawn[0]
+    k = res["t_min"].index(fit.t_min)
+    assert fit.t_max == res["t_max"] and not fit.correlated and fit.info["bin_size"] == 2
+    assert fit.energies[0] == res["mass"][k] and fit.energies_err[0] == res["mass_err"][k]
+    assert fit.chi2_dof == res["chi2_dof"][k]
+    # the points: the same folded data in the same bins
+    assert kw["bin_size"] == 2 and kw["T"] == T
+    np.testing.assert_array_equal(C, an.fold(ens.C))
+    # the figure: the band at the reported mass, the legend with the reported chi2/dof
+    ax = fig.axes[0]
+    band = [l for l in ax.lines if l.get_label().startswith("fit")]
+    assert len(band) == 1 and np.all(band[0].get_ydata() == res["mass"][k])
+    assert f"={res['chi2_dof'][k]:.2f}" in band[0].get_label() and "uncorrelated" in band[0].get_label()

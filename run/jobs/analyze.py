@@ -9,7 +9,10 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
   and the share of var(log w) that the flow removes, 1 - var(log w) / var(dlambda O);
 * the cost model of eq. 19: per-configuration costs measured in this run (timings.json)
   and the break-even number of configurations, next to the paper's own numbers;
-* plots `effective_mass.png` and `x_g_vs_tmin.png` (like Fig. 2); `results.json`.
+* plots `effective_mass.png` (the effective mass of the folded correlator in the jackknife bins of
+  the analysis, with the M(lambda_1) fit of the middle t_min that results.json reports, its
+  band E_0 +- dE_0 and chi^2/dof) and `x_g_vs_tmin.png` (like Fig. 2); `results.json` (with
+  chi^2/dof of the M(lambda_1) fit per t_min).
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def _stage_costs(ctx: JobContext):
 
 def analyze(ctx: JobContext):
     from analysis import (gluon_momentum_fraction, ess, break_even, paper_example, plot_fh_scan,
-                          plot_effective_mass, fit_correlator)
+                          plot_effective_mass, fold)
     cfg = ctx.cfg
     a, t = cfg["analyze"], cfg["train"]
     meas = RankStore.read_columns(ctx.path("measure.h5"), MEAS_KIND, ["index", "C", "O", "C_flow"])
@@ -78,7 +81,8 @@ def analyze(ctx: JobContext):
            "x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist(), "x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist(),
            "variance_reduction": r.tolist(), "ess_flow": ess_flow, "ess_identity": ess_id,
            "var_log_w_removed": share,
-           "mass": flow.mass[0].tolist(), "mass_err": flow.mass[1].tolist()}
+           "mass": flow.mass[0].tolist(), "mass_err": flow.mass[1].tolist(),
+           "chi2_dof": [float(r.fits[0].chi2_dof) for r in flow.results]}
     if cfg["pf_flow"]["enabled"] and cfg["fermions"]["enabled"]:   # the same flow without the pseudofermion map
         lw0 = RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["log_w_no_pf"])["log_w_no_pf"][:n]
         res["ess_flow_no_pf"] = float(ess(lw0))
@@ -99,8 +103,11 @@ def analyze(ctx: JobContext):
     if ctx.root:
         atomic_write(ctx.path("results.json"), json.dumps(res, indent=1).encode())
         plot_fh_scan({"flows": flow, "eps-reweighting": eps}, filename=str(ctx.path("x_g_vs_tmin.png")))
-        fit = fit_correlator(C, t_mins[len(t_mins) // 2], t_max, T=T, fold=True)
-        plot_effective_mass(C, fit, T=T, filename=str(ctx.path("effective_mass.png")))
+        # the M(lambda_1) fit of the middle t_min exactly as reported (same settings, same jackknife
+        # bins), over the effective mass of the same folded data in the same bins
+        k = len(t_mins) // 2
+        plot_effective_mass(fold(C), flow.results[k].fits[0], T=T, bin_size=a["bin_size"],
+                            filename=str(ctx.path("effective_mass.png")))
     return res, flow, eps
 
 
