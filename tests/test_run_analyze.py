@@ -161,3 +161,39 @@ def test_the_effective_mass_plot_shows_the_fit_that_results_json_reports(tmp_pat
     band = [l for l in ax.lines if l.get_label().startswith("fit")]
     assert len(band) == 1 and np.all(band[0].get_ydata() == res["mass"][k])
     assert f"={res['chi2_dof'][k]:.2f}" in band[0].get_label() and "uncorrelated" in band[0].get_label()
+
+
+# ------------------------------------------------------------------ measure.flowed = false
+@pytest.mark.parametrize("with_evaluate", [True, False], ids=["with-evaluate.h5", "without-evaluate.h5"])
+def test_without_a_flowed_ensemble_only_epsilon_reweighting_is_done_and_said(tmp_path, capsys, with_evaluate):
+    ens, _, lw = measurements(tmp_path / "out", 40, flowed=False, evaluate=with_evaluate)
+    rc, out, err = cli(capsys, "analyze", config(tmp_path))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["flow_estimate"]["made"] is False
+    assert "measure.flowed = false" in res["flow_estimate"]["reason"], res["flow_estimate"]
+    assert "no flow estimate" in out and "measure.flowed = false" in out, out
+    assert "no flow estimate" in (tmp_path / "out" / "gaugeflow.log").read_text()
+    for key in ("x_g_flow", "x_g_flow_err", "variance_reduction", "cost_measured"):
+        assert key not in res
+    # the epsilon-reweighting numbers are those of the library with the job's settings
+    eps = an.gluon_momentum_fraction(ens.C, T=T, t_min=[1, 2], t_max=T // 2, method="epsilon", operator=ens.O,
+                                     fold=True)
+    np.testing.assert_array_equal(res["x_g_eps"], eps.x_g[0])
+    np.testing.assert_array_equal(res["x_g_eps_err"], eps.x_g[1])
+    assert res["mass"] == eps.mass[0].tolist()
+    assert res["ess_identity"] == pytest.approx(float(an.ess(-0.02 * (ens.O - ens.O.mean()))), rel=1e-12)
+    assert ("ess_flow" in res) == with_evaluate
+    if with_evaluate:
+        assert res["ess_flow"] == pytest.approx(float(an.ess(lw)), rel=1e-12)
+    assert (tmp_path / "out" / "x_g_vs_tmin.png").is_file() and (tmp_path / "out" / "effective_mass.png").is_file()
+
+
+def test_with_a_flowed_ensemble_both_methods_are_reported(tmp_path, capsys):
+    measurements(tmp_path / "out", 40)
+    rc, out, err = cli(capsys, "analyze", config(tmp_path))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["flow_estimate"] == {"made": True, "reason": None}
+    assert len(res["x_g_flow"]) == len(res["x_g_eps"]) == len(res["variance_reduction"]) == 2
+    assert "no flow estimate" not in out and "<x>_g flows" in out
