@@ -197,3 +197,29 @@ def test_with_a_flowed_ensemble_both_methods_are_reported(tmp_path, capsys):
     assert res["flow_estimate"] == {"made": True, "reason": None}
     assert len(res["x_g_flow"]) == len(res["x_g_eps"]) == len(res["variance_reduction"]) == 2
     assert "no flow estimate" not in out and "<x>_g flows" in out
+
+
+# ------------------------------------------------------------------ provenance and settings
+def test_results_json_records_provenance_settings_and_inputs(tmp_path, capsys):
+    import hashlib
+    from lattice.io import provenance
+    from lattice.io.provenance import git_commit
+    from run.config import load_config
+    measurements(tmp_path / "out", 40)
+    overrides = ("analyze.bin_size=2", "analyze.correlated=false", "analyze.eps=0.01")
+    rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets(*overrides))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    prov = res["provenance"]
+    assert set(prov) == set(provenance())                       # the record the HDF5 outputs carry
+    assert prov["code"] == "gaugeflow" and prov["git_commit"] == git_commit()[0] and prov["mpi_ranks"] == 1
+    with RecordStore.open(tmp_path / "out" / "measure.h5", "r", kind="pion-measurements") as s:
+        assert prov["conventions_version"] == s.provenance["conventions_version"]
+    cfg = load_config(str(config(tmp_path)), list(overrides))
+    st = res["settings"]
+    assert st["analyze"] == cfg["analyze"] and st["analyze"]["bin_size"] == 2 and st["analyze"]["eps"] == 0.01
+    assert (st["lam1"], st["lam2"]) == (cfg["train"]["lam1"], cfg["train"]["lam2"])
+    assert st["fit"] == {"T": T, "t_min": [1, 2], "t_max": T // 2, "fold": True, "n_states": 1, "correlated": False,
+                         "bin_size": 2, "n_bins": 20, "errors": "jackknife", "derivative": "eps = 0.01"}
+    for name in ("measure.h5", "evaluate.h5"):
+        assert res["inputs"][name]["sha256"] == hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()

@@ -16,7 +16,10 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
 * plots `effective_mass.png` (the effective mass of the folded correlator in the jackknife bins of
   the analysis, with the M(lambda_1) fit of the middle t_min that results.json reports, its
   band E_0 +- dE_0 and chi^2/dof) and `x_g_vs_tmin.png` (like Fig. 2); `results.json` (with
-  chi^2/dof of the M(lambda_1) fit per t_min).
+  chi^2/dof of the M(lambda_1) fit per t_min), which records its provenance (``provenance``:
+  ``lattice.io.provenance()``, the record every HDF5 output carries), the settings it used
+  (``settings``: the [analyze] section as configured, lambda_1, lambda_2 and the resolved fit
+  windows, bins and derivative) and the SHA-256 of its input files (``inputs``).
 """
 from __future__ import annotations
 
@@ -25,11 +28,11 @@ import math
 
 import numpy as np
 
-from lattice.io import atomic_write
+from lattice.io import atomic_write, provenance
 from lattice.io._parallel import mark_all_ranks
 
 from ..config import ConfigError, analyze_window, check_analyze
-from ..context import JobContext
+from ..context import JobContext, file_digest
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
 from .measure import KIND as MEAS_KIND
@@ -130,7 +133,17 @@ def analyze(ctx: JobContext):
         be = float(break_even(r_med, costs["training"], c_f, c_eps)) if r_med * c_eps > c_f else float("inf")
         res["cost_measured"] = {"per_config_seconds": costs, "c_flow": c_f, "c_eps": c_eps, "r": r_med,
                                 "break_even": be}
+    # how these numbers were made: the settings used, the input files, the provenance record of
+    # every HDF5 output (lattice.io.provenance)
+    res["settings"] = {"config": cfg.get("_source", ""), "analyze": dict(a), "lam1": t["lam1"], "lam2": t["lam2"],
+                       "fit": {"T": T, "t_min": [int(x) for x in t_mins], "t_max": t_max, "fold": True,
+                               "n_states": a["n_states"], "correlated": a["correlated"], "bin_size": a["bin_size"],
+                               "n_bins": n // a["bin_size"], "errors": "jackknife",
+                               "derivative": "exact" if not a["eps"] else f"eps = {a['eps']:g}"}}
     if ctx.root:
+        res["inputs"] = {name: {"sha256": file_digest(ctx.path(name))}
+                         for name in ("measure.h5", "evaluate.h5") if name == "measure.h5" or ev is not None}
+        res["provenance"] = provenance(layout=ctx.layout)
         atomic_write(ctx.path("results.json"), json.dumps(res, indent=1).encode())
         scans = {"eps-reweighting": eps} if flow is None else {"flows": flow, "eps-reweighting": eps}
         plot_fh_scan(scans, filename=str(ctx.path("x_g_vs_tmin.png")))
