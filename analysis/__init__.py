@@ -7,7 +7,8 @@ Resampling (configuration axis first; optional per-configuration log-weights eve
     jackknife, bootstrap, gamma_method, ess, reweighted_mean, resample_means, control_variate_fit
 Records and propagation (see analysis.estimate: arithmetic, ensembles, indexing):
     Estimate (+ - * / ** and NumPy ufuncs with error propagation; components est[i];
-    a scalar unpacks as mean, err), derive, align_ensembles, format_value
+    a scalar unpacks as mean, err; f"{est:.3f}" -> 0.276(2)), derive, align_ensembles, format_value,
+    format_estimate
 pyerrors interop (optional extra `analysis`, see analysis.pyerrors_interop):
     to_pyerrors (also Estimate.to_pyerrors()), from_pyerrors
 Correlators and fits:
@@ -21,7 +22,7 @@ Plots (imported lazily, see analysis.plots):
 Synthetic data with known answers:
     synthetic_correlators, ToyFeynmanHellmann
 """
-from .estimate import Estimate, derive, align_ensembles, format_value
+from .estimate import Estimate, derive, align_ensembles, format_value, format_estimate
 from .pyerrors_interop import to_pyerrors, from_pyerrors
 from .resampling import (ess, reweighted_mean, resample_means, jackknife, bootstrap, gamma_method,
                          GammaResult, control_variate_fit)
@@ -33,7 +34,7 @@ from .cost import break_even, per_config_costs, total_costs, paper_example, PAPE
 from .synthetic import synthetic_correlators, ToyFeynmanHellmann
 
 __all__ = [
-    "Estimate", "derive", "align_ensembles", "format_value", "to_pyerrors", "from_pyerrors",
+    "Estimate", "derive", "align_ensembles", "format_value", "format_estimate", "to_pyerrors", "from_pyerrors",
     "ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap", "gamma_method", "GammaResult",
     "control_variate_fit",
     "symmetrize", "fold", "effective_mass", "cosh_model",

@@ -1,7 +1,8 @@
 """Result records for statistical estimates: a value, its error and its per-ensemble replicas.
 
 An :class:`Estimate` is what every resampling routine of :mod:`analysis` returns. It prints in
-the usual lattice notation ``0.2761(21)``, keeps the data its error comes from (resampling
+the usual lattice notation ``0.2761(21)`` (also under float format specs: ``f"{est:.3f}"`` is
+``0.276(2)``, see :func:`format_estimate`), keeps the data its error comes from (resampling
 replicas or Γ-method fluctuations) per *ensemble* (a named Monte Carlo chain), and supports
 arithmetic with error propagation, in the spirit of pyerrors' ``Obs``:
 
@@ -55,12 +56,13 @@ deprecated (``DeprecationWarning``; it still works in this release): use ``est.m
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Estimate", "derive", "align_ensembles", "format_value", "replica_covariance", "central_jacobian",
+__all__ = ["Estimate", "derive", "align_ensembles", "format_value", "format_estimate", "replica_covariance", "central_jacobian",
            "DEFAULT_S"]
 
 _REPLICA_METHODS = ("jackknife", "bootstrap")
@@ -92,6 +94,89 @@ def format_value(mean: float, err: float, digits: int = 2) -> str:
     if decimals > 0:
         return f"{mean:.{decimals}f}({round(err * 10.0 ** decimals):d}){suffix}"
     return f"{round(mean, decimals):.0f}({round(err, decimals):.0f}){suffix}"
+
+
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type] (Python's format-spec mini-language)
+_SPEC = re.compile(r"(?:(?P<fill>.)?(?P<align>[<>=^]))?(?P<sign>[-+ ])?(?P<z>z)?(?P<alt>#)?(?P<zero>0)?"
+                   r"(?P<width>\d+)?(?P<grouping>[,_])?(?:\.(?P<precision>\d+))?(?P<type>[eEfFgG%])?", re.S)
+
+
+def _err_units(err: float, scale: float) -> str:
+    """The error in units of the last printed digit (``scale`` = 10^decimals)."""
+    if not math.isfinite(err):
+        return str(err)
+    return f"{round(abs(err) * scale):d}"
+
+
+def format_estimate(mean: float, err: float, spec: str = "") -> str:
+    """``mean ± err`` as text in the ``value(error)`` notation, under a format ``spec``.
+
+    * ``""``: :func:`format_value` with two significant digits of the error, ``0.2761(21)``;
+    * an integer ``"k"``: k significant digits of the error, ``format_estimate(0.27613, 0.00214,
+      "3") == '0.27613(214)'`` (as before; not a field width);
+    * a float spec of Python's mini-language, ``[[fill]align][sign][z][#][0][width][,][.p][type]``
+      with type ``f``/``F``, ``e``/``E``, ``g``/``G``, ``%`` (or none): the value is formatted by
+      the spec and the error is given in units of its last digit, i.e. with the same number
+      p of decimals, err_digits = round(err · 10^p):
+
+      - ``".3f"``: ``1.234(5)`` for 1.2341 ± 0.0049 (``".1f"`` of 12.34 ± 1.5: ``12.3(15)``);
+      - ``".2e"``: ``1.23(5)e-05``, the error on the value's exponent: round(err/10^e · 10^p);
+      - ``".2%"``: value and error times 100, ``27.61(21)%``;
+      - ``"g"``/``"G"`` (and a precision without a type, ``".4"``) choose fixed or exponent form
+        by Python's ``g`` rule for the value (p significant digits; trailing zeros are kept,
+        since they carry the error's position);
+      - sign, ``,``/``_`` grouping, ``#`` and ``z`` apply to the value; fill, align and width to
+        the whole text (right-aligned by default, like numbers; ``=`` and ``0`` pad after the sign).
+
+    An error that is zero prints as ``(0)``, a non-finite one as ``(nan)``/``(inf)``.
+    """
+    mean, err = float(mean), float(err)
+    spec = str(spec)
+    if not spec:
+        return format_value(mean, err)
+    if spec.isdigit():
+        return format_value(mean, err, int(spec))
+    m = _SPEC.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"invalid format spec {spec!r} for an Estimate: give a number of significant digits of "
+                         f"the error (e.g. '3') or a float spec such as '.3f', '.2e', '.4g', '.1%', '>12.3f'")
+    g = m.groupdict()
+    typ, prec = g["type"], g["precision"]
+    value_opts = (g["sign"] or "") + (g["z"] or "") + (g["alt"] or "") + (g["grouping"] or "")
+    if typ is None and prec is None:
+        if value_opts:
+            raise ValueError(f"format spec {spec!r}: sign, grouping, '#' and 'z' need a float type or a "
+                             f"precision (e.g. '+.3f')")
+        core = format_value(mean, err)
+    else:
+        p = 6 if prec is None else int(prec)
+        if typ in (None, "g", "G"):                      # Python's g rule for the value
+            upper = typ == "G"
+            pg = max(p, 1)
+            x = int(f"{mean:.{pg - 1}e}".split("e")[1]) if math.isfinite(mean) and mean != 0 else 0
+            typ, p = (("F" if upper else "f"), pg - 1 - x) if -4 <= x < pg else (("E" if upper else "e"), pg - 1)
+        if typ in ("f", "F", "%"):
+            scale = 100.0 if typ == "%" else 1.0
+            val = format(mean * scale, f"{value_opts}.{p}{'F' if typ == 'F' else 'f'}")
+            units = _err_units(err * scale, 10.0 ** p)
+            core = f"{val}({units.upper() if typ == 'F' else units})" + ("%" if typ == "%" else "")
+        else:                                             # e / E: the error on the value's exponent
+            val = format(mean, f"{value_opts}.{p}{typ}")
+            if typ in val:
+                mant, ex = val.split(typ)
+                units = _err_units(err / 10.0 ** int(ex), 10.0 ** p)
+                core = f"{mant}({units}){typ}{ex}"
+            else:                                         # nan / inf value: no exponent
+                core = f"{val}({_err_units(err, 10.0 ** p)})"
+    width = int(g["width"] or 0)
+    if len(core) >= width:
+        return core
+    align = g["align"] or ("=" if g["zero"] else ">")
+    fill = g["fill"] or ("0" if g["zero"] and not g["align"] else " ")
+    if align == "=":
+        k = 1 if core[:1] in "+- " else 0
+        return core[:k] + fill * (width - len(core)) + core[k:]
+    return format(core, f"{fill}{align}{width}")
 
 
 def _block_slices(n, blocks):
@@ -323,6 +408,12 @@ class Estimate:
     (``np.log(est)`` or ``est.log()``) work elementwise with other estimates and real numbers
     or arrays (constants, NumPy broadcasting); :func:`derive` handles any other function.
     :meth:`to_pyerrors` exports to pyerrors (optional extra ``analysis``).
+
+    Printing (scalar estimates; :func:`format_estimate`): ``str(est)`` and ``f"{est}"`` give
+    ``0.2761(21)`` (two significant digits of the error); ``f"{est:3}"`` three digits of the
+    error, ``0.27613(214)``; a float spec formats the value and gives the error in units of
+    its last digit: ``f"{est:.3f}"`` → ``0.276(2)``, ``f"{est:.2e}"`` → ``2.76(2)e-01``,
+    ``f"{est:>12.4f}"`` right-aligned in 12 characters.
     """
 
     mean: object
@@ -553,10 +644,19 @@ class Estimate:
 
     # ----------------------------------------------------------------- printing
     def __format__(self, spec):
+        """``format(est, spec)`` / ``f"{est:spec}"`` of a scalar estimate, in the ``value(error)``
+        notation (see :func:`format_estimate`): ``""`` → ``0.2761(21)``; an integer, e.g.
+        ``"3"`` → three significant digits of the error; a float spec, e.g. ``".3f"`` →
+        ``0.276(2)``. An array estimate prints its ``repr`` with ``spec=""``, and with a spec its
+        components in NumPy's array layout, ``[1.234(5) 1.198(6)]``."""
         if np.ndim(self.mean) == 0:
-            digits = int(spec) if spec else 2
-            return format_value(self.mean, self.err, digits)
-        return repr(self)
+            return format_estimate(self.mean, self.err, spec)
+        if not spec:
+            return repr(self)
+        m, e = np.ravel(self.mean), np.ravel(self.err)
+        format_estimate(m[0] if m.size else 0.0, e[0] if m.size else 0.0, spec)   # a bad spec raises here
+        return np.array2string(np.arange(m.size).reshape(np.shape(self.mean)), separator=" ",
+                               formatter={"int": lambda k: format_estimate(m[k], e[k], spec)})
 
     def __str__(self):
         if np.ndim(self.mean) == 0:

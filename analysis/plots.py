@@ -62,7 +62,10 @@ def plot_effective_mass(C, fit=None, *, T: int | None = None, kind: str = "cosh"
     C : (N, n_t) per-configuration correlators, or an :class:`Estimate` of m_eff, or a
         (mean, err) pair of arrays. fit : a :class:`~analysis.fits.FitResult` (or a list of
         them): its effective mass over the fit window is drawn as a band (from the replica
-        fits; for one state the band is E_0 ± δE_0).
+        fits; for one state the band is E_0 ± δE_0), labelled with the window, the number of
+        states, "uncorrelated" for an uncorrelated fit and χ²/dof. The fit is drawn as given
+        (never refitted): pass the fit whose numbers you report, and the ``bin_size`` (and
+        ``log_weights``) it was made with, so that the points and the band agree.
     """
     if isinstance(C, Estimate):
         m, e = np.asarray(C.mean), np.asarray(C.err)
@@ -103,7 +106,8 @@ def plot_effective_mass(C, fit=None, *, T: int | None = None, kind: str = "cosh"
             mid, lo, hi = mid_w, mid_w - err_w, mid_w + err_w
         ax.fill_between(tt, lo, hi, color=color, alpha=0.3, lw=0)
         ax.plot(tt, mid, color=color, lw=1.2,
-                label=f"fit [{f.t_min},{f.t_max}] {f.n_states}-state, $\\chi^2$/dof={f.chi2_dof:.2f}")
+                label=f"fit [{f.t_min},{f.t_max}] {f.n_states}-state{'' if f.correlated else ' uncorrelated'}, "
+                      f"$\\chi^2$/dof={f.chi2_dof:.2f}")
     ax.set_xlabel("$t + 1/2$")
     ax.set_ylabel(f"$m_\\mathrm{{eff}}$ ({kind})")
     ax.legend(frameon=False, fontsize="small")

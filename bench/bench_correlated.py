@@ -163,6 +163,8 @@ def demo_r():
     if not p.exists():
         return []
     res = json.loads(p.read_text())
+    if "variance_reduction" not in res:        # analyzed without a flowed ensemble: no r
+        return []
     return [{"name": "make demo: median r (last run)", "seconds": 0.0, "r": float(np.median(res["variance_reduction"])),
              "removed": res.get("var_log_w_removed", float("nan")), "ess": res["ess_flow"],
              "ess_identity": res["ess_identity"], "reference": "epsilon-reweighting on the same ensemble"}]

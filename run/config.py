@@ -28,7 +28,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ConfigError", "SCHEMA", "load_config", "apply_overrides", "validate", "config_path",
-           "dump_toml", "check_command", "RANGES", "CHOICES", "flow_schema", "upgrade_flow_section"]
+           "dump_toml", "check_command", "check_analyze", "analyze_window", "RANGES", "CHOICES", "flow_schema", "upgrade_flow_section"]
 
 
 class ConfigError(ValueError):
@@ -183,16 +183,65 @@ def check_command(cfg: dict, command: str, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} = {shape}: residual flows with M4 masks need extents divisible by 4; "
                               f"use flow.masks = [\"M2\", \"M2\"] on this lattice")
     if command in ("analyze", "demo"):
-        T, a = cfg["lattice"]["shape"][-1], cfg["analyze"]
-        t_max = a["t_max"] or T // 2
-        if t_max > T // 2:
-            raise _bad(source, "analyze.t_max", a["t_max"], f"at most T/2 = {T // 2} (T = lattice.shape[-1] = {T}; "
-                       f"0 means T/2)")
-        if any(t >= t_max for t in a["t_min"]):
-            raise _bad(source, "analyze.t_min", a["t_min"], f"a list of fit starts below analyze.t_max = {t_max}")
+        check_analyze(cfg, cfg["lattice"]["shape"][-1], source=source)
     if needs["ildg"] and (len(cfg["lattice"]["shape"]) != 4 or N != 3):
         raise ConfigError(f"{source}: lattice.shape = {cfg['lattice']['shape']}, lattice.N = {N}: ILDG files hold "
                           f"SU(3) fields on 4d lattices")
+
+
+def analyze_window(T: int, a: dict) -> tuple:
+    """``(t_max, t_mins)`` of `gaugeflow analyze` for time extent T and the [analyze] section ``a``:
+    t_max = analyze.t_max, or T/2 for 0; t_mins = analyze.t_min, or 1 ... t_max - 3 for []
+    (at least [1]). The fit windows are [t_min, t_max] for every t_min."""
+    t_max = a["t_max"] or T // 2
+    return t_max, [int(t) for t in a["t_min"]] or list(range(1, max(2, t_max - 2)))
+
+
+def check_analyze(cfg: dict, T: int, n_configs: int | None = None, source: str = "config") -> None:
+    """The [analyze] settings against the time extent T and, once it is known, the number of
+    measured configurations. Raises ConfigError naming the key, the value and what is allowed.
+
+    Fit windows [t_min, t_max] with t_max <= T/2 and t_min < t_max; a k-state cosh fit has 2k
+    parameters (E_n, A_n) and no priors, so every window needs nt = t_max - t_min + 1 >= 2k
+    points. The jackknife of N configurations in bins of b has N_b = floor(N/b) bins; it needs
+    N_b >= 2, and a correlated fit of nt points needs N_b - 1 >= nt (the jackknife covariance of
+    the window has rank at most N_b - 1; a singular one cannot be inverted).
+    """
+    a = cfg["analyze"]
+    t_max, t_mins = analyze_window(T, a)
+    if t_max > T // 2:
+        raise _bad(source, "analyze.t_max", a["t_max"], f"at most T/2 = {T // 2} (T = lattice.shape[-1] = {T}; "
+                   f"0 means T/2)")
+    if any(t >= t_max for t in t_mins):
+        if a["t_min"]:
+            raise _bad(source, "analyze.t_min", a["t_min"], f"a list of fit starts below analyze.t_max = {t_max}")
+        raise _bad(source, "analyze.t_max", a["t_max"], f"at least 2 for the default analyze.t_min = [1] (T = {T}; "
+                   f"give analyze.t_min = [0] for a fit from t = 0)")
+    k, t_last, t_first = a["n_states"], max(t_mins), min(t_mins)
+    nt_short, nt_long = t_max - t_last + 1, t_max - t_first + 1
+    if 2 * k > nt_short:
+        raise _bad(source, "analyze.n_states", k,
+                   f"at most {nt_short // 2}: a {k}-state fit has {2 * k} parameters (E_n, A_n per state) and the "
+                   f"fit window [t_min = {t_last}, t_max = {t_max}] has {nt_short} points"
+                   + (f" (or use analyze.t_min <= {t_max - 2 * k + 1} with {k} states)" if t_max >= 2 * k - 1 else
+                      f" ({k} states need t_max >= {2 * k - 1}, and t_max <= T/2 = {T // 2})"))
+    if n_configs is None:
+        return
+    n, b = int(n_configs), a["bin_size"]
+    if n // b < 2:
+        raise _bad(source, "analyze.bin_size", b, f"at most {n // 2}: the jackknife needs at least 2 bins of the "
+                   f"{n} measured configurations")
+    if a["correlated"] and n // b < nt_long + 1:
+        need = nt_long + 1
+        if n // need >= 1:
+            raise _bad(source, "analyze.bin_size", b,
+                       f"at most {n // need} for correlated fits: the covariance of the fit window [t_min = "
+                       f"{t_first}, t_max = {t_max}] ({nt_long} points) needs at least {need} jackknife bins of the "
+                       f"{n} measured configurations (or set analyze.correlated = false)")
+        raise _bad(source, "analyze.correlated", True,
+                   f"false with {n} measured configurations: the covariance of the fit window [t_min = {t_first}, "
+                   f"t_max = {t_max}] ({nt_long} points) needs at least {need} configurations (or use analyze.t_min "
+                   f">= {t_max - n + 2})")
 
 
 def apply_overrides(cfg: dict, overrides) -> dict:

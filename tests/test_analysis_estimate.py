@@ -190,3 +190,53 @@ def test_gamma_covariance_and_details(chains):
     assert set(det) == {"A", "B"}
     assert w.err == pytest.approx(np.hypot(det["A"].err, det["B"].err), rel=1e-12)
     assert "ensembles=A, B" in repr(w)
+
+
+# ----------------------------------------------------------------------------- formatting
+@pytest.mark.parametrize("spec,text", [
+    ("", "1.2341(49)"),                  # the default: two significant digits of the error
+    ("3", "1.23412(490)"),               # an integer: significant digits of the error (as before)
+    (".3f", "1.234(5)"),                 # a float spec: the value's decimals, the error in its last digit
+    (".1f", "1.2(0)"),
+    ("+.3f", "+1.234(5)"),
+    (".2e", "1.23(0)e+00"),
+    (".4e", "1.2341(49)e+00"),
+    (".4g", "1.234(5)"),
+    (".4", "1.234(5)"),
+    (".1%", "123.4(5)%"),
+    (">12.3f", "    1.234(5)"),
+    ("<12.3f", "1.234(5)    "),
+    ("*^12.3f", "**1.234(5)**"),
+    ("012.3f", "00001.234(5)"),
+])
+def test_format_specs_of_a_scalar_estimate(spec, text):
+    e = Estimate(1.23412, 0.0049)
+    assert format(e, spec) == text
+    assert f"{e:{spec}}" == text
+
+
+def test_float_format_of_a_jackknife_estimate_and_of_small_and_large_numbers():
+    x = np.arange(10.0)
+    est = an.jackknife(x)
+    # the reported failure: f"{est:.3f}" raised ValueError (int('.3f'))
+    assert f"{est:.3f}" == f"{est.mean:.3f}({round(est.err * 1e3)})"
+    assert f"{Estimate(12.34, 1.5):.1f}" == "12.3(15)"                 # error wider than one digit
+    assert f"{Estimate(-1.2345e-5, 5.6e-8):.3e}" == "-1.234(6)e-05"     # error on the value's exponent
+    assert f"{Estimate(1.2345e-5, 5.6e-8):.4g}" == "1.234(6)e-05"       # g: exponent form below 1e-4
+    assert f"{Estimate(-0.5, 0.01):=+10.2f}" == "-  0.50(1)"            # '=' pads after the sign
+    assert f"{Estimate(1.0, 0.0):.2f}" == "1.00(0)"
+    assert f"{Estimate(1.0, float('nan')):.2f}" == "1.00(nan)"
+
+
+@pytest.mark.parametrize("spec", ["d", "x", ".3q", "+", "s"])
+def test_an_invalid_format_spec_is_a_clear_error(spec):
+    with pytest.raises(ValueError, match="format spec"):
+        format(Estimate(1.0, 0.1), spec)
+
+
+def test_format_spec_of_an_array_estimate_formats_every_component():
+    est = Estimate(np.array([1.23412, 2.5]), np.array([0.0049, 0.01]))
+    assert f"{est:.3f}" == "[1.234(5) 2.500(10)]"
+    assert f"{est}" == repr(est)
+    with pytest.raises(ValueError, match="format spec"):
+        f"{est:d}"

@@ -26,3 +26,17 @@ def test_quick_benchmarks_run(tmp_path):
     assert len(steps) == 2
     for rec in steps:                     # today's step and the previous code compute the same loss
         assert rec["loss_diff"] < 1e-10, rec
+
+
+def test_the_demo_r_record_reads_a_results_json_with_and_without_a_flow_estimate(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    from bench.bench_correlated import demo_r
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "demo").mkdir(parents=True)
+    res = tmp_path / "out" / "demo" / "results.json"
+    res.write_text(json.dumps({"flow_estimate": {"made": False, "reason": "no flowed ensemble"},
+                               "x_g_eps": [0.1], "ess_identity": 0.5}))
+    assert demo_r() == []                 # analyzed without a flowed ensemble: no r to report
+    res.write_text(json.dumps({"variance_reduction": [2.0, 4.0], "ess_flow": 0.9, "ess_identity": 0.5}))
+    (rec,) = demo_r()
+    assert rec["r"] == 3.0 and rec["ess"] == 0.9

@@ -5,11 +5,21 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
   (correlated ensembles lambda_1 -> lambda_2) and with epsilon-reweighting (exact derivative
   -<C O> + <C><O>), one jackknife per method, correlated single-cosh fits;
 * the variance-reduction factor r = (err_eps / err_flow)^2 per t_min;
+* without a flowed ensemble (measure.h5 made with measure.flowed = false, recorded in its
+  attribute ``flowed``) epsilon-reweighting alone: results.json's ``flow_estimate`` says
+  ``made: false`` and why, and the flow's numbers (x_g_flow, r, the measured cost model) are
+  absent; evaluate.h5 is then optional (the ESS of its weights is reported if it is there);
 * the ESS of the flow weights and of plain reweighting (identity flow, log w = -dlambda O),
   and the share of var(log w) that the flow removes, 1 - var(log w) / var(dlambda O);
 * the cost model of eq. 19: per-configuration costs measured in this run (timings.json)
   and the break-even number of configurations, next to the paper's own numbers;
-* plots `effective_mass.png` and `x_g_vs_tmin.png` (like Fig. 2); `results.json`.
+* plots `effective_mass.png` (the effective mass of the folded correlator in the jackknife bins of
+  the analysis, with the M(lambda_1) fit of the middle t_min that results.json reports, its
+  band E_0 +- dE_0 and chi^2/dof) and `x_g_vs_tmin.png` (like Fig. 2); `results.json` (with
+  chi^2/dof of the M(lambda_1) fit per t_min), which records its provenance (``provenance``:
+  ``lattice.io.provenance()``, the record every HDF5 output carries), the settings it used
+  (``settings``: the [analyze] section as configured, lambda_1, lambda_2 and the resolved fit
+  windows, bins and derivative) and the SHA-256 of its input files (``inputs``).
 """
 from __future__ import annotations
 
@@ -18,9 +28,11 @@ import math
 
 import numpy as np
 
-from lattice.io import atomic_write
+from lattice.io import atomic_write, provenance
+from lattice.io._parallel import mark_all_ranks
 
-from ..context import JobContext
+from ..config import ConfigError, analyze_window, check_analyze
+from ..context import JobContext, file_digest
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
 from .measure import KIND as MEAS_KIND
@@ -41,43 +53,72 @@ def _stage_costs(ctx: JobContext):
             "training": t.get("train", {}).get("seconds", float("nan"))}
 
 
+def _no_flow_reason(meas_path, attrs) -> str | None:
+    """Why measure.h5 holds no correlators on the flowed ensemble f(U), or None if it does. Read
+    from its ``flowed`` attribute (what `measure` recorded; every measure.h5 carries it), not from
+    the values of C_flow (zeros then)."""
+    if bool(attrs.get("flowed", True)):
+        return None
+    return (f"{meas_path} was measured without the flowed ensemble (flowed = false: measure.flowed = false, "
+            f"or no flowed.h5), so it has no correlators on f(U); for the flow estimate run `evaluate`, then "
+            f"`measure` with measure.flowed = true into a fresh measure.h5")
+
+
 def analyze(ctx: JobContext):
     from analysis import (gluon_momentum_fraction, ess, break_even, paper_example, plot_fh_scan,
-                          plot_effective_mass, fit_correlator)
+                          plot_effective_mass, fold)
     cfg = ctx.cfg
     a, t = cfg["analyze"], cfg["train"]
     meas = RankStore.read_columns(ctx.path("measure.h5"), MEAS_KIND, ["index", "C", "O", "C_flow"])
-    ev = RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["index", "log_w"])
-    n = min(len(meas["index"]), len(ev["index"]))
+    no_flow = _no_flow_reason(ctx.path("measure.h5"), meas["_attrs"])
+    # evaluate.h5 (log w of the flow): needed for the flow estimate; without it, used for the ESS if present
+    ev = None if (no_flow and not ctx.path("evaluate.h5").exists()) else \
+        RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["index", "log_w"])
+    n = len(meas["index"]) if ev is None else min(len(meas["index"]), len(ev["index"]))
     if n < 8:
         raise RuntimeError(f"only {n} measured configurations: run `measure` (and `evaluate`) first")
-    if not np.array_equal(meas["index"][:n], ev["index"][:n]):
+    if ev is not None and not np.array_equal(meas["index"][:n], ev["index"][:n]):
         raise RuntimeError("measure.h5 and evaluate.h5 do not refer to the same configurations")
-    C, Cf, O, lw = meas["C"][:n], meas["C_flow"][:n], meas["O"][:n], ev["log_w"][:n]
+    C, Cf, O = meas["C"][:n], meas["C_flow"][:n], meas["O"][:n]
+    lw = None if ev is None else ev["log_w"][:n]
     T = C.shape[1]
-    t_max = a["t_max"] or T // 2
-    t_mins = a["t_min"] or list(range(1, max(2, t_max - 2)))
+    try:        # the fit settings against the data, before any fit (identical on every rank)
+        check_analyze(cfg, T, n_configs=n, source=cfg.get("_source", "config"))
+    except ConfigError as exc:
+        raise mark_all_ranks(exc)
+    if no_flow:
+        ctx.say(f"{ctx.path('measure.h5')} has no flowed ensemble (flowed = false): no flow estimate, "
+                f"epsilon-reweighting only")
+    t_max, t_mins = analyze_window(T, a)
     kw = dict(T=T, t_max=t_max, n_states=a["n_states"], correlated=a["correlated"], bin_size=a["bin_size"], fold=True)
-    flow = gluon_momentum_fraction(C, t_min=t_mins, method="flow", lam1=t["lam1"], lam2=t["lam2"], C_flowed=Cf,
-                                   log_weights=lw, label="flows", **kw)
+    flow = None if no_flow else gluon_momentum_fraction(
+        C, t_min=t_mins, method="flow", lam1=t["lam1"], lam2=t["lam2"], C_flowed=Cf, log_weights=lw, label="flows",
+        **kw)
     eps = gluon_momentum_fraction(C, t_min=t_mins, method="epsilon", lam1=t["lam1"], operator=O,
                                   eps=a["eps"] or None, label="eps-reweighting", **kw)
-    xf, ef = flow.x_g
+    mass_scan = eps if flow is None else flow        # the same M(lambda_1) fits in both methods
     xe, ee = eps.x_g
-    r = (ee / ef) ** 2
     dlam = t["lam2"] - t["lam1"]
-    ess_flow, ess_id = float(ess(lw)), float(ess(-dlam * (O - O.mean())))
-    var_id = float(np.var(dlam * O))
-    share = 1.0 - float(np.var(lw)) / var_id if var_id > 0 else 0.0
     res = {"n_configs": n, "lam1": t["lam1"], "lam2": t["lam2"], "t_min": [int(x) for x in t_mins], "t_max": t_max,
-           "x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist(), "x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist(),
-           "variance_reduction": r.tolist(), "ess_flow": ess_flow, "ess_identity": ess_id,
-           "var_log_w_removed": share,
-           "mass": flow.mass[0].tolist(), "mass_err": flow.mass[1].tolist()}
-    if cfg["pf_flow"]["enabled"] and cfg["fermions"]["enabled"]:   # the same flow without the pseudofermion map
+           "flow_estimate": {"made": flow is not None, "reason": no_flow}}
+    if flow is not None:
+        xf, ef = flow.x_g
+        r = (ee / ef) ** 2
+        res.update({"x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist()})
+    res.update({"x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist()})
+    if flow is not None:
+        res["variance_reduction"] = r.tolist()
+    if lw is not None:
+        res["ess_flow"] = float(ess(lw))
+    res["ess_identity"] = float(ess(-dlam * (O - O.mean())))
+    if lw is not None:
+        var_id = float(np.var(dlam * O))
+        res["var_log_w_removed"] = 1.0 - float(np.var(lw)) / var_id if var_id > 0 else 0.0
+    res.update({"mass": mass_scan.mass[0].tolist(), "mass_err": mass_scan.mass[1].tolist(),
+                "chi2_dof": [float(x.fits[0].chi2_dof) for x in mass_scan.results]})
+    if lw is not None and cfg["pf_flow"]["enabled"] and cfg["fermions"]["enabled"]:   # the flow without the pf map
         lw0 = RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["log_w_no_pf"])["log_w_no_pf"][:n]
         res["ess_flow_no_pf"] = float(ess(lw0))
-    r_med = float(np.median(r))
     costs = _stage_costs(ctx)
     c = cfg["cost"]
     paper = paper_example()
@@ -85,26 +126,45 @@ def analyze(ctx: JobContext):
                          "c_eps": c["c_gen"] + c["c_meas"], "training": c["train_cost"], "unit": c["unit"]}
     res["cost_paper"]["break_even"] = {str(rr): float(break_even(rr, c["train_cost"], res["cost_paper"]["c_flow"],
                                                                  res["cost_paper"]["c_eps"])) for rr in (5.0, 10.0)}
-    if costs is not None:
+    if costs is not None and flow is not None:       # needs r, i.e. the flow estimate
+        r_med = float(np.median(r))
         c_eps = costs["generation"] + costs["measurement"]
         c_f = costs["generation"] + 2 * costs["measurement"] + costs["flow_and_reweighting"]
         be = float(break_even(r_med, costs["training"], c_f, c_eps)) if r_med * c_eps > c_f else float("inf")
         res["cost_measured"] = {"per_config_seconds": costs, "c_flow": c_f, "c_eps": c_eps, "r": r_med,
                                 "break_even": be}
+    # how these numbers were made: the settings used, the input files, the provenance record of
+    # every HDF5 output (lattice.io.provenance)
+    res["settings"] = {"config": cfg.get("_source", ""), "analyze": dict(a), "lam1": t["lam1"], "lam2": t["lam2"],
+                       "fit": {"T": T, "t_min": [int(x) for x in t_mins], "t_max": t_max, "fold": True,
+                               "n_states": a["n_states"], "correlated": a["correlated"], "bin_size": a["bin_size"],
+                               "n_bins": n // a["bin_size"], "errors": "jackknife",
+                               "derivative": "exact" if not a["eps"] else f"eps = {a['eps']:g}"}}
     if ctx.root:
+        res["inputs"] = {name: {"sha256": file_digest(ctx.path(name))}
+                         for name in ("measure.h5", "evaluate.h5") if name == "measure.h5" or ev is not None}
+        res["provenance"] = provenance(layout=ctx.layout)
         atomic_write(ctx.path("results.json"), json.dumps(res, indent=1).encode())
-        plot_fh_scan({"flows": flow, "eps-reweighting": eps}, filename=str(ctx.path("x_g_vs_tmin.png")))
-        fit = fit_correlator(C, t_mins[len(t_mins) // 2], t_max, T=T, fold=True)
-        plot_effective_mass(C, fit, T=T, filename=str(ctx.path("effective_mass.png")))
+        scans = {"eps-reweighting": eps} if flow is None else {"flows": flow, "eps-reweighting": eps}
+        plot_fh_scan(scans, filename=str(ctx.path("x_g_vs_tmin.png")))
+        # the M(lambda_1) fit of the middle t_min exactly as reported (same settings, same jackknife
+        # bins), over the effective mass of the same folded data in the same bins
+        k = len(t_mins) // 2
+        plot_effective_mass(fold(C), mass_scan.results[k].fits[0], T=T, bin_size=a["bin_size"],
+                            filename=str(ctx.path("effective_mass.png")))
     return res, flow, eps
 
 
 def _table(res) -> str:
     from analysis import format_value
-    lines = [f"  {'t_min':>5s}  {'<x>_g flows':>14s}  {'<x>_g eps-rew':>14s}  {'r = var ratio':>13s}"]
+    flow = res["flow_estimate"]["made"]
+    lines = [f"  {'t_min':>5s}  " + (f"{'<x>_g flows':>14s}  " if flow else "") + f"{'<x>_g eps-rew':>14s}"
+             + (f"  {'r = var ratio':>13s}" if flow else "")]
     for i, t0 in enumerate(res["t_min"]):
-        lines.append(f"  {t0:5d}  {format_value(res['x_g_flow'][i], res['x_g_flow_err'][i]):>14s}  "
-                     f"{format_value(res['x_g_eps'][i], res['x_g_eps_err'][i]):>14s}  {res['variance_reduction'][i]:13.2f}")
+        lines.append(f"  {t0:5d}  "
+                     + (f"{format_value(res['x_g_flow'][i], res['x_g_flow_err'][i]):>14s}  " if flow else "")
+                     + f"{format_value(res['x_g_eps'][i], res['x_g_eps_err'][i]):>14s}"
+                     + (f"  {res['variance_reduction'][i]:13.2f}" if flow else ""))
     return "\n".join(lines)
 
 
@@ -113,10 +173,16 @@ def run(ctx: JobContext):
     ctx.say(f"\nFeynman-Hellmann <x>_g^latt = -(2/3M) dM/dlambda (paper eq. 17 convention), "
             f"{res['n_configs']} configurations, lambda {res['lam1']} -> {res['lam2']}, fits [t_min, {res['t_max']}]:")
     ctx.say(_table(res))
-    ctx.say(f"median variance reduction r = {np.median(res['variance_reduction']):.2f}; "
-            f"ESS of flow weights {res['ess_flow']:.3f} (plain reweighting without a flow: {res['ess_identity']:.3f}); "
-            f"the flow removes {100 * res['var_log_w_removed']:.1f}% of var(log w)"
-            + (f"; without the pseudofermion flow the ESS is {res['ess_flow_no_pf']:.3f}" if "ess_flow_no_pf" in res else ""))
+    if flow is not None:
+        ctx.say(f"median variance reduction r = {np.median(res['variance_reduction']):.2f}; "
+                f"ESS of flow weights {res['ess_flow']:.3f} (plain reweighting without a flow: "
+                f"{res['ess_identity']:.3f}); the flow removes {100 * res['var_log_w_removed']:.1f}% of var(log w)"
+                + (f"; without the pseudofermion flow the ESS is {res['ess_flow_no_pf']:.3f}"
+                   if "ess_flow_no_pf" in res else ""))
+    else:
+        ctx.say(f"no flow estimate (and no variance reduction r): {res['flow_estimate']['reason']}; "
+                f"ESS of plain reweighting without a flow {res['ess_identity']:.3f}"
+                + (f", of the flow weights in evaluate.h5 {res['ess_flow']:.3f}" if "ess_flow" in res else ""))
     cp = res["cost_paper"]
     ctx.say(f"cost model (eq. 19), paper's numbers: c_f = {cp['c_flow']:.2f}, c_eps = {cp['c_eps']:.2f} {cp['unit']}, "
             f"training {cp['training']:g} {cp['unit']}: break-even N = {cp['break_even']['5.0']:.0f} (r=5), "
