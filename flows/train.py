@@ -250,12 +250,14 @@ def _sum_over_ranks(grads, layout):
     return {k: (None if g is None else layout.allreduce_sum(g)) for k, g in grads.items()}
 
 
-def save_checkpoint(path, model, params, step: int, opt, opt_state, history: "TrainHistory", extra=None):
-    """Atomic checkpoint: parameters, model config, optimizer state, step and history."""
+def save_checkpoint(path, model, params, step: int, opt, opt_state, history: "TrainHistory", extra=None,
+                    provenance: dict | None = None):
+    """Atomic checkpoint: parameters, model config, optimizer state, step and history, with the
+    provenance record ``provenance`` (default that of this process: :func:`flows.save_params`)."""
     from .serialize import save_params
     cfg = {"model": model.config(), "optimizer": opt.config(), "step": int(step),
            "history": history.as_dict(), **(extra or {})}
-    save_params(path, params, cfg, groups={"adam": opt.state_to_arrays(opt_state)})
+    save_params(path, params, cfg, groups={"adam": opt.state_to_arrays(opt_state)}, provenance=provenance)
 
 
 def load_checkpoint(path, params_template):
@@ -324,6 +326,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
         if log:
             log.info(f"resumed training from {ck} at step {start}")
     root = layout is None or layout.rank == 0
+    from lattice.io import provenance
+    prov = provenance(layout=layout) if ck is not None and root else None     # of this job, in its checkpoints
     bar = None
     if progress and root and start < steps:
         from tqdm.auto import tqdm
@@ -355,7 +359,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
                 hist.holdout_ess.append(e)
                 hist.holdout_loss.append(l)
             if ck is not None and root and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info})
+                save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info},
+                                provenance=prov)
             if callback is not None:
                 callback(step, params, hist)
             if bar is not None:

@@ -23,7 +23,7 @@ import numpy as np
 
 import lattice as L
 from lattice.backend import to_host, from_host
-from lattice.io import EnsembleStore, atomic_write
+from lattice.io import EnsembleStore, atomic_write, provenance
 
 from ..config import ConfigError
 from ..context import JobContext, make_action, sub_context
@@ -257,7 +257,8 @@ def _train_pf_flow(ctx: JobContext):
             f"{100 * (1 - v1 / v0) if v0 > 0 else 0.0:.1f}% removed")
     if ctx.root:
         save_pf_flow(pf_flow_path(ctx), model, params, extra={"run_info": info, "history": hist.as_dict(),
-                                                              "holdout": v, "lattice": list(train_shape(cfg))})
+                                                              "holdout": v, "lattice": list(train_shape(cfg))},
+                     provenance=provenance(layout=layout))
         if hist.step:
             from analysis import plot_training
             curves = {"pseudofermion flow, batch (mean of 10 steps)":
@@ -324,7 +325,8 @@ def _train_gauge_flow(ctx: JobContext):
     ctx.record_timing("train", time.perf_counter() - t0, 0, lattice=shape)
     if ctx.root:
         flows.save(flow_path(ctx), model, params, extra={"run_info": info, "history": hist.as_dict(),
-                                                        "lattice": list(shape), **extra})
+                                                        "lattice": list(shape), **extra},
+                   provenance=provenance(layout=layout))
         atomic_write(ctx.path("train_history.json"), json.dumps(hist.as_dict()).encode())
         if hist.step:
             from analysis import plot_training
