@@ -615,3 +615,21 @@ def test_every_user_error_class_is_one_line_with_the_traceback_in_the_log(tmp_pa
     log = (out / "gaugeflow.log").read_text()
     assert "Traceback" in log and kind in log
     assert not (out / ".gaugeflow.lock").exists()
+
+
+# ------------------------------------------------------------------ hmc: the CG settings of the config
+def test_hmc_solves_at_the_configured_cg_tol_and_records_it(tmp_path, capsys):
+    """fermions.cg_tol is what the pseudofermion CGs of hmc use (formerly the force ran at a fixed
+    1e-9 and the action at min(cg_tol, 1e-10), so a loose cg_tol with a small cg_maxiter still
+    failed, and the hint "loosen fermions.cg_tol" could not help); the tolerances used are in
+    the session provenance of the ensemble."""
+    from lattice.io import EnsembleStore
+    out = tmp_path / "out"
+    sets = ["fermions.enabled=true", "fermions.cg_tol=0.5", "fermions.cg_maxiter=3", "hmc.n_traj=1"]
+    rc, o, err = cli(capsys, "hmc", tiny(tmp_path, out), *[a for s in sets for a in ("--set", s)])
+    assert rc == 0, err
+    assert "relative residual 0.5" in o
+    with EnsembleStore.open(out / "ensemble.h5", "r") as e:
+        assert e.meta["fermions"]["cg_tol"] == 0.5
+        s = e.sessions[-1]
+        assert s["cg_action_tol"] == 0.5 and s["cg_force_tol"] == 0.5 and s["cg_maxiter"] == 3
