@@ -285,8 +285,10 @@ def _check_resumable(path, found: dict, expected: dict):
     norm = json.loads(json.dumps(expected))
     d = diff({k: found.get(k) for k in norm}, norm, "")
     if d:
-        raise ParamFileError(f"checkpoint {str(path)!r} belongs to a different training run: {d[0]} is {d[1]!r} "
-                             f"there but {d[2]!r} now; delete it to start afresh or restore the settings")
+        exc = ParamFileError(f"checkpoint {str(path)!r} belongs to a different training run: {d[0]} is {d[1]!r} "
+                             f"there but {d[2]!r} now")
+        exc.hint = "delete it to start afresh, or restore the settings"      # what to do (printed by the runner)
+        raise exc
 
 
 def train(model, params, target, base, steps: int, batch_size: int, estimator: str = "path",

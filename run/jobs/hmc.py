@@ -28,8 +28,9 @@ __all__ = ["run", "ensemble_path", "summarise_plaquette", "solver_settings"]
 
 
 def ensemble_path(ctx: JobContext, lam: float | None = None):
+    from ..inputs import ensemble_name
     lam = ctx.cfg["hmc"]["lam"] if lam is None else lam
-    return ctx.path("ensemble.h5" if lam == 0 else f"ensemble_lam{lam:g}.h5")
+    return ctx.path(ensemble_name(lam))
 
 
 def _fermion_settings(cfg) -> dict:
