@@ -257,11 +257,12 @@ def _run(args, overrides, comm) -> int:
             raise mark_all_ranks(exc)
         from importlib import import_module
         mod = import_module(f"run.jobs.{'import_ildg' if args.command == 'import' else args.command}")
+        from .context import make_context, job_layout
         check = getattr(mod, "check_inputs", None)
         if check is not None:          # the job's input files, before anything is written (run.inputs)
             from .inputs import run_checks
+            job_layout(cfg, args.command, comm=comm)      # (the configuration's own checks come first)
             run_checks(comm, check, cfg, *(() if files is None else (files,)))
-        from .context import make_context
         ctx = make_context(cfg, args.command, comm=comm)
         try:
             if args.command == "import":
