@@ -100,7 +100,8 @@ def test_exception_on_one_rank_aborts_every_rank(made, tmp_path, stage):
             (out / f).write_bytes((made / f).read_bytes())
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(out=out))
-    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg], tmp_path)
+    sets = ["--set", "measure.flowed=false"] if stage == "measure" else []      # no flowed ensemble here
+    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg, *sets], tmp_path)
     assert r.returncode != 0
     assert f"[rank 1] RuntimeError: deliberate failure on rank 1 in {stage}" in r.stderr, r.stderr
     log = (out / "gaugeflow.log").read_text()
