@@ -18,7 +18,9 @@ Run under MPI as `mpirun -n R gaugeflow <command> ...`; only rank 0 prints and w
 Errors a user can fix (configuration, files, file system, a CG that did not converge, ...)
 print one line `gaugeflow: error: ...` and exit with status 2; the traceback is in
 <output>/gaugeflow.log (and on the screen with --debug). A job's input files are checked
-before it writes anything.
+before it writes anything. Ctrl-C (SIGINT) and SIGTERM (scancel, a wall-time limit) end a job
+with one line, also in gaugeflow.log, after its cleanup; exit status 130 / 143; rerunning the
+same command resumes it.
 """
 from __future__ import annotations
 
@@ -229,6 +231,9 @@ def _report(exc, args, comm) -> None:
 
 
 def main(argv=None) -> int:
+    import time
+    from .parallel import interrupts_end_the_job
+    started = time.monotonic()
     argv = sys.argv[1:] if argv is None else argv
     ap = _parser()
     args = ap.parse_args(_options_first(list(argv)))
@@ -242,7 +247,11 @@ def main(argv=None) -> int:
     comm = world()
     install_abort_on_error(comm)
     _close_log()
-    return _run(args, overrides, comm)
+    with interrupts_end_the_job():
+        try:
+            return _run(args, overrides, comm)
+        except KeyboardInterrupt as exc:       # Ctrl-C or SIGTERM, after the job's cleanup
+            return _interrupted(exc, args, comm, time.monotonic() - started)
 
 
 def _run(args, overrides, comm) -> int:
@@ -283,6 +292,48 @@ def _run(args, overrides, comm) -> int:
     else:
         _close_log()
     return 0
+
+
+INTERRUPT_GRACE = 5.0   # seconds a rank other than 0 waits for rank 0 to end an interrupted MPI job
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _interrupted(exc, args, comm, elapsed: float) -> int:
+    """End a job stopped by SIGINT/SIGTERM (its cleanup has run): one line on stderr and in
+    gaugeflow.log; exit status 128 + the signal number (130, 143). Under MPI rank 0 reports and
+    ends every rank; another rank does so itself only if rank 0 has not within
+    INTERRUPT_GRACE seconds (rank 0 may be blocked in a collective call)."""
+    import signal
+    import time
+    from .parallel import log_to_file, abort
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    line = (f"gaugeflow: {args.command} interrupted by {signal.Signals(signum).name} after {_duration(elapsed)}; "
+            f"rerun the same command to resume")
+    code = 128 + signum
+    rank = 0 if comm is None else comm.Get_rank()
+    many = comm is not None and comm.Get_size() > 1
+    if rank != 0:
+        time.sleep(INTERRUPT_GRACE)    # normally rank 0 ends the job meanwhile
+        line = f"[rank {rank}] {line} (rank 0 did not end the job)"
+    log_to_file(line, level="WARNING")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # pragma: no cover
+            pass
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if many:
+        abort(comm, code)
+    return code
 
 
 def _close_log():

@@ -756,3 +756,59 @@ def test_import_of_another_lattice_says_to_set_lattice_shape(tmp_path, capsys):
     assert rc == 2 and "MismatchError" in line and "conf.0000 holds a 4x4x4x4 lattice" in line, line
     assert line.count(" -- ") == 1 and "set lattice.shape = [4, 4, 4, 4]" in line and "job.output" not in line
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ interrupts: Ctrl-C, SIGTERM
+def test_an_interrupt_ends_the_job_with_one_line_and_its_cleanup(tmp_path, capsys, monkeypatch):
+    """What the signal handlers raise (run.parallel.Interrupted) ends the job like an error does:
+    the lock is released, one line on stderr and in the log, exit status 128 + signal."""
+    import signal
+    import run.jobs.hmc as job
+    from run.parallel import Interrupted
+
+    def interrupted(ctx):
+        raise Interrupted(signal.SIGTERM)
+    monkeypatch.setattr(job, "run", interrupted)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 143 and line.startswith("gaugeflow: hmc interrupted by SIGTERM after ") and \
+        line.endswith("s; rerun the same command to resume"), line
+    assert "WARNING " + line in (out / "gaugeflow.log").read_text()
+    assert not (out / ".gaugeflow.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handlers are restored
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_real_signal_ends_the_job_cleanly_and_the_rerun_resumes(tmp_path, sig, code):
+    """Ctrl-C formerly printed a 30-line KeyboardInterrupt traceback; SIGTERM (scancel, wall-time
+    limits) left nothing in gaugeflow.log."""
+    import signal
+    import time
+    from lattice.io import EnsembleStore
+    out = tmp_path / "out"
+    cfg = tiny(tmp_path, out)
+    p = subprocess.Popen([sys.executable, "-m", "run", "hmc", str(cfg), "--set", "hmc.n_traj=500"], env=env(),
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.time()
+        while '"pid"' not in _lock_text(out):
+            assert p.poll() is None and time.time() - t0 < 60, "the job did not start"
+            time.sleep(0.02)
+        time.sleep(3)                                  # a few trajectories stored
+        p.send_signal(getattr(signal, sig))
+        o, e = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    line = one_error_line(e)
+    assert p.returncode == code and f"gaugeflow: hmc interrupted by {sig} after " in line, e
+    assert line in (out / "gaugeflow.log").read_text()
+    assert sorted(os.listdir(out)) == ["ensemble.h5", "gaugeflow.log", "hmc.config.toml"]   # no lock, no temp file
+    with EnsembleStore.open(out / "ensemble.h5", "r") as ens:
+        n = len(ens)
+    assert 0 < n < 500
+    rc = main(["hmc", str(cfg), "--set", f"hmc.n_traj={n + 1}"])
+    assert rc == 0 and len(ensemble_fields(out / "ensemble.h5")) == n + 1
+    assert f"resuming ensemble.h5: {n} configurations stored" in (out / "gaugeflow.log").read_text()
