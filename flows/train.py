@@ -332,8 +332,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
     prov = provenance(layout=layout) if ck is not None and root else None     # of this job, in its checkpoints
     bar = None
     if progress and root and start < steps:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc=f"train ({estimator})", unit="step")
+        from lattice.progress import progress_bar
+        bar = progress_bar(steps, initial=start, desc=f"train ({estimator})", unit="step")
     base_rng = _device_rng(seed, base, params)
     if holdout_every and start == 0 and not hist.holdout_step:   # the untrained flow, for reference
         e, l, _ = evaluate_holdout(model, params, base, target, layout, holdout_size, batch_size, seed)

@@ -812,3 +812,14 @@ def test_a_real_signal_ends_the_job_cleanly_and_the_rerun_resumes(tmp_path, sig,
     rc = main(["hmc", str(cfg), "--set", f"hmc.n_traj={n + 1}"])
     assert rc == 0 and len(ensemble_fields(out / "ensemble.h5")) == n + 1
     assert f"resuming ensemble.h5: {n} configurations stored" in (out / "gaugeflow.log").read_text()
+
+
+# ------------------------------------------------------------------ progress in batch logs
+def test_progress_in_a_batch_log_is_a_few_plain_lines(tmp_path, capsys, monkeypatch):
+    """job.progress = true with stderr not a terminal (a SLURM log): formerly one \\r frame per
+    trajectory; now plain lines, at most one a minute plus the first and the last."""
+    monkeypatch.delenv("GAUGEFLOW_PROGRESS_INTERVAL", raising=False)
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path), "--set", "job.progress=true", "--set", "hmc.n_traj=30")
+    assert rc == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("HMC:")]
+    assert "\r" not in err and 2 <= len(lines) <= 3 and "31/31" in lines[-1], err

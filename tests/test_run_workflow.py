@@ -159,10 +159,12 @@ def test_rerun_of_a_finished_stage_changes_nothing(workflow, tmp_path):
 # ------------------------------------------------------------------ kill and resume
 def _kill_when(args, ready, timeout=300):
     """Start `gaugeflow *args` with progress bars, SIGKILL it as soon as ``ready(stderr)``
-    holds (the text the job printed so far); returns True if it was killed while running."""
+    holds (the text the job printed so far); returns True if it was killed while running.
+    (stderr is a pipe: a progress line for every update needs GAUGEFLOW_PROGRESS_INTERVAL=0.)"""
     import threading
     p = subprocess.Popen([sys.executable, "-m", "run", *map(str, args), "--set", "job.progress=true"],
-                         env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         env=dict(env(), GAUGEFLOW_PROGRESS_INTERVAL="0"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     buf = []
     reader = threading.Thread(target=lambda: [buf.append(c) for c in iter(lambda: p.stderr.read1(4096), b"")],
                               daemon=True)

@@ -90,8 +90,8 @@ def run(ctx: JobContext):
             ctx.say(f"resuming evaluation at configuration {start} of {n}")
         bar = None
         if ctx.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=start, desc="evaluate", unit="cfg")
+            from lattice.progress import progress_bar
+            bar = progress_bar(n, initial=start, desc="evaluate", unit="cfg")
         for i in range(start, n):
             U = src.read(i, xp=ctx.xp)[None, ...]
             V, logJ = model.forward(params, U, layout=ctx.layout)

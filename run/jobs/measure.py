@@ -70,8 +70,8 @@ def run(ctx: JobContext):
         start = out.n
         bar = None
         if ctx.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=start, desc="measure", unit="cfg")
+            from lattice.progress import progress_bar
+            bar = progress_bar(n, initial=start, desc="measure", unit="cfg")
 
         def one(U, i):
             C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"], seed=seed + i,
