@@ -823,3 +823,20 @@ def test_progress_in_a_batch_log_is_a_few_plain_lines(tmp_path, capsys, monkeypa
     assert rc == 0, err
     lines = [l for l in err.splitlines() if l.startswith("HMC:")]
     assert "\r" not in err and 2 <= len(lines) <= 3 and "31/31" in lines[-1], err
+
+
+# ------------------------------------------------------------------ flow files: permissions, provenance
+def test_flow_files_follow_the_umask_and_record_their_provenance(made):
+    """flow.h5 and train.ckpt.h5 of `gaugeflow train` (formerly 0600, and without provenance)."""
+    import flows
+    from lattice.io import CONVENTIONS_VERSION, EnsembleStore
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("flow.h5", "train.ckpt.h5"):
+        assert (made / name).stat().st_mode & 0o777 == (made / "ensemble.h5").stat().st_mode & 0o777 \
+            == 0o666 & ~umask, name
+        prov = flows.read_file_provenance(made / name)
+        assert prov["conventions_version"] == CONVENTIONS_VERSION and prov["mpi_ranks"] == 1, name
+        assert " train " in prov["command"] and prov["time_utc"] and "git_commit" in prov, name
+    with EnsembleStore.open(made / "ensemble.h5", "r") as e:
+        assert set(e.provenance) <= set(prov)            # the same record as the other outputs
