@@ -53,7 +53,8 @@ def _parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="command")
     for name in COMMANDS:
-        p = sub.add_parser(name, help=f"run the {name} stage")
+        usage = "gaugeflow import CONFIG FILE... [--set KEY=VALUE] [--output DIR] [--debug]" if name == "import" else None
+        p = sub.add_parser(name, help=f"run the {name} stage", usage=usage)
         if name == "import":
             p.add_argument("inputs", nargs="*", metavar="CONFIG FILE",
                            help="the config (TOML file or bundled config name), then the ILDG/LIME files in Monte "
