@@ -15,7 +15,8 @@ from .staples import StapleNet
 from .context import ContextNet
 from .paths import paths_fwd, paths_vjp
 from .optim import Adam, LRSchedule
-from .serialize import ParamFileError, save_params, load_params, load_group, read_config, check_params
+from .serialize import (ParamFileError, save_params, load_params, load_group, read_config, check_params,
+                        read_file_provenance)
 
 # spectral maps: eigen-angles, interval maps, canonical-cell angle maps
 from .eig import eigen_angles, EigenAngles, eigen_angles_vjp

@@ -368,8 +368,9 @@ class SpectralFlow(Flow):
 _CLASSES = {"Flow": Flow, "SpectralFlow": SpectralFlow}
 
 
-def save(path, model, params, extra: dict | None = None):
-    """Write ``params`` with the model's class and configuration (atomic, one HDF5 file).
+def save(path, model, params, extra: dict | None = None, provenance: dict | None = None):
+    """Write ``params`` with the model's class and configuration (atomic, one HDF5 file, with
+    the provenance record ``provenance``, default that of this process: :func:`flows.save_params`).
 
     Stored config: ``{"class": name, "config": model.config(), **extra}`` with name the
     model's class when :func:`load` knows it ("Flow", "SpectralFlow"); any other
@@ -384,7 +385,7 @@ def save(path, model, params, extra: dict | None = None):
     else:
         raise TypeError(f"flows.save stores Flow models, got {type(model).__name__}")
     cfg = {"class": name, "config": mcfg, **(extra or {})}
-    return save_params(path, params, cfg)
+    return save_params(path, params, cfg, provenance=provenance)
 
 
 def load(path, xp=None):

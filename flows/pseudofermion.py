@@ -694,10 +694,11 @@ def _centred(lw):
 
 
 # ---------------------------------------------------------------------------- files
-def save_pf_flow(path, model: PseudofermionFlow, params, extra: dict | None = None):
-    """Write model configuration, parameters and ``extra`` (JSON-able) atomically."""
+def save_pf_flow(path, model: PseudofermionFlow, params, extra: dict | None = None, provenance: dict | None = None):
+    """Write model configuration, parameters and ``extra`` (JSON-able) atomically, with the
+    provenance record ``provenance`` (default that of this process: :func:`flows.save_params`)."""
     from .serialize import save_params
-    save_params(path, params, {"model": model.config(), **(extra or {})})
+    save_params(path, params, {"model": model.config(), **(extra or {})}, provenance=provenance)
 
 
 def load_pf_flow(path, xp=None):

@@ -2,13 +2,20 @@
 
 File layout (format ``gaugeflow-params``, version 1)::
 
-    /                 attrs: format, version, config (JSON text), groups (JSON list)
+    /                 attrs: format, version, config (JSON text), groups (JSON list),
+                      provenance.* (how the file was made, lattice.io.provenance)
     /params/<key>     one dataset per parameter (key order kept in the attr ``order``)
     /<group>/<key>    optional further flat dicts, e.g. the Adam state for checkpoints
 
-Writes are atomic: the file is written under a temporary name in the same directory,
-flushed and fsync-ed, then renamed over the target (``os.replace``), so a job killed while
-saving leaves the previous file intact (docs/design.md §9).
+Writes are atomic (:func:`lattice.io.atomic_write`): the file is written under a temporary
+name in the same directory, flushed and fsync-ed, then renamed over the target, so a job
+killed while saving leaves the previous file intact (docs/design.md §9). The file's
+permissions are those of any new file (the umask applies), like every other output.
+
+Every file records its provenance (code version, git commit, command, time, host, versions,
+MPI ranks, ``conventions_version``) as root attributes ``provenance.<key>``, like the record
+stores; :func:`read_file_provenance` reads them (``{}`` for files written before they were
+recorded, which load as before).
 
 Loading validates: with a ``template`` (a dict of arrays or of shapes, e.g. ``model.init(...)``
 or ``module.param_shapes()``) a missing key, an unexpected key or a shape mismatch raises
@@ -22,11 +29,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from lattice.backend import to_host, from_host
 
-__all__ = ["ParamFileError", "save_params", "load_params", "load_group", "read_config", "check_params"]
+__all__ = ["ParamFileError", "save_params", "load_params", "load_group", "read_config", "check_params",
+           "read_file_provenance"]
 
 FORMAT = "gaugeflow-params"
 VERSION = 1
@@ -47,13 +54,16 @@ def _write_group(f, name, arrays):
     g.attrs["order"] = json.dumps(order)
 
 
-def save_params(path, params, config=None, *, groups=None):
+def save_params(path, params, config=None, *, groups=None, provenance: dict | None = None):
     """Write ``params`` (flat dict of arrays) and ``config`` (JSON-serialisable dict) to ``path``.
 
     ``groups``: optional ``{name: flat dict of arrays}`` stored alongside (e.g.
-    ``{"adam": Adam.state_to_arrays(state)}``). Atomic (temporary file + rename).
+    ``{"adam": Adam.state_to_arrays(state)}``). ``provenance``: the record stored as
+    ``provenance.*`` attributes (default :func:`lattice.io.provenance` of this process; pass
+    ``provenance(layout=layout)`` to record the job's rank count). Atomic (temporary file +
+    rename); the permissions follow the umask.
     """
-    import h5py
+    from lattice.io import atomic_write, provenance as _provenance, write_provenance
     groups = dict(groups or {})
     if "params" in groups:
         raise ParamFileError("group name 'params' is reserved for the parameters")
@@ -61,28 +71,31 @@ def save_params(path, params, config=None, *, groups=None):
         cfg = json.dumps(config if config is not None else {}, sort_keys=True)
     except TypeError as exc:
         raise ParamFileError(f"config is not JSON-serialisable: {exc}") from exc
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:
+    prov = _provenance() if provenance is None else provenance
+
+    def build(tmp):
+        import h5py
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["config"] = cfg
             f.attrs["groups"] = json.dumps(["params"] + list(groups))
+            write_provenance(f, prov)
             _write_group(f, "params", params)
             for name, arrays in groups.items():
                 _write_group(f, name, arrays)
             f.flush()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    path = os.fspath(path)
+    atomic_write(path, build, pass_path=True)
     return path
+
+
+def read_file_provenance(path) -> dict:
+    """The provenance record of a parameter file (``{}`` if it was written without one)."""
+    from lattice.io import read_provenance
+    with _open(path) as f:
+        return read_provenance(f)
 
 
 def _open(path):

@@ -250,12 +250,14 @@ def _sum_over_ranks(grads, layout):
     return {k: (None if g is None else layout.allreduce_sum(g)) for k, g in grads.items()}
 
 
-def save_checkpoint(path, model, params, step: int, opt, opt_state, history: "TrainHistory", extra=None):
-    """Atomic checkpoint: parameters, model config, optimizer state, step and history."""
+def save_checkpoint(path, model, params, step: int, opt, opt_state, history: "TrainHistory", extra=None,
+                    provenance: dict | None = None):
+    """Atomic checkpoint: parameters, model config, optimizer state, step and history, with the
+    provenance record ``provenance`` (default that of this process: :func:`flows.save_params`)."""
     from .serialize import save_params
     cfg = {"model": model.config(), "optimizer": opt.config(), "step": int(step),
            "history": history.as_dict(), **(extra or {})}
-    save_params(path, params, cfg, groups={"adam": opt.state_to_arrays(opt_state)})
+    save_params(path, params, cfg, groups={"adam": opt.state_to_arrays(opt_state)}, provenance=provenance)
 
 
 def load_checkpoint(path, params_template):
@@ -283,8 +285,10 @@ def _check_resumable(path, found: dict, expected: dict):
     norm = json.loads(json.dumps(expected))
     d = diff({k: found.get(k) for k in norm}, norm, "")
     if d:
-        raise ParamFileError(f"checkpoint {str(path)!r} belongs to a different training run: {d[0]} is {d[1]!r} "
-                             f"there but {d[2]!r} now; delete it to start afresh or restore the settings")
+        exc = ParamFileError(f"checkpoint {str(path)!r} belongs to a different training run: {d[0]} is {d[1]!r} "
+                             f"there but {d[2]!r} now")
+        exc.hint = "delete it to start afresh, or restore the settings"      # what to do (printed by the runner)
+        raise exc
 
 
 def train(model, params, target, base, steps: int, batch_size: int, estimator: str = "path",
@@ -324,10 +328,12 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
         if log:
             log.info(f"resumed training from {ck} at step {start}")
     root = layout is None or layout.rank == 0
+    from lattice.io import provenance
+    prov = provenance(layout=layout) if ck is not None and root else None     # of this job, in its checkpoints
     bar = None
     if progress and root and start < steps:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc=f"train ({estimator})", unit="step")
+        from lattice.progress import progress_bar
+        bar = progress_bar(steps, initial=start, desc=f"train ({estimator})", unit="step")
     base_rng = _device_rng(seed, base, params)
     if holdout_every and start == 0 and not hist.holdout_step:   # the untrained flow, for reference
         e, l, _ = evaluate_holdout(model, params, base, target, layout, holdout_size, batch_size, seed)
@@ -355,7 +361,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
                 hist.holdout_ess.append(e)
                 hist.holdout_loss.append(l)
             if ck is not None and root and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-                save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info})
+                save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info},
+                                provenance=prov)
             if callback is not None:
                 callback(step, params, hist)
             if bar is not None:

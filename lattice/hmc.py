@@ -301,8 +301,8 @@ def run_hmc(action, U0, n_traj: int, tau: float = 1.0, n_steps: int = 10, integr
     show = progress and layout.rank == 0
     bar = None
     if show:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=n_traj, desc="HMC", unit="traj", leave=True)
+        from .progress import progress_bar
+        bar = progress_bar(n_traj, desc="HMC", unit="traj")
     U = U0
     history = HMCHistory(batch_shape=U0.shape[: U0.ndim - layout.Nd - 3])
     n_acc = 0

@@ -16,7 +16,7 @@ from lattice.io import atomic_write
 from .config import ConfigError, dump_toml
 from .parallel import world, install_abort_on_error
 
-__all__ = ["JobContext", "make_context", "make_action", "sub_context", "file_digest", "check_layout"]
+__all__ = ["JobContext", "make_context", "make_action", "sub_context", "file_digest", "check_layout", "job_layout"]
 
 
 @dataclass
@@ -120,6 +120,22 @@ def check_layout(cfg: dict, command: str, layout: L.Layout, source: str = "confi
                               f"use another rank count")
 
 
+def job_layout(cfg: dict, command: str, shape=None, comm=None) -> L.Layout:
+    """The job's layout, with the checks that depend on the decomposition (:func:`check_layout`);
+    a ConfigError is raised identically on every rank (and marked so)."""
+    from lattice.io._parallel import mark_all_ranks
+    shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
+    try:   # decided identically on every rank: each reports it and returns (no abort needed)
+        try:
+            layout = L.Layout(shape, comm=comm)
+        except L.LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
+        check_layout(cfg, command, layout, source=cfg.get("_source", "config"))
+    except ConfigError as exc:
+        raise mark_all_ranks(exc)
+    return layout
+
+
 def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
     """The job's context. Validation first (layout, decomposition); then, on rank 0, the
     exclusive lock on the output directory (:class:`run.lock.OutputLock`), the log and
@@ -137,15 +153,7 @@ def make_context(cfg: dict, command: str, shape=None, comm=False) -> JobContext:
     threads = set_threads(cfg["job"].get("threads", 1))
     on_device = set_device_buffers(cfg["job"].get("mpi_device_buffers", "auto"))
     shape = tuple(shape if shape is not None else cfg["lattice"]["shape"])
-    from lattice.io._parallel import mark_all_ranks
-    try:   # decided identically on every rank: each reports it and returns (no abort needed)
-        try:
-            layout = L.Layout(shape, comm=comm)
-        except L.LayoutError as exc:
-            raise ConfigError(str(exc)) from exc
-        check_layout(cfg, command, layout, source=cfg.get("_source", "config"))
-    except ConfigError as exc:
-        raise mark_all_ranks(exc)
+    layout = job_layout(cfg, command, shape, comm)
     root = layout.rank == 0
     lock = OutputLock(out, command)
     on_root(layout, lock.acquire)

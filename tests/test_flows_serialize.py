@@ -88,3 +88,43 @@ def test_array_api_strict(tmp_path):
     q, _ = flows.load_params(tmp_path / "s.h5", template=p, xp=xs)
     assert type(q["w"]) is type(p["w"])
     np.testing.assert_array_equal(np.asarray(q["w"]), np.asarray(p["w"]))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_parameter_files_follow_the_umask(tmp_path, umask):
+    """Like every other output (formerly 0600 whatever the umask: tempfile.mkstemp)."""
+    old = os.umask(umask)
+    try:
+        flows.save_params(tmp_path / "m.h5", {"a": np.ones(2)}, {"v": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.h5").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_parameter_files_record_their_provenance(tmp_path):
+    from lattice.io import CONVENTIONS_VERSION, provenance
+    flows.save_params(tmp_path / "m.h5", {"a": np.ones(2)}, {"v": 1})
+    prov = flows.read_file_provenance(tmp_path / "m.h5")
+    for key in ("git_commit", "command", "time_utc", "version", "python", "numpy", "h5py", "host"):
+        assert key in prov, key
+    assert prov["conventions_version"] == CONVENTIONS_VERSION and prov["mpi_ranks"] == 1
+    flows.save_params(tmp_path / "n.h5", {"a": np.ones(2)}, provenance=provenance(mpi_ranks=4))
+    assert flows.read_file_provenance(tmp_path / "n.h5")["mpi_ranks"] == 4
+    assert flows.read_config(tmp_path / "m.h5") == {"v": 1}            # not part of the config
+
+
+def test_parameter_files_without_provenance_still_load(tmp_path):
+    """A file as written before the provenance was recorded."""
+    import json
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "gaugeflow-params"
+        f.attrs["version"] = 1
+        f.attrs["config"] = json.dumps({"v": 1})
+        f.attrs["groups"] = json.dumps(["params"])
+        g = f.create_group("params")
+        g.create_dataset("a", data=np.arange(3.0))
+        g.attrs["order"] = json.dumps(["a"])
+    q, cfg = flows.load_params(path, template={"a": (3,)})
+    np.testing.assert_array_equal(q["a"], np.arange(3.0)) and cfg == {"v": 1}
+    assert flows.read_file_provenance(path) == {}

@@ -237,7 +237,7 @@ def test_every_stage_reads_cg_maxiter(made, tmp_path, capsys, command):
     out = tmp_path / "out"
     copy_inputs(made, out)
     cfg = tiny(tmp_path, out)
-    sets = ["--set", "fermions.enabled=true"] if command == "evaluate" else []
+    sets = ["--set", "fermions.enabled=true"] if command == "evaluate" else ["--set", "measure.flowed=false"]
     rc, _, err = cli(capsys, command, cfg, *sets, "--set", "fermions.cg_maxiter=2")
     line = one_error_line(err)
     assert rc == 2 and "CGNotConverged" in line and "maxiter 2" in line and "fermions.cg_maxiter" in line, line
@@ -251,7 +251,8 @@ def test_every_stage_reads_cg_maxiter(made, tmp_path, capsys, command):
 def test_debug_shows_the_traceback(made, tmp_path, capsys):
     out = tmp_path / "out"
     copy_inputs(made, out)
-    rc, _, err = cli(capsys, "measure", tiny(tmp_path, out), "--set", "fermions.cg_maxiter=1", "--debug")
+    rc, _, err = cli(capsys, "measure", tiny(tmp_path, out), "--set", "fermions.cg_maxiter=1", "--set",
+                     "measure.flowed=false", "--debug")
     assert rc == 2 and "Traceback" in err and err.rstrip().splitlines()[-1].startswith("gaugeflow: error: CGNotConverged")
 
 
@@ -261,8 +262,9 @@ def test_a_bug_still_shows_its_traceback(made, tmp_path, capsys, monkeypatch):
     def broken(ctx):
         raise ZeroDivisionError("a bug")
     monkeypatch.setattr(job, "run", broken)
+    copy_inputs(made, tmp_path / "out", ("ensemble.h5",))
     with pytest.raises(ZeroDivisionError):
-        main(["measure", str(tiny(tmp_path))])
+        main(["measure", str(tiny(tmp_path)), "--set", "measure.flowed=false"])
     # ... and the lock of the output directory was released on the way out
     assert not (tmp_path / "out" / ".gaugeflow.lock").exists()
 
@@ -453,6 +455,7 @@ def test_import_resumes_by_file_identity_and_refuses_a_changed_list(tmp_path, ca
         rc, _, err = cli(capsys, "import", cfg, *bad)
         line = one_error_line(err)
         assert rc == 2 and "MismatchError" in line and "the list changed" in line and "conf.0001" in line, line
+        assert line.count(" -- ") == 1 and line.endswith("new ones at the end), or use another job.output")  # one hint
     files[1].write_bytes(files[2].read_bytes())                   # same name, other content
     rc, _, err = cli(capsys, "import", cfg, *files)
     assert rc == 2 and "other content" in one_error_line(err)
@@ -520,7 +523,7 @@ def test_evaluate_refuses_a_flow_of_other_settings_in_a_fresh_directory(made, tm
         rc, _, err = cli(capsys, "evaluate", cfg, *[a for s in sets for a in ("--set", s)])
         line = one_error_line(err)
         assert rc == 2 and "trained with other settings" in line and key in line and "flow.h5" in line, line
-        assert not (out / "evaluate.h5").exists() and not (out / "flowed.h5").exists()
+        assert sorted(os.listdir(out)) == ["ensemble.h5", "flow.h5"]     # refused before it wrote anything
     rc, _, err = cli(capsys, "evaluate", cfg)
     assert rc == 0, err
 
@@ -615,3 +618,225 @@ def test_every_user_error_class_is_one_line_with_the_traceback_in_the_log(tmp_pa
     log = (out / "gaugeflow.log").read_text()
     assert "Traceback" in log and kind in log
     assert not (out / ".gaugeflow.lock").exists()
+
+
+# ------------------------------------------------------------------ hmc: the CG settings of the config
+def test_hmc_solves_at_the_configured_cg_tol_and_records_it(tmp_path, capsys):
+    """fermions.cg_tol is what the pseudofermion CGs of hmc use (formerly the force ran at a fixed
+    1e-9 and the action at min(cg_tol, 1e-10), so a loose cg_tol with a small cg_maxiter still
+    failed, and the hint "loosen fermions.cg_tol" could not help); the tolerances used are in
+    the session provenance of the ensemble."""
+    from lattice.io import EnsembleStore
+    out = tmp_path / "out"
+    sets = ["fermions.enabled=true", "fermions.cg_tol=0.5", "fermions.cg_maxiter=3", "hmc.n_traj=1"]
+    rc, o, err = cli(capsys, "hmc", tiny(tmp_path, out), *[a for s in sets for a in ("--set", s)])
+    assert rc == 0, err
+    assert "relative residual 0.5" in o
+    with EnsembleStore.open(out / "ensemble.h5", "r") as e:
+        assert e.meta["fermions"]["cg_tol"] == 0.5
+        s = e.sessions[-1]
+        assert s["cg_action_tol"] == 0.5 and s["cg_force_tol"] == 0.5 and s["cg_maxiter"] == 3
+
+
+# ------------------------------------------------------------------ inputs checked before anything is written
+def test_measure_refuses_without_the_flowed_ensemble_and_records_whether_it_measured_it(tmp_path, capsys):
+    """measure.flowed = true (the default) without `evaluate` having run: refused in one line,
+    nothing written (formerly measured U only, wrote C_flow = 0 and then refused its own rerun
+    once the flowed ensemble existed). measure.h5 records the choice in its attribute `flowed`."""
+    from lattice.io import RecordStore
+    from run.jobs.measure import KIND
+    out = tmp_path / "out"
+    cfg = tiny(tmp_path, out)
+    assert cli(capsys, "hmc", cfg, "--set", "hmc.n_traj=1")[0] == 0
+    before = sorted(os.listdir(out))
+    rc, _, err = cli(capsys, "measure", cfg)
+    line = one_error_line(err)
+    assert rc == 2 and f"no flowed ensemble {out / 'flowed.h5'}" in line, line
+    assert "run `gaugeflow evaluate` first, or set measure.flowed=false" in line
+    assert sorted(os.listdir(out)) == before                   # no measure.h5, config or log entry
+    assert cli(capsys, "measure", cfg, "--set", "measure.flowed=false")[0] == 0
+    with RecordStore.open(out / "measure.h5", "r", kind=KIND) as s:
+        assert s.attrs["flowed"] is False
+    other = tmp_path / "flowed"                                 # an ensemble standing in for evaluate's f(U)
+    copy_inputs(out, other, ("ensemble.h5",))
+    (other / "flowed.h5").write_bytes((out / "ensemble.h5").read_bytes())
+    assert cli(capsys, "measure", tiny(tmp_path, other))[0] == 0
+    with RecordStore.open(other / "measure.h5", "r", kind=KIND) as s:
+        assert s.attrs["flowed"] is True
+        np.testing.assert_array_equal(s.column("C_flow"), s.column("C"))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "measure"])
+def test_a_stage_without_its_ensemble_refuses_and_writes_nothing(tmp_path, capsys, command):
+    """A wrong --output: train no longer runs a whole HMC of its own (without `== hmc` and
+    hmc.config.toml); evaluate and measure no longer create the directory, their config and log."""
+    out = tmp_path / "typo"
+    rc, _, err = cli(capsys, command, tiny(tmp_path), "--output", out)
+    line = one_error_line(err)
+    assert rc == 2 and f"FileNotFoundError: no ensemble {out / 'ensemble.h5'}" in line and f"`{command}`" in line
+    assert "run `gaugeflow hmc` (or `gaugeflow import`) with this config first, or check job.output" in line, line
+    assert not out.exists()
+
+
+def test_evaluate_without_a_flow_writes_nothing(made, tmp_path, capsys):
+    out = tmp_path / "out"
+    copy_inputs(made, out, ("ensemble.h5",))
+    rc, _, err = cli(capsys, "evaluate", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 2 and f"no trained flow {out / 'flow.h5'}" in line and "run `gaugeflow train`" in line, line
+    assert os.listdir(out) == ["ensemble.h5"]
+
+
+def test_a_flow_file_that_is_not_hdf5_has_a_hint(made, tmp_path, capsys):
+    out = tmp_path / "out"
+    copy_inputs(made, out, ("ensemble.h5",))
+    (out / "flow.h5").write_text("not HDF5")
+    rc, _, err = cli(capsys, "evaluate", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 2 and "ParamFileError" in line and "as HDF5" in line, line
+    assert line.endswith("-- restore the file from a copy, or delete it and rerun `gaugeflow train` (it writes "
+                         "flow.h5, pf_flow.h5 and their checkpoints)"), line
+
+
+def test_a_missing_file_has_a_hint(tmp_path, capsys, monkeypatch):
+    """FileNotFoundError: also where a stage finds no input of its own (e.g. analyze's)."""
+    import run.jobs.hmc as job
+
+    def failing(ctx):
+        raise FileNotFoundError(f"{tmp_path / 'e2' / 'ensemble.h5'} does not exist")
+    monkeypatch.setattr(job, "run", failing)
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "e2/ensemble.h5 does not exist -- check the path and job.output (--output)" in line, line
+
+
+def test_train_needs_the_ensemble_only_with_an_ensemble_base(tmp_path, capsys):
+    """train.base = "haar" reads no ensemble (the held-out ESS is on Haar samples; linear-response
+    and the pseudofermion flow need train.base = "ensemble"): it runs in an empty directory."""
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "train", tiny(tmp_path, out), "--set", 'train.base="haar"', "--set", "train.holdout_every=1")
+    assert rc == 0, err
+    assert (out / "flow.h5").exists() and not (out / "ensemble.h5").exists()
+
+
+def test_demo_still_runs_hmc_before_train(tmp_path, capsys, monkeypatch):
+    import run.jobs.demo as demo
+    for stage in (demo.evaluate, demo.measure, demo.analyze):        # the stages after train: not needed here
+        monkeypatch.setattr(stage, "run", lambda ctx: None)
+    out = tmp_path / "out"
+    rc, o, err = cli(capsys, "demo", tiny(tmp_path, out))
+    assert rc == 0, err
+    assert "== hmc" in o and "== train" in o and (out / "ensemble.h5").exists() and (out / "flow.h5").exists()
+
+
+# ------------------------------------------------------------------ import: its arguments
+def test_import_needs_a_config_and_files(tmp_path, capsys, monkeypatch):
+    """Formerly `import my.toml` read my.toml as an ILDG file (bad LIME magic number), and
+    `import conf.0000` imported it with the bundled demo config (Wilson beta = 5.7, into out/demo)."""
+    monkeypatch.chdir(tmp_path)
+    files, _ = _ildg_files(tmp_path, n=2)
+    cfg = tiny(tmp_path)
+    for args, text in (([cfg], f"no ILDG files given after the config '{cfg}'"),
+                       (["demo"], "no ILDG files given after the config 'demo'"),
+                       ([files[0]], f"no config given: the first argument '{files[0]}' is neither a TOML file nor a "
+                                    f"bundled config name"),
+                       (files, f"no config given: the first argument '{files[0]}' is neither"),
+                       ([], "import needs a config and at least one ILDG file")):
+        rc, _, err = cli(capsys, "import", *args)
+        line = one_error_line(err)
+        assert rc == 2 and f"UsageError: {text}" in line and "gaugeflow import CONFIG FILE..." in line, line
+    assert sorted(os.listdir(tmp_path)) == ["conf.0000", "conf.0001", "tiny.toml"]     # nothing written
+
+
+def test_import_of_another_lattice_says_to_set_lattice_shape(tmp_path, capsys):
+    files, _ = _ildg_files(tmp_path, n=2)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "import", tiny(tmp_path, out), *files, "--set", "lattice.shape=[4,4,4,8]")
+    line = one_error_line(err)
+    assert rc == 2 and "MismatchError" in line and "conf.0000 holds a 4x4x4x4 lattice" in line, line
+    assert line.count(" -- ") == 1 and "set lattice.shape = [4, 4, 4, 4]" in line and "job.output" not in line
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ interrupts: Ctrl-C, SIGTERM
+def test_an_interrupt_ends_the_job_with_one_line_and_its_cleanup(tmp_path, capsys, monkeypatch):
+    """What the signal handlers raise (run.parallel.Interrupted) ends the job like an error does:
+    the lock is released, one line on stderr and in the log, exit status 128 + signal."""
+    import signal
+    import run.jobs.hmc as job
+    from run.parallel import Interrupted
+
+    def interrupted(ctx):
+        raise Interrupted(signal.SIGTERM)
+    monkeypatch.setattr(job, "run", interrupted)
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path, out))
+    line = one_error_line(err)
+    assert rc == 143 and line.startswith("gaugeflow: hmc interrupted by SIGTERM after ") and \
+        line.endswith("s; rerun the same command to resume"), line
+    assert "WARNING " + line in (out / "gaugeflow.log").read_text()
+    assert not (out / ".gaugeflow.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL          # the handlers are restored
+
+
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_real_signal_ends_the_job_cleanly_and_the_rerun_resumes(tmp_path, sig, code):
+    """Ctrl-C formerly printed a 30-line KeyboardInterrupt traceback; SIGTERM (scancel, wall-time
+    limits) left nothing in gaugeflow.log."""
+    import signal
+    import time
+    from lattice.io import EnsembleStore
+    out = tmp_path / "out"
+    cfg = tiny(tmp_path, out)
+    p = subprocess.Popen([sys.executable, "-m", "run", "hmc", str(cfg), "--set", "hmc.n_traj=500"], env=env(),
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.time()
+        while '"pid"' not in _lock_text(out):
+            assert p.poll() is None and time.time() - t0 < 60, "the job did not start"
+            time.sleep(0.02)
+        time.sleep(3)                                  # a few trajectories stored
+        p.send_signal(getattr(signal, sig))
+        o, e = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    line = one_error_line(e)
+    assert p.returncode == code and f"gaugeflow: hmc interrupted by {sig} after " in line, e
+    assert line in (out / "gaugeflow.log").read_text()
+    assert sorted(os.listdir(out)) == ["ensemble.h5", "gaugeflow.log", "hmc.config.toml"]   # no lock, no temp file
+    with EnsembleStore.open(out / "ensemble.h5", "r") as ens:
+        n = len(ens)
+    assert 0 < n < 500
+    rc = main(["hmc", str(cfg), "--set", f"hmc.n_traj={n + 1}"])
+    assert rc == 0 and len(ensemble_fields(out / "ensemble.h5")) == n + 1
+    assert f"resuming ensemble.h5: {n} configurations stored" in (out / "gaugeflow.log").read_text()
+
+
+# ------------------------------------------------------------------ progress in batch logs
+def test_progress_in_a_batch_log_is_a_few_plain_lines(tmp_path, capsys, monkeypatch):
+    """job.progress = true with stderr not a terminal (a SLURM log): formerly one \\r frame per
+    trajectory; now plain lines, at most one a minute plus the first and the last."""
+    monkeypatch.delenv("GAUGEFLOW_PROGRESS_INTERVAL", raising=False)
+    rc, _, err = cli(capsys, "hmc", tiny(tmp_path), "--set", "job.progress=true", "--set", "hmc.n_traj=30")
+    assert rc == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("HMC:")]
+    assert "\r" not in err and 2 <= len(lines) <= 3 and "31/31" in lines[-1], err
+
+
+# ------------------------------------------------------------------ flow files: permissions, provenance
+def test_flow_files_follow_the_umask_and_record_their_provenance(made):
+    """flow.h5 and train.ckpt.h5 of `gaugeflow train` (formerly 0600, and without provenance)."""
+    import flows
+    from lattice.io import CONVENTIONS_VERSION, EnsembleStore
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("flow.h5", "train.ckpt.h5"):
+        assert (made / name).stat().st_mode & 0o777 == (made / "ensemble.h5").stat().st_mode & 0o777 \
+            == 0o666 & ~umask, name
+        prov = flows.read_file_provenance(made / name)
+        assert prov["conventions_version"] == CONVENTIONS_VERSION and prov["mpi_ranks"] == 1, name
+        assert " train " in prov["command"] and prov["time_utc"] and "git_commit" in prov, name
+    with EnsembleStore.open(made / "ensemble.h5", "r") as e:
+        assert set(e.provenance) <= set(prov)            # the same record as the other outputs

@@ -100,7 +100,8 @@ def test_exception_on_one_rank_aborts_every_rank(made, tmp_path, stage):
             (out / f).write_bytes((made / f).read_bytes())
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(TINY.format(out=out))
-    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg], tmp_path)
+    sets = ["--set", "measure.flowed=false"] if stage == "measure" else []      # no flowed ensemble here
+    r = launch(2, ["-c", FAIL_ON_ONE_RANK, "bug", stage, cfg, *sets], tmp_path)
     assert r.returncode != 0
     assert f"[rank 1] RuntimeError: deliberate failure on rank 1 in {stage}" in r.stderr, r.stderr
     log = (out / "gaugeflow.log").read_text()
@@ -137,3 +138,39 @@ def test_odd_local_extents_of_a_flow_are_a_configuration_error_before_work(tmp_p
     lines = [l for l in r.stderr.splitlines() if "configuration error" in l]
     assert len(lines) == 2 and all("lattice.shape" in l and "even local extents" in l for l in lines), r.stderr
     assert not out.exists()
+
+
+def test_sigterm_ends_every_rank_with_one_line(tmp_path):
+    """scancel / a wall-time limit: every rank gets SIGTERM; rank 0 reports once (stderr and
+    log) after the cleanup and ends all ranks; exit status 143; the store is intact."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from mpi_launching import MPIEXEC, launch_env
+    out = tmp_path / "out"
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY.format(out=out))
+    p = subprocess.Popen([str(MPIEXEC), "-n", "2", sys.executable, "-m", "run", "hmc", str(cfg), "--set",
+                          "hmc.n_traj=500", "--set", "lattice.shape=[4,4,4,8]"], cwd=tmp_path, env=launch_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (out / ".gaugeflow.lock").exists() or '"pid"' not in (out / ".gaugeflow.lock").read_text():
+            assert p.poll() is None and time.time() - t0 < 60, "the job did not start"
+            time.sleep(0.05)
+        time.sleep(3)
+        p.send_signal(signal.SIGTERM)
+        o, e = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, e
+    lines = [l for l in e.splitlines() if "interrupted by" in l]
+    assert len(lines) == 1 and lines[0].startswith("gaugeflow: hmc interrupted by SIGTERM after "), e
+    assert "Traceback" not in e
+    assert (out / "gaugeflow.log").read_text().count("interrupted by SIGTERM") == 1
+    assert not (out / ".gaugeflow.lock").exists()
+    with _open_when_released(out / "ensemble.h5") as ens:
+        assert 0 < len(ens) < 500
+        ens.read(len(ens) - 1)

@@ -111,6 +111,8 @@ def test_workflow_outputs_exist_and_are_consistent(workflow):
         assert (out / f).is_file(), f"{f} missing"
     ev = columns(out / "evaluate.h5", "flow-evaluation", ["index", "logJ", "dS", "log_det_W", "log_w"])
     me = columns(out / "measure.h5", "pion-measurements", ["index", "C", "C_flow", "O", "O_flow"])
+    with RecordStore.open(out / "measure.h5", "r", kind="pion-measurements") as s:
+        assert s.attrs["flowed"] is True                       # C_flow, O_flow are measurements on f(U)
     n = 10
     assert np.array_equal(ev["index"], np.arange(n)) and np.array_equal(me["index"], np.arange(n))
     # log w = -(S_lam2(f(U)) - S_lam1(U)) + log J (+ 0: quenched)
@@ -157,10 +159,12 @@ def test_rerun_of_a_finished_stage_changes_nothing(workflow, tmp_path):
 # ------------------------------------------------------------------ kill and resume
 def _kill_when(args, ready, timeout=300):
     """Start `gaugeflow *args` with progress bars, SIGKILL it as soon as ``ready(stderr)``
-    holds (the text the job printed so far); returns True if it was killed while running."""
+    holds (the text the job printed so far); returns True if it was killed while running.
+    (stderr is a pipe: a progress line for every update needs GAUGEFLOW_PROGRESS_INTERVAL=0.)"""
     import threading
     p = subprocess.Popen([sys.executable, "-m", "run", *map(str, args), "--set", "job.progress=true"],
-                         env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         env=dict(env(), GAUGEFLOW_PROGRESS_INTERVAL="0"), cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     buf = []
     reader = threading.Thread(target=lambda: [buf.append(c) for c in iter(lambda: p.stderr.read1(4096), b"")],
                               daemon=True)
@@ -298,11 +302,16 @@ def test_truncated_file_is_a_clear_error(workflow, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "ensemble.h5" in r.stderr, r.stderr
 
 
-def test_missing_flow_is_a_clear_error(tmp_path):
+def test_missing_flow_is_a_clear_error(workflow, tmp_path):
+    ref_out, _ = workflow[0]
     cfg = write_config(tmp_path / "tiny.toml", tmp_path / "out")
     (tmp_path / "out").mkdir()
+    r = gaugeflow("evaluate", cfg, check=False)          # the ensemble is missing first
+    assert r.returncode == 2 and "no ensemble" in r.stderr and "run `gaugeflow hmc`" in r.stderr, r.stderr
+    (tmp_path / "out" / "ensemble.h5").write_bytes((ref_out / "ensemble.h5").read_bytes())
     r = gaugeflow("evaluate", cfg, check=False)
-    assert r.returncode == 2 and "run `gaugeflow train`" in r.stderr, r.stderr
+    assert r.returncode == 2 and "no trained flow" in r.stderr and "run `gaugeflow train`" in r.stderr, r.stderr
+    assert os.listdir(tmp_path / "out") == ["ensemble.h5"]
 
 
 def test_nf2_workflow_with_exact_determinant_and_pseudofermion_ratios(tmp_path):

@@ -122,7 +122,7 @@ class EnsembleStore:
     @classmethod
     def create(cls, path, *, lattice_shape, N: int, action, meta: dict | None = None,
                layout: Layout | None = None, storage: str = "complex128", overwrite: bool = False,
-               durable: bool = True) -> "EnsembleStore":
+               durable: bool = True, provenance_extra: dict | None = None) -> "EnsembleStore":
         """Create a new, empty ensemble file and open it for appending.
 
         lattice_shape : global lattice (L_0, ..., L_{Nd-1}), time last.
@@ -131,6 +131,8 @@ class EnsembleStore:
         meta : further header data (seeds, start, integrator, ...), JSON-serialisable.
         layout : the job's :class:`lattice.Layout` (must have this global shape).
         storage : "complex128" (default) or "complex64" (fields are rounded on append).
+        provenance_extra : further entries (str/int/float) of this job's provenance record
+            (e.g. the solver tolerances it used; :func:`lattice.io.provenance` ``extra``).
         """
         shape = tuple(int(n) for n in lattice_shape)
         if not 2 <= len(shape) <= 4:
@@ -150,7 +152,8 @@ class EnsembleStore:
 
         def make():
             return RecordStore.create(path, kind=KIND, attrs=header, columns=columns, overwrite=overwrite,
-                                      provenance=_provenance(layout=layout), durable=durable)
+                                      provenance=_provenance(layout=layout, extra=provenance_extra),
+                                      durable=durable)
 
         store = on_root(layout, make)
         header = layout.bcast(store.attrs if store is not None else None)
@@ -158,17 +161,19 @@ class EnsembleStore:
 
     @classmethod
     def open(cls, path, mode: str = "r", layout: Layout | None = None, expect: dict | None = None,
-             durable: bool = True) -> "EnsembleStore":
+             durable: bool = True, provenance_extra: dict | None = None) -> "EnsembleStore":
         """Open an ensemble for reading (``"r"``) or appending (``"a"``).
 
         The file is validated (format, checksummed columns, conventions); with ``layout`` its
         lattice must equal ``layout.global_shape``; ``expect`` entries (e.g. ``{"N": 3,
         "action": {...}, "meta": {"seed": 1}}``) must match the header, else a
         :class:`~lattice.io.errors.MismatchError` names the differing field and both values.
+        ``provenance_extra``: as in :meth:`create`, for the session record of an append.
         """
         def op():
             st = RecordStore.open(path, mode, kind=KIND, expect=expect, durable=durable,
-                                  provenance=_provenance(layout=layout) if mode == "a" else None)
+                                  provenance=_provenance(layout=layout, extra=provenance_extra)
+                                  if mode == "a" else None)
             try:
                 damaged_as_corrupt(lambda: (st.attrs, st.columns), path, "its header")
                 hdr = st.attrs
@@ -198,7 +203,7 @@ class EnsembleStore:
     @classmethod
     def open_or_create(cls, path, *, lattice_shape, N: int, action, meta: dict | None = None,
                        layout: Layout | None = None, storage: str = "complex128",
-                       durable: bool = True) -> "EnsembleStore":
+                       durable: bool = True, provenance_extra: dict | None = None) -> "EnsembleStore":
         """Resume an existing ensemble or start a new one, for jobs that may be restarted.
 
         If ``path`` exists it is opened for appending and must match ``lattice_shape``, ``N``,
@@ -210,8 +215,9 @@ class EnsembleStore:
         state = on_root(layout, lambda: _existing_state(path, KIND, expect), bcast_result=True)
         if state != "resume":
             return cls.create(path, lattice_shape=lattice_shape, N=N, action=action, meta=meta, layout=layout,
-                              storage=storage, durable=durable, overwrite=state == "replace")
-        return cls.open(path, "a", layout=layout, expect=expect, durable=durable)
+                              storage=storage, durable=durable, overwrite=state == "replace",
+                              provenance_extra=provenance_extra)
+        return cls.open(path, "a", layout=layout, expect=expect, durable=durable, provenance_extra=provenance_extra)
 
     # ----------------------------------------------------------------- header
     @property

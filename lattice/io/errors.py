@@ -13,8 +13,8 @@ wrong, so that a failed job log is self-explanatory:
   the caller expects (lattice size, action parameters, conventions, ...). It carries the
   differing ``field`` and the ``found``/``expected`` values.
 
-All exceptions pickle with their attributes, so that an error on the MPI rank doing the I/O
-is re-raised unchanged on every rank.
+All exceptions pickle with their attributes (also ones a caller added, e.g. a ``hint``), so
+that an error on the MPI rank doing the I/O is re-raised unchanged on every rank.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class CorruptFileError(OSError):
         return self.args[0] if self.args else ""
 
     def __reduce__(self):
-        return (type(self), (self.args[0] if self.args else "", self.path))
+        return (type(self), (self.args[0] if self.args else "", self.path), self.__dict__ or None)
 
 
 class TruncatedFileError(CorruptFileError):
@@ -58,4 +58,4 @@ class MismatchError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.args[0] if self.args else "", self.field, self.found,
-                             self.expected, self.path))
+                             self.expected, self.path), self.__dict__ or None)

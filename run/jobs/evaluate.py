@@ -11,6 +11,9 @@ log J, the action difference, the per-shot determinant log-weights, log w, and t
 of plain reweighting without a flow, S_lambda1(U) - S_lambda2(U), for the share of var(log w)
 that the flow removes) and `flowed.h5`
 (the flowed ensemble f(U), labelled with the lambda_2 action). Resumes after a kill.
+
+Inputs (checked before anything is written, :func:`check_inputs`): the lambda_1 ensemble,
+`flow.h5` trained with this config's settings, and with ``pf_flow.enabled`` `pf_flow.h5`.
 """
 from __future__ import annotations
 
@@ -19,17 +22,35 @@ import time
 import numpy as np
 
 from lattice.backend import to_host
-from lattice.io import EnsembleStore, on_root
+from lattice.io import EnsembleStore
 
-from ..config import ConfigError
 from ..context import JobContext, make_action, file_digest
+from ..inputs import require_ensemble, require_file, run_checks
 from ..records import RankStore, Column
 from . import hmc as hmc_job
-from .train import flow_path, check_flow_matches, pf_flow_path, check_pf_flow_matches
+from .train import flow_path, check_flow_matches, pf_flow_path
 
-__all__ = ["run", "KIND"]
+__all__ = ["run", "KIND", "check_inputs"]
 
 KIND = "flow-evaluation"
+
+
+def _uses_pf_flow(cfg) -> bool:
+    return bool(cfg["fermions"]["enabled"] and cfg["evaluate"]["n_shots"] and cfg["pf_flow"]["enabled"])
+
+
+def check_inputs(cfg: dict) -> None:
+    """The lambda_1 ensemble, a `flow.h5` of this config's settings (:func:`check_flow_matches`)
+    and, with ``pf_flow.enabled``, a matching `pf_flow.h5`: before anything is written."""
+    from .train import _file_matches, pf_run_info
+    require_ensemble(cfg, cfg["train"]["lam1"], "evaluate")
+    train_first = "run `gaugeflow train` with this config first, or check job.output (--output)"
+    flow = require_file(cfg, "flow.h5", "trained flow", train_first)
+    check_flow_matches(cfg, flow)
+    if _uses_pf_flow(cfg):
+        pf = require_file(cfg, "pf_flow.h5", "pseudofermion flow",
+                          train_first + "; with pf_flow.enabled = true `train` trains it after the gauge flow")
+        _file_matches(pf, pf_run_info(cfg, file_digest(flow)))
 
 
 def run(ctx: JobContext):
@@ -39,22 +60,17 @@ def run(ctx: JobContext):
     t, f = cfg["train"], cfg["fermions"]
     lam1, lam2 = t["lam1"], t["lam2"]
     S1, S2 = make_action(cfg, lam1), make_action(cfg, lam2)
-    if not flow_path(ctx).exists():
-        raise ConfigError(f"{flow_path(ctx)} not found: run `gaugeflow train` with this config first")
+    run_checks(ctx.comm, check_inputs, cfg)
     model, params = flows.load(flow_path(ctx), xp=ctx.xp)
     digest = file_digest(flow_path(ctx))
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
     seed = cfg["job"]["seed"] + 1000
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
              "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
-    use_pf = bool(n_shots and cfg["pf_flow"]["enabled"])
+    use_pf = _uses_pf_flow(cfg)
     pf_model = pf_params = None
     if use_pf:
         from flows.pseudofermion import load_pf_flow
-        if not pf_flow_path(ctx).exists():
-            raise ConfigError(f"{pf_flow_path(ctx)} not found: run `gaugeflow train` with this config first "
-                              f"(pf_flow.enabled = true trains it after the gauge flow)")
-        on_root(ctx.layout, lambda: check_pf_flow_matches(cfg, ctx))
         pf_model, pf_params, _ = load_pf_flow(pf_flow_path(ctx), xp=ctx.xp)
         attrs["pf_flow_sha256"] = file_digest(pf_flow_path(ctx))
     ns = max(n_shots, 1)
@@ -64,11 +80,6 @@ def run(ctx: JobContext):
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
                              expect={"action": S1.params()})
-    try:   # the flow must be the one this config trains (also in a fresh directory)
-        on_root(ctx.layout, lambda: check_flow_matches(cfg, flow_path(ctx)))
-    except BaseException:
-        src.close()
-        raise
     flowed = EnsembleStore.open_or_create(ctx.path("flowed.h5"), lattice_shape=shape, N=N, action=S2.params(),
                                           meta={"flow_sha256": digest, "lam1": lam1}, layout=ctx.layout)
     t0 = time.perf_counter()
@@ -79,8 +90,8 @@ def run(ctx: JobContext):
             ctx.say(f"resuming evaluation at configuration {start} of {n}")
         bar = None
         if ctx.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=start, desc="evaluate", unit="cfg")
+            from lattice.progress import progress_bar
+            bar = progress_bar(n, initial=start, desc="evaluate", unit="cfg")
         for i in range(start, n):
             U = src.read(i, xp=ctx.xp)[None, ...]
             V, logJ = model.forward(params, U, layout=ctx.layout)

@@ -1,5 +1,9 @@
-"""`gaugeflow import FILES...`: ILDG/LIME gauge files from other codes (checksums verified)
-into `<output>/ensemble.h5`, with the action of the config recorded as metadata.
+"""`gaugeflow import CONFIG FILE...`: ILDG/LIME gauge files from other codes (checksums verified)
+into `<output>/ensemble.h5`, with the action of the config recorded as metadata. The config
+is required (it labels the configurations with their action) and so is at least one file
+(:func:`run.cli.split_import_arguments`). Before anything is written every file is checked
+(:func:`check_inputs`): it exists, is a LIME/ILDG file, and holds the config's
+``lattice.shape``.
 
 Resuming goes by file identity: configuration i records the name and SHA-256 of the file it
 came from, and a rerun skips the files already imported only if the list starts with exactly
@@ -25,17 +29,46 @@ from lattice import su_n
 from lattice.io import EnsembleStore, read_ildg, read_ildg_info, on_root, MismatchError
 
 from ..context import JobContext, make_action, file_digest
+from ..inputs import with_hint
 from .hmc import ensemble_path
 
-__all__ = ["run", "STORE_TOL"]
+__all__ = ["run", "STORE_TOL", "check_inputs"]
 
 STORE_TOL = 1e-10        # the ensemble store's SU(N) tolerance on append
 
 
 def _identity(f) -> dict:
+    _identity_checks(f)
+    return {"file": os.path.basename(os.fspath(f)), "sha256": file_digest(f)}
+
+
+def check_inputs(cfg: dict, files) -> None:
+    """Every file exists, is an ILDG/LIME file and holds the config's lattice (before anything
+    is written); the errors name the file and say what to do."""
+    from lattice.io import CorruptFileError
+    shape = tuple(cfg["lattice"]["shape"])
+    for f in files:
+        if not os.path.exists(f):
+            raise with_hint(FileNotFoundError(f"ILDG file {f} does not exist"),
+                            "check the file names (gaugeflow import CONFIG FILE...)")
+        _identity_checks(f)
+        try:
+            info = read_ildg_info(f)
+        except CorruptFileError as exc:
+            raise with_hint(exc, "check that the files are ILDG/LIME gauge configurations (and the config comes "
+                                 "first: gaugeflow import CONFIG FILE...); restore a damaged file from a copy")
+        if tuple(info.lattice_shape) != shape:
+            have = list(info.lattice_shape)
+            raise with_hint(MismatchError(f"{f} holds a {'x'.join(map(str, have))} lattice (lx ly lz lt), the config's "
+                                          f"lattice.shape is {list(shape)}", field="lattice_shape",
+                                          found=tuple(have), expected=shape, path=f),
+                            f"set lattice.shape = {have} in the config (or --set lattice.shape="
+                            f"[{','.join(map(str, have))}]), the files' lattice with time last")
+
+
+def _identity_checks(f):
     if os.path.isdir(f):
         raise IsADirectoryError(f"{f} is a directory, not an ILDG file: list the files (e.g. {f}/conf.*)")
-    return {"file": os.path.basename(os.fspath(f)), "sha256": file_digest(f)}
 
 
 def _check_list(ens: EnsembleStore, ids: list, files) -> int:
@@ -45,18 +78,19 @@ def _check_list(ens: EnsembleStore, ids: list, files) -> int:
         st = ens.state(i) or {}
         have = {"file": os.path.basename(str(st.get("file", "?"))), "sha256": st.get("sha256")}
         if i >= len(ids):
-            raise MismatchError(f"{ens.path} already holds {done} imported configurations, the list gives only "
-                                f"{len(ids)} files: import the same list (extended at the end), or use another "
-                                f"job.output", field="files", found=done, expected=len(ids), path=ens.path)
+            raise with_hint(MismatchError(f"{ens.path} already holds {done} imported configurations, the list gives "
+                                          f"only {len(ids)} files", field="files", found=done, expected=len(ids),
+                                          path=ens.path),
+                            "import the same list (extended at the end), or use another job.output")
         want = ids[i]
         same = have["file"] == want["file"] and (have["sha256"] is None or have["sha256"] == want["sha256"])
         if not same:
             what = "another file" if have["file"] != want["file"] else "the same name with other content"
-            raise MismatchError(f"{ens.path}: configuration {i} was imported from {have['file']} "
-                                f"(sha256 {str(have['sha256'])[:12]}...), but position {i} of the list is {files[i]} "
-                                f"({what}): the list changed; import the files in the original order (new ones at "
-                                f"the end) or use another job.output", field=f"files[{i}]", found=have,
-                                expected=want, path=ens.path)
+            raise with_hint(MismatchError(f"{ens.path}: configuration {i} was imported from {have['file']} "
+                                          f"(sha256 {str(have['sha256'])[:12]}...), but position {i} of the list is "
+                                          f"{files[i]} ({what}): the list changed", field=f"files[{i}]", found=have,
+                                          expected=want, path=ens.path),
+                            "import the files in the original order (new ones at the end), or use another job.output")
     return done
 
 

@@ -5,6 +5,13 @@ ensemble and on its flowed image f(U) (`flowed.h5`, from `evaluate`).
 Valence quarks use [fermions] kappa, mu (also for a quenched ensemble). The same noise
 sources (seed per configuration) are used on U and f(U), so that their fluctuations cancel
 in the correlated difference. Output `measure.h5` (resumes after a kill).
+
+With ``measure.flowed = true`` (the default) the flowed ensemble must exist: without it the
+job is refused before it writes anything (run `gaugeflow evaluate` first, or set
+``measure.flowed = false`` to measure on U only). `measure.h5` records the choice in its
+header attribute ``flowed`` (bool; readable as ``RecordStore.attrs["flowed"]``): true means
+``C_flow``, ``O_flow``, ``plaquette_flow`` hold measurements on f(U), false that they are
+zeros (no flowed measurement was made), so an analysis can tell the two apart.
 """
 from __future__ import annotations
 
@@ -17,12 +24,22 @@ import lattice as L
 
 from ..config import ConfigError
 from ..context import JobContext, make_action
+from ..inputs import require_ensemble, require_file, run_checks
 from ..records import RankStore, Column
 from . import hmc as hmc_job
 
-__all__ = ["run", "KIND"]
+__all__ = ["run", "KIND", "check_inputs"]
 
 KIND = "pion-measurements"
+
+
+def check_inputs(cfg: dict) -> None:
+    """The lambda_1 ensemble and, with ``measure.flowed``, the flowed ensemble of `evaluate`
+    (before anything is written; :mod:`run.inputs`)."""
+    require_ensemble(cfg, cfg["train"]["lam1"], "measure")
+    if cfg["measure"]["flowed"]:
+        require_file(cfg, "flowed.h5", "flowed ensemble",
+                     "run `gaugeflow evaluate` first, or set measure.flowed=false")
 
 
 def run(ctx: JobContext):
@@ -34,7 +51,8 @@ def run(ctx: JobContext):
     T = cfg["lattice"]["shape"][-1]
     seed = cfg["job"]["seed"] + 2000
     flowed_path = ctx.path("flowed.h5")
-    use_flow = m["flowed"] and flowed_path.exists()
+    run_checks(ctx.comm, check_inputs, cfg)
+    use_flow = bool(m["flowed"])
     attrs = {"kappa": f["kappa"], "mu": f["mu"], "bc_time": f["bc_time"], "n_sources": m["n_sources"],
              "seed": seed, "lam1": lam1, "beta": cfg["action"]["beta"], "flowed": use_flow}
     cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
@@ -52,8 +70,8 @@ def run(ctx: JobContext):
         start = out.n
         bar = None
         if ctx.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=start, desc="measure", unit="cfg")
+            from lattice.progress import progress_bar
+            bar = progress_bar(n, initial=start, desc="measure", unit="cfg")
 
         def one(U, i):
             C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"], seed=seed + i,
