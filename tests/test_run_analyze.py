@@ -223,3 +223,38 @@ def test_results_json_records_provenance_settings_and_inputs(tmp_path, capsys):
                          "bin_size": 2, "n_bins": 20, "errors": "jackknife", "derivative": "eps = 0.01"}
     for name in ("measure.h5", "evaluate.h5"):
         assert res["inputs"][name]["sha256"] == hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ inputs checked before anything is written
+def test_missing_inputs_refuse_analyze_before_it_writes(tmp_path, capsys):
+    """No measure.h5, or a flowed measure.h5 without evaluate.h5: one line with what to run,
+    and nothing new in job.output."""
+    out = tmp_path / "out"
+    rc, _, err = cli(capsys, "analyze", config(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "no measurement file" in line and "measure.h5" in line and "gaugeflow measure" in line, line
+    assert not out.exists()
+    measurements(out, 12, flowed=True, evaluate=False)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "evaluate.h5" in line and "gaugeflow evaluate" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["measure.h5"]
+
+
+def test_too_few_or_mismatched_configurations_are_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    measurements(out, 5)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "MismatchError" in line and "only 5 configurations to analyze (measure.h5: 5, evaluate.h5: 5)" in line, line
+    assert "hmc.n_traj" in line
+    for name in ("measure.h5", "evaluate.h5"):
+        (out / name).unlink()
+    measurements(out, 12, evaluate=False)
+    with RecordStore.create(out / "evaluate.h5", kind="flow-evaluation", attrs={"lam1": 0.0, "lam2": 0.02},
+                            columns={"index": Column((), "i8"), "log_w": Column()}) as s:
+        for i in range(12):
+            s.append({"index": i + 1, "log_w": 0.0})
+    rc, _, err = cli(capsys, "analyze", config(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "do not refer to the same configurations" in line and "rerun `evaluate`" in line, line

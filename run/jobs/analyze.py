@@ -28,11 +28,12 @@ import math
 
 import numpy as np
 
-from lattice.io import atomic_write, provenance
+from lattice.io import atomic_write, provenance, MismatchError
 from lattice.io._parallel import mark_all_ranks
 
 from ..config import ConfigError, analyze_window, check_analyze
 from ..context import JobContext, file_digest
+from ..inputs import require_file, with_hint
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
 from .measure import KIND as MEAS_KIND
@@ -64,6 +65,20 @@ def _no_flow_reason(meas_path, attrs) -> str | None:
             f"`measure` with measure.flowed = true into a fresh measure.h5")
 
 
+def check_inputs(cfg: dict) -> None:
+    """measure.h5 and, where it holds the flowed ensemble's correlators, evaluate.h5 (before
+    anything is written; :mod:`run.inputs`)."""
+    from lattice.io import RecordStore
+    meas = require_file(cfg, "measure.h5", "measurement file",
+                        "run `gaugeflow measure` with this config first, or check job.output (--output)")
+    with RecordStore.open(meas, "r", kind=MEAS_KIND) as s:
+        flowed = bool(s.attrs.get("flowed", True))
+    if flowed:
+        require_file(cfg, "evaluate.h5", "reweighting file",
+                     "run `gaugeflow evaluate` with this config first (measure.h5 holds the flowed ensemble), "
+                     "or check job.output (--output)")
+
+
 def analyze(ctx: JobContext):
     from analysis import (gluon_momentum_fraction, ess, break_even, paper_example, plot_fh_scan,
                           plot_effective_mass, fold)
@@ -76,9 +91,16 @@ def analyze(ctx: JobContext):
         RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["index", "log_w"])
     n = len(meas["index"]) if ev is None else min(len(meas["index"]), len(ev["index"]))
     if n < 8:
-        raise RuntimeError(f"only {n} measured configurations: run `measure` (and `evaluate`) first")
+        counts = f"measure.h5: {len(meas['index'])}" + ("" if ev is None else f", evaluate.h5: {len(ev['index'])}")
+        raise mark_all_ranks(with_hint(
+            MismatchError(f"only {n} configurations to analyze ({counts}); the analysis needs at least 8",
+                          field="n_configs", found=n, expected=">= 8"),
+            "generate more configurations (hmc.n_traj), then run `measure` (and `evaluate`) again"))
     if ev is not None and not np.array_equal(meas["index"][:n], ev["index"][:n]):
-        raise RuntimeError("measure.h5 and evaluate.h5 do not refer to the same configurations")
+        raise mark_all_ranks(with_hint(
+            MismatchError("measure.h5 and evaluate.h5 do not refer to the same configurations (their index "
+                          "columns differ)", field="index"),
+            "rerun `evaluate` and `measure` on the same ensemble into one job.output"))
     C, Cf, O = meas["C"][:n], meas["C_flow"][:n], meas["O"][:n]
     lw = None if ev is None else ev["log_w"][:n]
     T = C.shape[1]
