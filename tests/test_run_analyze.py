@@ -13,7 +13,7 @@ import pytest
 
 import analysis as an
 from lattice.io import RecordStore, Column
-from run.cli import main
+from cli_testing import cli, one_error_line
 
 T = 8
 
@@ -60,19 +60,6 @@ def config(tmp_path: Path, T: int = T) -> Path:
     p = tmp_path / "job.toml"
     p.write_text(CONFIG.format(out=tmp_path / "out", T=T))
     return p
-
-
-def cli(capsys, *args):
-    rc = main([str(a) for a in args])
-    o, e = capsys.readouterr()
-    return rc, o, e
-
-
-def one_error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gaugeflow: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def sets(*overrides):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from run.cli import main
+from cli_testing import cli, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,20 +62,6 @@ def tiny(tmp_path: Path, out: Path | None = None, extra: str = "") -> Path:
     p = tmp_path / "tiny.toml"
     p.write_text(TINY.format(out=out or tmp_path / "out") + extra)
     return p
-
-
-def cli(capsys, *args):
-    """(exit status, stdout, stderr) of `gaugeflow *args` run in this process."""
-    rc = main([str(a) for a in args])
-    o, e = capsys.readouterr()
-    return rc, o, e
-
-
-def one_error_line(err: str) -> str:
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gaugeflow: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def env():
