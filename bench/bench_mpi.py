@@ -4,7 +4,9 @@ model for larger lattices on many ranks. The residual-flow forward is also timed
 whole-field Wilson lines it used before the line tables with ghost planes
 (``over_whole_field_lines`` = time with line tables / time with whole-field lines), and the
 learned-loop flow forward with the shifted copies its staple networks used before the block
-with ghost planes (``over_shifted_copies``; 1 on one process, where neither is used).
+with ghost planes (``over_shifted_copies``; 1 on one process, where neither is used), and a
+staple network's forward + VJP with one ghost exchange per layer against one per pair chunk
+(``over_exchange_per_chunk``, ``halo_over_per_chunk``; 1 on one process).
 
 Each rank count runs in its own process group: ``mpiexec -n R python -m bench.bench_mpi
 --worker ...`` (R = 1 runs plain ``python``, the single-process reference) prints one JSON
@@ -186,7 +188,54 @@ def _flow_ops(lay, comm, repeat):
     t = _timed(comm, [lambda: m.forward(p, z, layout=lay), shifted_copies], max(1, repeat // 4))
     out[FLOW]["seconds"], out[FLOW + SHIFTED]["seconds"] = t
     out.update(_residual_ops(lay, comm, z, repeat))
+    out.update(_staple_net_ops(lay, comm, repeat))
     return out
+
+
+def _staple_net_ops(lay, comm, repeat):
+    """A staple network's forward + VJP (width 8, 2 layers, batch 4: layer 0 goes to the kernel
+    in several pair chunks) with one ghost exchange of each layer's input for all its chunks
+    (``kernels.ghosted_input``) and -- timed in turn -- with one exchange per chunk (before)."""
+    try:
+        import flows
+        import flows.staples as fs
+        from lattice import kernels, random_gauge
+        from lattice.backend import Rng
+        if not hasattr(kernels, "ghosted_input"):
+            return {}
+    except ImportError:
+        return {}
+    import numpy as np
+    net = flows.StapleNet(4, 1, width=8, n_layers=2)
+    p = net.init(Rng(2))
+    U = random_gauge(lay.global_shape, N=3, batch=(4,), seed=1, layout=lay)
+    m = np.zeros((4,) + tuple(lay.global_shape))
+    m[1] = 1
+    mask = lay.local_part(m, inner=0)
+    shared = kernels.ghosted_input
+
+    def run():
+        (o,), ctx = net.forward(p, U, mask, layout=lay)
+        net.vjp(p, ctx, o)
+
+    def per_chunk():
+        fs.kernels.ghosted_input = lambda S, layout: None
+        try:
+            run()
+        finally:
+            fs.kernels.ghosted_input = shared
+    out = {}
+    for name, fn in ((STAPLES, run), (STAPLES + PER_CHUNK, per_chunk)):
+        lay.reset_halo_stats()
+        fn()
+        out[name] = {"halo_bytes": lay.halo_bytes, "halo_messages": lay.halo_messages}
+    t = _timed(comm, [run, per_chunk], max(1, repeat // 3))
+    out[STAPLES]["seconds"], out[STAPLES + PER_CHUNK]["seconds"] = t
+    return out
+
+
+STAPLES = "staple network forward + VJP (width 8, batch 4)"
+PER_CHUNK = " [exchange per chunk]"
 
 
 FLOW = "flow forward + log det (2 learned-loop layers)"
@@ -356,6 +405,10 @@ def run(quick: bool = False):
                 r["iterations"] = o["iterations"]
             if name + SHIFTED in res["ops"]:
                 r["over_shifted_copies"] = o["seconds"] / res["ops"][name + SHIFTED]["seconds"]
+            if name + PER_CHUNK in res["ops"]:
+                r["over_exchange_per_chunk"] = o["seconds"] / res["ops"][name + PER_CHUNK]["seconds"]
+                before = res["ops"][name + PER_CHUNK]["halo_bytes"]
+                r["halo_over_per_chunk"] = o["halo_bytes"] / before if before else 1.0
             if name + WHOLE_FIELD in res["ops"]:
                 r["over_whole_field_lines"] = o["seconds"] / res["ops"][name + WHOLE_FIELD]["seconds"]
                 r["logdet_rel_diff"] = o["logdet_rel_diff"]
