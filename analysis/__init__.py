@@ -27,7 +27,7 @@ from .pyerrors_interop import to_pyerrors, from_pyerrors
 from .resampling import (ess, reweighted_mean, resample_means, jackknife, bootstrap, gamma_method,
                          GammaResult, control_variate_fit)
 from .correlators import symmetrize, fold, effective_mass, cosh_model
-from .fits import fit_correlator, scan_t_min, FitResult, FitScan, regularize_covariance
+from .fits import fit_correlator, scan_t_min, FitResult, FitScan, FitError, regularize_covariance
 from .feynman_hellmann import (gluon_momentum_fraction, flow_derivative, reweighting_derivative,
                                x_g_from_slope, FHResult, FHScan)
 from .cost import break_even, per_config_costs, total_costs, paper_example, PAPER_COSTS
@@ -38,7 +38,7 @@ __all__ = [
     "ess", "reweighted_mean", "resample_means", "jackknife", "bootstrap", "gamma_method", "GammaResult",
     "control_variate_fit",
     "symmetrize", "fold", "effective_mass", "cosh_model",
-    "fit_correlator", "scan_t_min", "FitResult", "FitScan", "regularize_covariance",
+    "fit_correlator", "scan_t_min", "FitResult", "FitScan", "FitError", "regularize_covariance",
     "gluon_momentum_fraction", "flow_derivative", "reweighting_derivative", "x_g_from_slope",
     "FHResult", "FHScan",
     "break_even", "per_config_costs", "total_costs", "paper_example", "PAPER_COSTS",

@@ -44,7 +44,13 @@ from .correlators import effective_mass, fold as fold_correlator
 from .estimate import Estimate, format_value, replica_covariance
 from .resampling import resample_means
 
-__all__ = ["fit_correlator", "scan_t_min", "FitResult", "FitScan", "regularize_covariance", "fit_means"]
+__all__ = ["fit_correlator", "scan_t_min", "FitResult", "FitScan", "FitError", "regularize_covariance", "fit_means"]
+
+
+class FitError(ValueError, RuntimeError):
+    """The data cannot support the fit: its central fit did not converge, or the covariance of
+    its window is not positive definite or has a zero variance. (A ValueError and a
+    RuntimeError, the types these cases raised before.)"""
 
 
 # ----------------------------------------------------------------------------- the model
@@ -124,7 +130,7 @@ class _Objective:
         try:
             L = np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
-            raise ValueError("the covariance matrix of the fit window is not positive definite; "
+            raise FitError("the covariance matrix of the fit window is not positive definite; "
                              "use more configurations (or a larger bin_size), shrinkage=, svd_cut= "
                              "or correlated=False") from None
         self.whiten = linalg.solve_triangular(L, np.eye(L.shape[0]), lower=True)
@@ -244,7 +250,7 @@ def regularize_covariance(cov, correlated: bool = True, shrinkage: float | None 
         raise ValueError("covariance matrix is not symmetric")
     d = np.diag(cov)
     if np.any(d <= 0):
-        raise ValueError("covariance has a non-positive variance on the diagonal (constant data?)")
+        raise FitError("covariance has a non-positive variance on the diagonal (constant data?)")
     if not correlated:
         return np.diag(d)
     if shrinkage is not None:
@@ -509,7 +515,7 @@ def fit_means(t, T, ybar, yrep=None, *, cov, n_states=1, method="jackknife", blo
     theta0 = _initial_theta(model, obj, ybar, priors, p0)
     theta, ok, msg = _scipy_fit(obj, theta0, ybar)
     if not ok:
-        raise RuntimeError(f"central fit did not converge: {msg}")
+        raise FitError(f"central fit did not converge: {msg}")
     theta, _ = _gauss_newton(obj, theta, ybar[None, :])      # polish to the exact minimum
     theta = theta[0]
     chi2 = float(obj.chi2(theta, ybar))

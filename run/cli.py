@@ -147,8 +147,9 @@ def _user_errors() -> tuple:
     bug and keeps its traceback."""
     from lattice import InvalidGaugeField, LayoutError
     from fermions import CGNotConverged
+    from analysis import FitError
     from .lock import LockedError
-    return (ConfigError, UsageError, LockedError, InvalidGaugeField, LayoutError, CGNotConverged,
+    return (ConfigError, UsageError, LockedError, InvalidGaugeField, LayoutError, CGNotConverged, FitError,
             OSError) + _input_errors()
 
 
@@ -165,6 +166,10 @@ def _hint(exc) -> str:
         return str(own)
     if isinstance(exc, CGNotConverged):
         return "raise fermions.cg_maxiter or loosen fermions.cg_tol (or check kappa and mu)"
+    from analysis import FitError
+    if isinstance(exc, FitError):
+        return "the data do not support this fit: try other analyze.t_min / t_max, analyze.n_states = 1 or " \
+               "analyze.correlated = false, or measure more configurations"
     if isinstance(exc, InvalidGaugeField):
         return "the gauge field is not in SU(N) (or not finite): check the input file, or lower hmc.tau / raise " \
                "hmc.n_steps if HMC diverged"

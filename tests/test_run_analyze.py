@@ -245,3 +245,22 @@ def test_too_few_or_mismatched_configurations_are_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "analyze", config(tmp_path))
     line = one_error_line(err)
     assert rc == 2 and "do not refer to the same configurations" in line and "rerun `evaluate`" in line, line
+
+
+def test_a_fit_the_data_cannot_support_is_one_line(tmp_path, capsys):
+    """Correlators without fluctuations (a zero variance): the fit's FitError is one line with
+    what to try, not a traceback."""
+    out = tmp_path / "out"
+    measurements(out, 12)
+    C = np.cosh(0.6 * (np.arange(T) - T / 2))
+    (out / "measure.h5").unlink()
+    cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
+            "C_flow": Column((T,)), "O_flow": Column(), "plaquette_flow": Column()}
+    with RecordStore.create(out / "measure.h5", kind="pion-measurements", columns=cols,
+                            attrs={"lam1": 0.0, "n_sources": 1, "flowed": True}) as s:
+        for i in range(12):
+            s.append({"index": i, "C": C, "O": float(i % 3), "plaquette": 0.5, "C_flow": C, "O_flow": 0.0,
+                      "plaquette_flow": 0.0})
+    rc, _, err = cli(capsys, "analyze", config(tmp_path))
+    line = one_error_line(err)
+    assert rc == 2 and "FitError" in line and "analyze.n_states" in line, line
