@@ -161,32 +161,28 @@ def _hint(exc) -> str:
     from fermions import CGNotConverged, EvenOddError
     from lattice.io import MismatchError, CorruptFileError
     from flows import ParamFileError
+    from analysis import FitError
     own = getattr(exc, "hint", None)
     if own:
         return str(own)
-    if isinstance(exc, CGNotConverged):
-        return "raise fermions.cg_maxiter or loosen fermions.cg_tol (or check kappa and mu)"
-    from analysis import FitError
-    if isinstance(exc, FitError):
-        return "the data do not support this fit: try other analyze.t_min / t_max, analyze.n_states = 1 or " \
-               "analyze.correlated = false, or measure more configurations"
-    if isinstance(exc, InvalidGaugeField):
-        return "the gauge field is not in SU(N) (or not finite): check the input file, or lower hmc.tau / raise " \
-               "hmc.n_steps if HMC diverged"
-    if isinstance(exc, EvenOddError):
-        return "use even extents with L_0 >= 4 and a rank count that keeps the local L_0 even"
-    if isinstance(exc, LayoutError):
-        return "check lattice.shape (and train.shape) against the number of MPI ranks"
-    if isinstance(exc, MismatchError):
-        return "use the settings the file was made with, or another job.output"
-    if isinstance(exc, CorruptFileError):
-        return "restore the file from a copy, or move it away and rerun"
-    if isinstance(exc, ParamFileError):
-        return "restore the file from a copy, or delete it and rerun `gaugeflow train` (it writes flow.h5, " \
-               "pf_flow.h5 and their checkpoints)"
-    if isinstance(exc, FileNotFoundError):
-        return "check the path and job.output (--output); each stage reads what the ones before it wrote " \
-               "(hmc or import -> train -> evaluate -> measure -> analyze)"
+    generic = (      # first match wins: subclasses before their bases
+        (CGNotConverged, "raise fermions.cg_maxiter or loosen fermions.cg_tol (or check kappa and mu)"),
+        (FitError, "the data do not support this fit: try other analyze.t_min / t_max, analyze.n_states = 1 or "
+                   "analyze.correlated = false, or measure more configurations"),
+        (InvalidGaugeField, "the gauge field is not in SU(N) (or not finite): check the input file, or lower "
+                            "hmc.tau / raise hmc.n_steps if HMC diverged"),
+        (EvenOddError, "use even extents with L_0 >= 4 and a rank count that keeps the local L_0 even"),
+        (LayoutError, "check lattice.shape (and train.shape) against the number of MPI ranks"),
+        (MismatchError, "use the settings the file was made with, or another job.output"),
+        (CorruptFileError, "restore the file from a copy, or move it away and rerun"),
+        (ParamFileError, "restore the file from a copy, or delete it and rerun `gaugeflow train` (it writes "
+                         "flow.h5, pf_flow.h5 and their checkpoints)"),
+        (FileNotFoundError, "check the path and job.output (--output); each stage reads what the ones before it "
+                            "wrote (hmc or import -> train -> evaluate -> measure -> analyze)"),
+    )
+    for typ, hint in generic:
+        if isinstance(exc, typ):
+            return hint
     if isinstance(exc, OSError):
         no = getattr(exc, "errno", None)
         if no == errno.ENOSPC or "No space left" in str(exc):
