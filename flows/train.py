@@ -200,6 +200,16 @@ class TrainHistory:
     def from_dict(cls, d):
         return cls(**{k: list(v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
+    def up_to(self, n: int) -> "TrainHistory":
+        """The history of steps 0 ... n-1 only (and the held-out evaluations after at most n
+        steps): what a checkpoint after n steps holds, also when step n was cut off half-way
+        through its bookkeeping."""
+        k = sum(1 for s in self.step if s < n)
+        h = sum(1 for s in self.holdout_step if s <= n)
+        main = ("step", "loss", "ess", "grad_norm", "lr", "seconds")
+        return TrainHistory(**{f: list(getattr(self, f)[:k]) for f in main},
+                            **{f: list(getattr(self, f)[:h]) for f in ("holdout_step", "holdout_ess", "holdout_loss")})
+
 
 def _ess(log_w):
     from analysis import ess
@@ -303,8 +313,10 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
     the untrained flow (step 0) and every ``holdout_every`` steps.
     Step i draws its batch from ``Rng(seed).child(i)``, so a run resumed from a checkpoint
     continues exactly like an uninterrupted one. Checkpoints (parameters, optimizer state,
-    history) are written atomically every ``checkpoint_every`` steps and at the end; with
-    ``resume`` an existing checkpoint is continued; it must hold the same model configuration
+    history) are written atomically every ``checkpoint_every`` steps and at the end, and when
+    the run is interrupted (KeyboardInterrupt: Ctrl-C, or a job's SIGINT/SIGTERM) after the last
+    complete step, so that no finished step is lost; with ``resume`` an existing checkpoint is
+    continued; it must hold the same model configuration
     and the same ``run_info`` (a JSON-able dict describing target, base and optimiser settings,
     stored with every checkpoint), else :class:`flows.ParamFileError` names the first field
     that differs (a restarted job never continues a different training run).
@@ -340,6 +352,7 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
         hist.holdout_step.append(0)
         hist.holdout_ess.append(e)
         hist.holdout_loss.append(l)
+    done, saved = None, start          # the last complete step (n, params, state); the last checkpoint's n
     try:
         for step in range(start, steps):
             t0 = time.perf_counter()
@@ -363,6 +376,8 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
             if ck is not None and root and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 save_checkpoint(ck, model, params, step + 1, opt, state, hist, extra={"run_info": run_info},
                                 provenance=prov)
+                saved = step + 1
+            done = (step + 1, params, state)
             if callback is not None:
                 callback(step, params, hist)
             if bar is not None:
@@ -371,6 +386,12 @@ def train(model, params, target, base, steps: int, batch_size: int, estimator: s
                     post["ess_ho"] = f"{hist.holdout_ess[-1]:.3f}"
                 bar.set_postfix(post)
                 bar.update(1)
+    except KeyboardInterrupt:            # Ctrl-C, or SIGINT/SIGTERM of a job: keep the steps made
+        if ck is not None and root and done is not None and done[0] > saved:
+            n, p_done, s_done = done
+            save_checkpoint(ck, model, p_done, n, opt, s_done, hist.up_to(n), extra={"run_info": run_info},
+                            provenance=prov)
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -146,6 +146,40 @@ def test_training_raises_the_ess_reproducibly(tmp_path):
         np.testing.assert_array_equal(pa[k], pb[k])
 
 
+def test_an_interrupted_run_keeps_its_finished_steps(tmp_path):
+    """A KeyboardInterrupt (Ctrl-C, a job's SIGTERM) during step 3 with checkpoints only every
+    10 steps: the checkpoint then holds the 3 finished steps (history cut at them, also when
+    the interrupt comes half-way through a step's bookkeeping), and the resumed run equals an
+    uninterrupted one. Another exception (a bug, a failed step) writes no extra checkpoint."""
+    m = flows.SpectralFlow(2, 3, 2, "plaquette", schedule="simple", context_hidden=(4,), spline_bins=4,
+                           spline_basis=2)
+    base = flows.HaarBase((4, 4), 3)
+    target = flows.GaugeTarget(Wilson(3.0))
+    p0 = m.init(0)
+    kw = dict(steps=6, batch_size=4, lr=0.02, seed=5, progress=False, holdout_every=2, holdout_size=8)
+    pa, ha = flows.train(m, p0, target, base, **kw)
+    ck = tmp_path / "ck.h5"
+
+    def interrupt_during_step_3(step, params, hist):
+        if step == 2:                                   # step 3 (index 3) half-booked, then Ctrl-C
+            hist.step.append(3)
+            hist.loss.append(float("nan"))
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        flows.train(m, p0, target, base, checkpoint=ck, checkpoint_every=10, callback=interrupt_during_step_3, **kw)
+    _, cfg, _ = flows.load_checkpoint(ck, p0)
+    assert cfg["step"] == 3
+    pb, hb = flows.train(m, p0, target, base, checkpoint=ck, checkpoint_every=10, **kw)
+    assert hb.step == ha.step == list(range(6)) and hb.holdout_step == ha.holdout_step == [0, 2, 4, 6]
+    np.testing.assert_array_equal(hb.loss, ha.loss)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    ck2 = tmp_path / "ck2.h5"
+    with pytest.raises(_Stop):
+        flows.train(m, p0, target, base, checkpoint=ck2, checkpoint_every=10, callback=_stop_after(3), **kw)
+    assert not ck2.exists()
+
+
 class _Stop(Exception):
     pass
 
