@@ -123,19 +123,16 @@ def analyze(ctx: JobContext):
     dlam = t["lam2"] - t["lam1"]
     res = {"n_configs": n, "lam1": t["lam1"], "lam2": t["lam2"], "t_min": [int(x) for x in t_mins], "t_max": t_max,
            "flow_estimate": {"made": flow is not None, "reason": no_flow}}
+    res.update({"x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist()})
     if flow is not None:
         xf, ef = flow.x_g
         r = (ee / ef) ** 2
-        res.update({"x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist()})
-    res.update({"x_g_eps": xe.tolist(), "x_g_eps_err": ee.tolist()})
-    if flow is not None:
-        res["variance_reduction"] = r.tolist()
-    if lw is not None:
-        res["ess_flow"] = float(ess(lw))
+        res.update({"x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist(), "variance_reduction": r.tolist()})
     res["ess_identity"] = float(ess(-dlam * (O - O.mean())))
     if lw is not None:
         var_id = float(np.var(dlam * O))
-        res["var_log_w_removed"] = 1.0 - float(np.var(lw)) / var_id if var_id > 0 else 0.0
+        res.update({"ess_flow": float(ess(lw)),
+                    "var_log_w_removed": 1.0 - float(np.var(lw)) / var_id if var_id > 0 else 0.0})
     res.update({"mass": mass_scan.mass[0].tolist(), "mass_err": mass_scan.mass[1].tolist(),
                 "chi2_dof": [float(x.fits[0].chi2_dof) for x in mass_scan.results]})
     if lw is not None and cfg["pf_flow"]["enabled"] and cfg["fermions"]["enabled"]:   # the flow without the pf map

@@ -28,7 +28,7 @@ from ..context import JobContext, make_action, file_digest
 from ..inputs import require_ensemble, require_file, run_checks
 from ..records import RankStore, Column
 from . import hmc as hmc_job
-from .train import flow_path, check_flow_matches, pf_flow_path
+from .train import flow_path, check_flow_matches, check_pf_flow_matches, pf_flow_path
 
 __all__ = ["run", "KIND", "check_inputs"]
 
@@ -42,7 +42,6 @@ def _uses_pf_flow(cfg) -> bool:
 def check_inputs(cfg: dict) -> None:
     """The lambda_1 ensemble, a `flow.h5` of this config's settings (:func:`check_flow_matches`)
     and, with ``pf_flow.enabled``, a matching `pf_flow.h5`: before anything is written."""
-    from .train import _file_matches, pf_run_info
     require_ensemble(cfg, cfg["train"]["lam1"], "evaluate")
     train_first = "run `gaugeflow train` with this config first, or check job.output (--output)"
     flow = require_file(cfg, "flow.h5", "trained flow", train_first)
@@ -50,7 +49,7 @@ def check_inputs(cfg: dict) -> None:
     if _uses_pf_flow(cfg):
         pf = require_file(cfg, "pf_flow.h5", "pseudofermion flow",
                           train_first + "; with pf_flow.enabled = true `train` trains it after the gauge flow")
-        _file_matches(pf, pf_run_info(cfg, file_digest(flow)))
+        check_pf_flow_matches(cfg, pf, flow)
 
 
 def run(ctx: JobContext):

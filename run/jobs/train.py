@@ -215,11 +215,11 @@ def pf_run_info(cfg, marginal_sha256: str) -> dict:
             "seed": cfg["job"]["seed"], "gauge_flow_sha256": marginal_sha256}
 
 
-def check_pf_flow_matches(cfg, ctx: JobContext, path=None) -> bool:
-    """As :func:`check_flow_matches`, for `pf_flow.h5` behind the current `flow.h5`."""
+def check_pf_flow_matches(cfg, path, flow) -> bool:
+    """As :func:`check_flow_matches`, for the pseudofermion flow file ``path`` behind the gauge
+    flow file ``flow``."""
     from ..context import file_digest
-    return _file_matches(path if path is not None else pf_flow_path(ctx),
-                         pf_run_info(cfg, file_digest(flow_path(ctx))))
+    return _file_matches(path, pf_run_info(cfg, file_digest(flow)))
 
 
 def _train_pf_flow(ctx: JobContext):
