@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test test-fast test-mpi test-slow test-gpu docs-check bench bench-gpu venv clean
+.PHONY: demo test test-fast test-mpi test-slow test-gpu gpu-check gpu-wheels docs-check bench bench-gpu venv clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,15 @@ bench: $(STAMP)
 
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/results-gpu.json gpu
+
+# test-gpu and bench-gpu on a GPU machine without network, with its own Python (no venv, no
+# install; PYTHON=..., results in out/gpu): bench/gpu_check.sh. gpu-wheels, run where pip
+# works, puts the pure-Python dependencies such a Python may lack into .whl/ for it.
+gpu-check:
+	sh bench/gpu_check.sh out/gpu
+
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl "array-api-compat>=1.9"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -14,6 +14,7 @@ import importlib
 import json
 import pkgutil
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def main(argv=None):
             print(f"  {r['name']:<44s} {r.get('seconds', float('nan')):10.4g} s  {extra}")
     Path(a.out).write_text(json.dumps(results, indent=1))
     print(f"\nwrote {a.out}")
+    failed = [r["name"] for r in results["records"] if "error" in r]
+    if failed:
+        print(f"{len(failed)} benchmark section(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _fmt(v):
@@ -55,4 +61,4 @@ def _fmt(v):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

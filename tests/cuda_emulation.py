@@ -139,7 +139,9 @@ def fake_cupy():
     mod.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
     mod.ElementwiseKernel = ElementwiseKernel
     mod.linalg = np.linalg
-    mod.cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    synchronized = types.SimpleNamespace(synchronize=lambda: None)
+    mod.cuda = types.SimpleNamespace(get_current_stream=lambda: synchronized, Device=lambda *_: synchronized,
+                                     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
     return mod
 
 

@@ -171,3 +171,40 @@ def test_the_emulator_finds_a_data_race():
     np.testing.assert_array_equal(O, X + np.append(X[1:], 0.0))
     with pytest.raises(AssertionError, match="racy: O depends on the order of the threads"):
         racy(X, 8, np.zeros(8), size=8)
+
+
+def test_the_gpu_benchmarks_run_on_the_emulated_device(monkeypatch):
+    """bench/bench_gpu.py has never run on a GPU, and a device session is short: every section
+    runs here against the stand-in cupy (its arrays are NumPy's, the hopping kernel's CUDA source
+    is emulated, the flows run on the NumPy namespace), so a Python error in the benchmark code
+    shows here, not on the device. Each section yields its records, none fails."""
+    import lattice as L
+    from lattice.backend import default_xp
+    cuda_emulation.load(monkeypatch, "_cupy_hopping")
+    monkeypatch.setattr(L, "get_namespace", lambda name=None: default_xp())
+    from bench import bench_gpu
+    recs = bench_gpu.run(quick=True)
+    assert [r for r in recs if "error" in r] == []
+    names = [r["name"] for r in recs]
+    for expected in ("device copy bandwidth", "Dslash 6x6x6x12 complex128", "Dslash 6x6x6x12 complex64",
+                     "Dslash 6x6x6x12 ghost block, core then rest", "CG Schur normal 6x6x6x12",
+                     "flow train step learned path 4^4 4 layers B=2", "spectral flow forward 6x6x6x12 (4 layers)",
+                     "eq.19 generation per config", "eq.19 reweighting per config"):
+        assert expected in names, (expected, names)
+    assert all(r["seconds"] > 0 for r in recs)
+    cg = next(r for r in recs if r["name"].startswith("CG"))
+    assert 0 < cg["iterations"] < 20000
+
+
+def test_a_failing_gpu_benchmark_section_is_recorded_and_the_rest_run(monkeypatch, capsys):
+    from bench import bench_gpu
+    recs = []
+
+    def broken():
+        raise KeyError("no such kernel")
+    bench_gpu._section(recs, "broken", broken)
+    bench_gpu._section(recs, "fine", lambda: [{"name": "fine", "seconds": 1.0}])
+    assert recs == [{"name": "broken FAILED", "seconds": 0.0, "error": "KeyError: 'no such kernel'"},
+                    {"name": "fine", "seconds": 1.0}]
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'gpu bench record: {"name": "fine", "seconds": 1.0}' in err
