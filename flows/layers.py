@@ -31,7 +31,12 @@ location updates) and keeps every other link. For each active direction mu:
    layer's active mask; for location updates the head has Nd x n_cond outputs per site, one
    block per direction).
 
-4. **Push back** U'_mu(x) = h(L) L^dag U = L' S_hat. Frozen links are unchanged.
+4. **Push back** U'_mu(x) = h(L) L^dag U = L' S_hat, evaluated as U + (L' - L) S_hat (equal,
+   since U = L S_hat), so that an identity spectral map returns U bit for bit. Frozen links
+   are unchanged. S_hat jumps by a centre element where arg det of the polar factor crosses
+   the principal branch cut of eq. 10, and h is not centre-equivariant, so the layer is
+   discontinuous in the frozen links there (a measure-zero surface: densities stay exact;
+   docs/design.md §7.2).
 
 Log-det (docs/design.md §7): the map U -> h(U S_hat^dag) S_hat is, for fixed S_hat, a left
 and right translation of the spectral map, both Haar-measure preserving, so per active link
@@ -40,7 +45,8 @@ their sum over the active links (float64, reduced with ``layout.sum``). The Jaco
 triangular (each active link's image depends on itself and frozen links), so this is exact.
 
 Inverse: S_hat and c depend on frozen links only, so the inverse recomputes them from the
-output field V, inverts the spectral map, L = h^{-1}(V S_hat^dag; c), and sets U = L S_hat.
+output field V, inverts the spectral map, L = h^{-1}(V S_hat^dag; c), and sets
+U = V + (L - V S_hat^dag) S_hat (= L S_hat).
 
 Work is done on the active links only: they are gathered with ``take`` on the flattened
 site index and scattered back with ``take`` + ``where`` (no per-link work on frozen links).
@@ -281,7 +287,9 @@ class CouplingLayer(MaskedLayer, Module):
                 (Lout, ld), hctx = self.spectral.inverse({}, Lin, d["cond"])
             else:
                 (Lout, ld), hctx = self.spectral.forward({}, Lin, d["cond"])
-            Ya = kernels.matmul(Lout, d["Shat"])
+            # U' = L' S_hat written as U + (L' - L) S_hat (U = L S_hat): the same map, but an
+            # identity spectral map (L' = L bit for bit, as at initialisation) returns U exactly
+            Ya = Xa + kernels.matmul(Lout - Lin, d["Shat"])
             out_links[mu] = scatter_active(Ya, s, mu, nb, out_links[mu])
             ld_sites = scatter_density(ld, s, mu, nb)
             dens = ld_sites if dens is None else dens + ld_sites

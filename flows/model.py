@@ -13,8 +13,8 @@ masks are rebuilt for every layout), so a flow trained on 4^4 applies to 12^3 x 
 without MPI (pass the decomposed ``layout``).
 
 At initialisation every context head is zero, so every spectral map is exactly the identity
-and the spectral flow is the identity for every loop type (up to the rounding of
-L S_hat^dag S_hat, ~1e-16), with log J = 0 exactly.
+and the spectral flow is the identity for every loop type, bit for bit (each layer updates
+U by (L' - L) S_hat = 0), with log J = 0 exactly.
 
 Memory: the differentiable API keeps only each layer's input field in its context and
 recomputes one layer's internals at a time in the backward pass (one extra layer forward

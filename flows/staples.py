@@ -38,7 +38,8 @@ plaquette staple sum of channel 0, so the active staple starts as
 
       S^act_mu = sum_nu (S^L_mu,nu + S^R_mu,nu)[S^(0)],
 
-i.e. learned loops start where fixed plaquette loops start. (A network that is exactly the
+i.e. the sum of the 2(Nd - 1) plaquette staples through the active link (a fixed "plaquette"
+loop is one of them, of the layer's orientation). (A network that is exactly the
 identity would give S^act = 0 on the active links, which eq. 4 zeroes.) On top, Xavier-normal
 noise of gain 0.5 (std = gain sqrt(2 / (fan_in + fan_out)), fan_in = K_i (2Nd - 1),
 fan_out = K_{i+1}) as in the paper. In terms of :func:`lattice.loops.plaquette_staples`

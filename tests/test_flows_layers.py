@@ -91,15 +91,19 @@ def test_bad_input_fails_loudly():
 @pytest.mark.parametrize("loops", ["learned", "plaquette", "rectangle"])
 @pytest.mark.parametrize("kind", ["direction", "location"])
 def test_identity_at_initialisation(loops, kind):
-    """Zero context heads: spectral maps exactly the identity, so U' = U (to rounding of
-    U S_hat^dag S_hat) and log det = 0 exactly, whatever the staple network does."""
+    """Zero context heads: spectral maps exactly the identity, so U' = U bit for bit (the
+    update is U + (L' - L) S_hat, not L' S_hat, which would round) and log det = 0 exactly,
+    whatever the staple network does; the same for the inverse."""
     for Nd, shape in [(2, (4, 4)), (4, SHAPE4)]:
         layer = flows.CouplingLayer(_mask_for(loops, Nd, kind), Nd, 3, loops, **small_layer_kw(Nd, "spline"))
         p = layer.init(Rng(3))
         U = random_gauge(shape, N=3, batch=(2,), seed=4)
         (V, ld), _ = layer.forward(p, U, layout=Layout(shape))
-        np.testing.assert_allclose(V, U, atol=1e-13)
+        np.testing.assert_array_equal(V, U)
         assert np.all(ld == 0.0)
+        (W, ld_inv), _ = layer.inverse(p, U, layout=Layout(shape))
+        np.testing.assert_array_equal(W, U)
+        assert np.all(ld_inv == 0.0)
 
 
 @pytest.mark.parametrize("loops", ["learned", "plaquette", "rectangle"])
