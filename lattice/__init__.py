@@ -6,7 +6,7 @@ gauge fields have shape ``(*batch, Nd, L_0, ..., L_{Nd-1}, N, N)`` with time the
 lattice axis; su(N) inner product <A, B> = -2 tr(AB); forces satisfy
 d/dt S(exp(tX)U)|_0 = sum <grad S, X>.
 """
-from .backend import Rng, namespace, get_namespace, to_host, from_host
+from .backend import Rng, derive_seed, namespace, get_namespace, to_host, from_host
 from .layout import Layout, LayoutError, scatter, gather, infer_gauge_layout
 from .fields import (random_gauge, unit_gauge, random_gauge_transformation, gauge_transform,
                      links, link, stack_links, check_gauge_field)
@@ -18,7 +18,7 @@ from . import su_n, actions, loops, fields, backend
 from . import io
 
 __all__ = [
-    "Rng", "namespace", "get_namespace", "to_host", "from_host", "Layout", "LayoutError", "scatter",
+    "Rng", "derive_seed", "namespace", "get_namespace", "to_host", "from_host", "Layout", "LayoutError", "scatter",
     "gather", "infer_gauge_layout", "random_gauge", "unit_gauge", "random_gauge_transformation",
     "gauge_transform", "links", "link", "stack_links", "check_gauge_field", "plaquette",
     "plaquette_planes", "plaquette_spatial_temporal", "plaquette_field", "rectangle_field",

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from lattice.backend import to_host
+from lattice.backend import derive_seed, to_host
 from lattice.io import EnsembleStore
 
 from ..context import JobContext, make_action, file_digest
@@ -63,9 +63,10 @@ def run(ctx: JobContext):
     model, params = flows.load(flow_path(ctx), xp=ctx.xp)
     digest = file_digest(flow_path(ctx))
     n_shots = cfg["evaluate"]["n_shots"] if f["enabled"] else 0
-    seed = cfg["job"]["seed"] + 1000
+    seed = cfg["job"]["seed"]          # configuration i: noise from derive_seed(seed, "evaluate", i)
     attrs = {"lam1": lam1, "lam2": lam2, "action1": S1.params(), "action2": S2.params(), "n_shots": n_shots,
-             "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed, "flow_sha256": digest}
+             "fermions": hmc_job._fermion_settings(cfg) if f["enabled"] else "none", "seed": seed,
+             "seed_streams": "lattice.derive_seed(seed, 'evaluate', i)", "flow_sha256": digest}
     use_pf = _uses_pf_flow(cfg)
     pf_model = pf_params = None
     if use_pf:
@@ -103,7 +104,8 @@ def run(ctx: JobContext):
                 from fermions import log_det_ratio
 
                 def ratio(pf_map=None):
-                    r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, seed + i, tol=f["cg_tol"],
+                    r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, derive_seed(seed, "evaluate", i),
+                                      tol=f["cg_tol"],
                                       maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"], pf_map=pf_map)
                     return np.asarray(to_host(r.log_weights), float).reshape(n_shots), float(to_host(r.log_W).reshape(()))
                 shots, lW = ratio()

@@ -1,8 +1,10 @@
 """`gaugeflow hmc`: generate an ensemble (pure gauge, or Nf=2 twisted mass when
 [fermions] enabled = true) into `<output>/ensemble.h5`; resumes from the store when rerun.
 
-Trajectory i always uses the random stream child(i) of the job seed, so a killed job rerun
-with the same config continues the identical chain.
+The ensemble's seed is ``lattice.derive_seed(job.seed, "hmc", lam)`` (recorded in its meta;
+each lambda, +lambda and -lambda included, its own stream), and trajectory i always uses the
+random stream child(i) of it, so a killed job rerun with the same config continues the
+identical chain.
 
 Nf = 2 solver settings: every pseudofermion CG -- the action of the accept/reject step and
 the force of the molecular dynamics -- runs to the true relative residual
@@ -67,7 +69,7 @@ def run(ctx: JobContext, lam: float | None = None, n_traj: int | None = None, pa
     action = make_action(cfg, lam)
     path = path or ensemble_path(ctx, lam)
     n_traj = h["n_traj"] if n_traj is None else n_traj
-    seed = cfg["job"]["seed"] + (0 if lam == 0 else 1 + int(round(abs(lam) * 1e6)))
+    seed = L.derive_seed(cfg["job"]["seed"], "hmc", float(lam))
     shape, N = tuple(cfg["lattice"]["shape"]), cfg["lattice"]["N"]
     meta = {"seed": seed, "tau": h["tau"], "n_steps": h["n_steps"], "integrator": h["integrator"],
             "n_therm": h["n_therm"], "save_every": h["save_every"], "start": h["start"],

@@ -49,12 +49,12 @@ def run(ctx: JobContext):
     lam1 = t["lam1"]
     S1 = make_action(cfg, lam1)
     T = cfg["lattice"]["shape"][-1]
-    seed = cfg["job"]["seed"] + 2000
+    seed = cfg["job"]["seed"]          # configuration i: sources from derive_seed(seed, "measure", i)
     flowed_path = ctx.path("flowed.h5")
     run_checks(ctx.comm, check_inputs, cfg)
     use_flow = bool(m["flowed"])
     attrs = {"kappa": f["kappa"], "mu": f["mu"], "bc_time": f["bc_time"], "n_sources": m["n_sources"],
-             "seed": seed, "lam1": lam1, "beta": cfg["action"]["beta"], "flowed": use_flow}
+             "seed": seed, "seed_streams": "lattice.derive_seed(seed, 'measure', i)", "lam1": lam1, "beta": cfg["action"]["beta"], "flowed": use_flow}
     cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
             "C_flow": Column((T,)), "O_flow": Column(), "plaquette_flow": Column()}
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
@@ -74,8 +74,8 @@ def run(ctx: JobContext):
             bar = progress_bar(n, initial=start, desc="measure", unit="cfg")
 
         def one(U, i):
-            C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"], seed=seed + i,
-                                layout=ctx.layout, bc=f["bc_time"], tol=f["cg_tol"],
+            C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"],
+                                seed=L.derive_seed(seed, "measure", i), layout=ctx.layout, bc=f["bc_time"], tol=f["cg_tol"],
                                 maxiter=f["cg_maxiter"])
             return (np.asarray(L.to_host(C), float).reshape(T), float(S1.operator(U, ctx.layout)),
                     float(L.plaquette(U, ctx.layout)))

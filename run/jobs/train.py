@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 import lattice as L
-from lattice.backend import to_host, from_host
+from lattice.backend import derive_seed, to_host, from_host
 from lattice.io import EnsembleStore, atomic_write, provenance
 
 from ..config import ConfigError
@@ -245,14 +245,14 @@ def _train_pf_flow(ctx: JobContext):
     if obj.n_holdout < 1:
         raise ConfigError(f"pf_flow.holdout = {p['holdout']} holds out none of the {int(U.shape[0])} configurations")
     model = make_pf_model(cfg)
-    identity = model.init(cfg["job"]["seed"] + 23, xp=ctx.xp)
+    identity = model.init(derive_seed(cfg["job"]["seed"], "pf_train", "init"), xp=ctx.xp)
     params0 = model.hopping_init(identity, fe["kappa"], fe["mu"]) if p["init"] == "hopping" else identity
     ctx.say(f"{model.describe()}; {obj.n_train} training pairs (U, f(U)), "
             f"{obj.n_holdout} held out, {p['n_shots']} shots per configuration and step")
     params, hist = params0, flows.TrainHistory()
     if p["steps"]:
         params, hist = flows.train(model, params0, None, obj, steps=p["steps"], batch_size=p["batch_size"],
-                                   estimator=p["estimator"], seed=cfg["job"]["seed"] + 29, lr=p["lr"],
+                                   estimator=p["estimator"], seed=derive_seed(cfg["job"]["seed"], "pf_train", "batches"), lr=p["lr"],
                                    schedule=p["schedule"], holdout_every=p["holdout_every"],
                                    holdout_size=min(obj.n_holdout, 4 * p["batch_size"]),
                                    checkpoint=ctx.path("pf_train.ckpt.h5"), checkpoint_every=p["checkpoint_every"],
@@ -325,14 +325,14 @@ def _train_gauge_flow(ctx: JobContext):
     t0 = time.perf_counter()
     model = make_model(cfg, len(shape), N)
     _warn_uncovered_links(ctx, model, layout)
-    params = {k: from_host(v, ctx.xp) for k, v in model.init(cfg["job"]["seed"]).items()}   # on the device
+    params = {k: from_host(v, ctx.xp) for k, v in model.init(derive_seed(cfg["job"]["seed"], "train", "init")).items()}   # on the device
     extra = {}
     if t["init"] == "linear-response":
         params, extra = _linear_response_init(ctx, model, params, base, base_target, target, layout)
     hist = flows.TrainHistory()
     if t["steps"] > 0:
         params, hist = flows.train(model, params, target, base, steps=t["steps"], batch_size=t["batch_size"],
-                                   estimator=t["estimator"], seed=cfg["job"]["seed"] + 17, lr=t["lr"], warmup=t["warmup"],
+                                   estimator=t["estimator"], seed=derive_seed(cfg["job"]["seed"], "train", "batches"), lr=t["lr"], warmup=t["warmup"],
                                    schedule=t["schedule"], clip=t["clip"], holdout_every=t["holdout_every"],
                                    holdout_size=max(t["batch_size"], 16), checkpoint=ctx.path("train.ckpt.h5"),
                                    checkpoint_every=t["checkpoint_every"], progress=ctx.progress,
