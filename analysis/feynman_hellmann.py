@@ -31,6 +31,8 @@ Gluon momentum fraction (paper's convention, eq. 17):
     ⟨x⟩_g^latt = -(2 / (3 M)) dM/dλ,   M = M(λ₁)  (the paper has λ₁ = 0),
 
 the bare lattice quantity (no renormalisation or mixing), per jackknife replica.
+With O normalised as in eq. 16 the tree-level factor is -4/(3M), not -2/(3M): the paper's
+eq. 17 (kept here) gives half the tree-level-normalised bare <x>_g (docs/design.md §7.10).
 """
 from __future__ import annotations
 
