@@ -161,18 +161,46 @@ def _dag(A):
 
 
 def ratio_variance_condition(U, U_prime, kappa: float, mu: float, layout: Layout | None = None,
-                             bc="antiperiodic") -> object:
-    """lambda_min(B^dag B) for B = M^[U']^{-dag} M^[U]^dag from dense matrices (small lattices only).
+                             bc="antiperiodic", pf_map=None, seed: int = 0) -> object:
+    """lambda_min(B^dag B) for B = M^[U']^{-dag} H M^[U]^dag from dense matrices (small lattices only).
 
-    The stochastic ratio with the identity map has finite variance iff this exceeds 1/2.
-    Needs the even-odd packing (every extent even, L_0 >= 4).
+    H is the matrix of the pseudofermion map, phi' = H phi: the identity without ``pf_map``;
+    with one, built column by column from ``pf_map`` (the callable of :func:`log_det_ratio`,
+    e.g. :meth:`flows.PseudofermionFlow.bind`), which must be complex-linear (checked on random
+    vectors drawn from ``seed``; a ValueError otherwise). For such a map, log w = |eta|^2 -
+    |B eta|^2 + log|det H|^2 and E[w^2] = |det H|^4 / det(2 B^dag B - 1): the stochastic ratio has
+    finite variance iff this exceeds 1/2. Returns one value per batch element. Needs the
+    even-odd packing (every extent even, L_0 >= 4).
     """
-    from .dense import dense_schur
+    from .dense import dense_schur, dense_matrix
     require_even_odd(infer_gauge_layout(U, layout), "ratio_variance_condition")
     xp = namespace(U)
     S = dense_schur(U, kappa, mu, layout=layout, bc=bc)
     Sp = dense_schur(U_prime, kappa, mu, layout=layout, bc=bc)
-    B = xp.linalg.solve(_dag(Sp), _dag(S))
+    HSd = _dag(S)
+    if pf_map is not None:
+        batch = tuple(S.shape[:-2])
+        op = TwistedMassWilson(U, kappa, mu, layout=layout, bc=bc)
+        fs = tuple(op.half_layout.local_shape) + (4, op.N)
+
+        def h(phi):
+            return pf_map(xp.broadcast_to(phi, (phi.shape[0],) + batch + fs))[0]
+        _require_linear(h, (1,) + batch + fs, xp, S.dtype, seed)
+        HSd = dense_matrix(h, fs, batch, xp, S.dtype) @ HSd
+    B = xp.linalg.solve(_dag(Sp), HSd)
     s = xp.linalg.svdvals(B)
     return xp.min(s, axis=-1) ** 2
 
+
+def _require_linear(h, shape, xp, dtype, seed):
+    """Raise unless h(a x + b y) = a h(x) + b h(y) (complex a, b) to 1e-10 on random x, y."""
+    r = Rng(seed, xp=xp)
+    x, y = (xp.astype(r.complex_normal(lead=shape[:1], inner=shape[1:]), dtype) for _ in range(2))
+    a, b = 0.6 - 0.8j, -0.3 + 1.1j
+    lhs, rhs = h(a * x + b * y), a * h(x) + b * h(y)
+    scale = float(xp.max(xp.abs(rhs))) or 1.0
+    err = float(xp.max(xp.abs(lhs - rhs))) / scale
+    if not err <= 1e-10:
+        raise ValueError(f"ratio_variance_condition: pf_map is not complex-linear (|h(ax + by) - a h(x) - b h(y)| "
+                         f"= {err:.1e} of |h|); the condition B^dag B > 1/2 holds for linear maps only -- "
+                         f"estimate the variance from the per-shot log-weights of log_det_ratio instead")

@@ -109,3 +109,30 @@ def test_tiny_lattice_error_says_what_is_needed():
         F.log_det_ratio(U, U, KAPPA, MU, n_shots=1, seed=1)
     with pytest.raises(F.EvenOddError, match="ratio_variance_condition needs the even-odd packing"):
         F.ratio_variance_condition(U, U, KAPPA, MU)
+
+
+def test_variance_condition_with_a_pseudofermion_map():
+    """ratio_variance_condition(pf_map=h) = lambda_min(B^dag B), B = M^'^-dag H M^^dag: the
+    identity map gives the plain value (batched too), a scaling phi -> c phi multiplies it by
+    |c|^2, the ideal map h* = M^'^dag M^^-dag gives B = 1; maps that are not complex-linear
+    (a cubic term, complex conjugation) are refused."""
+    U = L.random_gauge(SHAPE, seed=1, batch=(2,))
+    Up = su_n.expm(su_n.random_algebra(L.Rng(2), 3, lead=U.shape[:-2], scale=0.05)) @ U
+    lam0 = F.ratio_variance_condition(U, Up, KAPPA, MU)
+    assert lam0.shape == (2,)
+    np.testing.assert_allclose(F.ratio_variance_condition(U, Up, KAPPA, MU, pf_map=lambda phi: (phi, 0.0)),
+                               lam0, rtol=1e-12)
+    c = 0.7 - 0.2j
+    np.testing.assert_allclose(F.ratio_variance_condition(U, Up, KAPPA, MU, pf_map=lambda phi: (c * phi, 0.0)),
+                               abs(c) ** 2 * lam0, rtol=1e-10)
+    U1, Up1 = U[0], Up[0]
+    S, Sp = F.dense_schur(U1, KAPPA, MU), F.dense_schur(Up1, KAPPA, MU)
+    H = np.conj(Sp).T @ np.linalg.inv(np.conj(S).T)
+
+    def ideal(phi):
+        flat = phi.reshape(phi.shape[0], -1)
+        return (flat @ H.T).reshape(phi.shape), 0.0
+    assert abs(float(F.ratio_variance_condition(U1, Up1, KAPPA, MU, pf_map=ideal)) - 1.0) < 1e-9
+    for bad in (lambda phi: (phi + 0.1 * phi * np.abs(phi) ** 2, 0.0), lambda phi: (np.conj(phi), 0.0)):
+        with pytest.raises(ValueError, match="pf_map is not complex-linear"):
+            F.ratio_variance_condition(U1, Up1, KAPPA, MU, pf_map=bad)

@@ -425,6 +425,8 @@ def test_random_map_is_unbiased():
     B = np.linalg.solve(_dag(Sp), Hd @ _dag(S))
     BB = _dag(B) @ B
     assert np.linalg.eigvalsh(BB).min() > 0.5
+    assert np.isclose(float(F.ratio_variance_condition(U, Up, KAPPA, MU, pf_map=f)), np.linalg.eigvalsh(BB).min(),
+                      rtol=1e-10)                          # the library's condition with a map
     rel_var = np.exp(2 * np.linalg.slogdet(BB)[1] - np.linalg.slogdet(2 * BB - np.eye(NDIM))[1]) - 1
     n = 400
     r = F.log_det_ratio(U, Up, KAPPA, MU, n_shots=n, seed=5, pf_map=f)
