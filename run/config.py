@@ -66,7 +66,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
     "evaluate": {"n_shots": (int, 4)},
     "measure": {"n_sources": (int, 16), "flowed": (bool, True)},
     "analyze": {"t_min": (list, []), "t_max": (int, 0), "n_states": (int, 1), "bin_size": (int, 1),
-                "eps": ((int, float), 0.0), "correlated": (bool, True)},
+                "eps": ((int, float), 0.0), "correlated": (bool, True), "independent": (str, "")},
     "cost": {"c_gen": ((int, float), 0.17), "c_meas": ((int, float), 0.17), "c_flow": ((int, float), 0.01),
              "c_rew": ((int, float), 0.04), "train_cost": ((int, float), 4608.0), "unit": (str, "GPU h")},
 }

@@ -264,3 +264,75 @@ def test_a_fit_the_data_cannot_support_is_one_line(tmp_path, capsys):
     rc, _, err = cli(capsys, "analyze", config(tmp_path))
     line = one_error_line(err)
     assert rc == 2 and "FitError" in line and "analyze.n_states" in line, line
+
+
+# ------------------------------------------------------------------ independent ensembles
+def independent_measurements(path: Path, n: int, lam: float = 0.02, seed: int = 11, T: int = T, **attrs) -> Path:
+    """measure.h5 of an independent toy ensemble at ``lam``, as `measure` writes it with
+    measure.flowed = false in another job.output (hmc.lam = train.lam1 = lam)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ens = an.ToyFeynmanHellmann(T=T, mass=0.6, excited=(1.5, 0.5)).ensemble(lam, n, seed=seed)
+    cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
+            "C_flow": Column((T,)), "O_flow": Column(), "plaquette_flow": Column()}
+    with RecordStore.create(path, kind="pion-measurements", columns=cols,
+                            attrs={"lam1": lam, "n_sources": 1, "flowed": False, **attrs}) as s:
+        for i in range(n):
+            s.append({"index": i, "C": ens.C[i], "O": ens.O[i], "plaquette": 0.5, "C_flow": np.zeros(T),
+                      "O_flow": 0.0, "plaquette_flow": 0.0})
+    return path
+
+
+def test_an_independent_ensemble_at_lambda2_gives_the_third_estimate(tmp_path, capsys):
+    """analyze.independent: <x>_g from independent ensembles at lambda_1 and lambda_2 next to the
+    flow and epsilon estimates (it agrees with them within errors, and its error is the larger
+    -- nothing cancels between independent ensembles); table, plot and inputs record it."""
+    measurements(tmp_path / "out", 200)
+    other = independent_measurements(tmp_path / "lam2" / "measure.h5", 200)
+    rc, out, err = cli(capsys, "analyze", config(tmp_path), *sets(f"analyze.independent={json.dumps(str(other))}"))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["independent_estimate"] == {"made": True, "file": str(other), "n_configs": 200}
+    xi, ei = np.array(res["x_g_independent"]), np.array(res["x_g_independent_err"])
+    xe, ee = np.array(res["x_g_eps"]), np.array(res["x_g_eps_err"])
+    assert xi.shape == (2,) and np.all(ei > 0)
+    assert np.all(np.abs(xi - xe) < 4 * np.hypot(ei, ee)), (xi, ei, xe, ee)
+    assert np.all(ei > np.array(res["x_g_flow_err"]))
+    assert res["inputs"]["independent"]["path"] == str(other.resolve())
+    assert len(res["inputs"]["independent"]["sha256"]) == 64
+    assert "<x>_g indep." in out and (tmp_path / "out" / "x_g_vs_tmin.png").exists()
+
+
+def test_without_analyze_independent_there_is_no_third_estimate(tmp_path, capsys):
+    measurements(tmp_path / "out", 40)
+    rc, out, err = cli(capsys, "analyze", config(tmp_path))
+    assert rc == 0, err
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["independent_estimate"] == {"made": False, "file": None, "n_configs": 0}
+    assert "x_g_independent" not in res and "indep." not in out
+
+
+@pytest.mark.parametrize("case", ["missing", "own file", "other lambda", "other kappa", "other T", "too few"])
+def test_an_unusable_independent_ensemble_is_refused_in_one_line(tmp_path, capsys, case):
+    measurements(tmp_path / "out", 40)
+    other = tmp_path / "lam2" / "measure.h5"
+    if case == "own file":
+        other = tmp_path / "out" / "measure.h5"
+    elif case == "other lambda":
+        independent_measurements(other, 40, lam=0.01)
+    elif case == "other kappa":
+        independent_measurements(other, 40, kappa=0.13)
+    elif case == "other T":
+        independent_measurements(other, 40, T=2 * T)
+    elif case == "too few":
+        independent_measurements(other, 3)
+    rc, _, err = cli(capsys, "analyze", config(tmp_path), *sets(f"analyze.independent={json.dumps(str(other))}"))
+    line = one_error_line(err)
+    assert rc == 2, line
+    want = {"missing": "no measurement file of the independent ensemble",
+            "own file": "is this run's own measure.h5",
+            "other lambda": "was measured at lambda = 0.01, not at train.lam2 = 0.02",
+            "other kappa": "has kappa = 0.13, this run's measure.h5 kappa = None",
+            "other T": "holds correlators of shape (16,), this run T = 8",
+            "too few": "only 3 configurations in analyze.independent"}[case]
+    assert want in line and "hmc.lam = train.lam1 = 0.02" in line, line
+    assert not (tmp_path / "out" / "results.json").exists()

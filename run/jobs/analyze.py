@@ -5,6 +5,12 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
   (correlated ensembles lambda_1 -> lambda_2) and with epsilon-reweighting (exact derivative
   -<C O> + <C><O>), one jackknife per method, correlated single-cosh fits;
 * the variance-reduction factor r = (err_eps / err_flow)^2 per t_min;
+* with ``analyze.independent`` = the measure.h5 of an independent ensemble at lambda_2 (made
+  in another job.output with hmc.lam = train.lam1 = lambda_2 and measure.flowed = false), the
+  third method of the paper's section 3: independent ensembles, dM/dlambda = [M(lambda_2) -
+  M(lambda_1)]/(lambda_2 - lambda_1), each ensemble with its own jackknife and the errors added
+  in quadrature (``x_g_independent``); the file must be at lambda_2 with this run's kappa, mu,
+  bc_time and beta (else a MismatchError naming the field);
 * without a flowed ensemble (measure.h5 made with measure.flowed = false, recorded in its
   attribute ``flowed``) epsilon-reweighting alone: results.json's ``flow_estimate`` says
   ``made: false`` and why, and the flow's numbers (x_g_flow, r, the measured cost model) are
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +40,7 @@ from lattice.io._parallel import mark_all_ranks
 
 from ..config import ConfigError, analyze_window, check_analyze
 from ..context import JobContext, file_digest
-from ..inputs import require_file, with_hint
+from ..inputs import missing_input, require_file, with_hint
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
 from .measure import KIND as MEAS_KIND
@@ -77,6 +84,47 @@ def check_inputs(cfg: dict) -> None:
         require_file(cfg, "evaluate.h5", "reweighting file",
                      "run `gaugeflow evaluate` with this config first (measure.h5 holds the flowed ensemble), "
                      "or check job.output (--output)")
+    if cfg["analyze"]["independent"]:
+        _check_independent(cfg, meas, Path(cfg["analyze"]["independent"]))
+
+
+_INDEPENDENT_HINT = ("make it in another job.output with hmc.lam = train.lam1 = {lam2:g} (this config's train.lam2) "
+                     "and measure.flowed = false, running `hmc` and `measure` there; or fix analyze.independent")
+
+
+def _attr(attrs, key):
+    v = attrs.get(key)
+    return v.decode() if isinstance(v, bytes) else (np.asarray(v).tolist() if v is not None else None)
+
+
+def _check_independent(cfg: dict, meas: Path, other: Path) -> None:
+    """analyze.independent: the measure.h5 of an ensemble at lambda_2, other than this run's,
+    measured with this run's kappa, mu, bc_time and beta (a MismatchError naming the field)."""
+    from lattice.io import RecordStore
+    lam2 = cfg["train"]["lam2"]
+    hint = _INDEPENDENT_HINT.format(lam2=lam2)
+    if not other.is_file():
+        raise missing_input(other, "measurement file of the independent ensemble", hint,
+                            detail=f"analyze.independent, at lambda_2 = {lam2:g}")
+    if other.resolve() == meas.resolve():
+        raise with_hint(MismatchError(f"analyze.independent = {other} is this run's own measure.h5 (lambda_1 = "
+                                      f"{cfg['train']['lam1']:g}), not an ensemble at lambda_2 = {lam2:g}",
+                                      field="analyze.independent", path=other), hint)
+    with RecordStore.open(meas, "r", kind=MEAS_KIND) as s:
+        mine = dict(s.attrs)
+    with RecordStore.open(other, "r", kind=MEAS_KIND) as s:
+        theirs = dict(s.attrs)
+    found = _attr(theirs, "lam1")
+    if found is None or float(found) != float(lam2):
+        raise with_hint(MismatchError(f"analyze.independent = {other} was measured at lambda = {found}, not at "
+                                      f"train.lam2 = {lam2:g}", field="lam1", found=found, expected=lam2,
+                                      path=other), hint)
+    for key in ("kappa", "mu", "bc_time", "beta"):
+        a, b = _attr(mine, key), _attr(theirs, key)
+        if a != b:
+            raise with_hint(MismatchError(f"analyze.independent = {other} has {key} = {b}, this run's measure.h5 "
+                                          f"{key} = {a}: the two ensembles must differ in lambda only",
+                                          field=key, found=b, expected=a, path=other), hint)
 
 
 def analyze(ctx: JobContext):
@@ -113,6 +161,24 @@ def analyze(ctx: JobContext):
                 f"epsilon-reweighting only")
     t_max, t_mins = analyze_window(T, a)
     kw = dict(T=T, t_max=t_max, n_states=a["n_states"], correlated=a["correlated"], bin_size=a["bin_size"], fold=True)
+    indep, n2 = None, 0
+    if a["independent"]:          # the third method: an independent ensemble at lambda_2
+        C2 = RankStore.read_columns(Path(a["independent"]), MEAS_KIND, ["C"])["C"]
+        n2 = len(C2)
+        if C2.ndim != 2 or C2.shape[1] != T:
+            raise mark_all_ranks(with_hint(MismatchError(
+                f"analyze.independent = {a['independent']} holds correlators of shape {tuple(C2.shape[1:])}, this run "
+                f"T = {T}", field="T", found=tuple(C2.shape[1:]), expected=T), _INDEPENDENT_HINT.format(lam2=t["lam2"])))
+        if n2 < 8:
+            raise mark_all_ranks(with_hint(MismatchError(
+                f"only {n2} configurations in analyze.independent = {a['independent']}; the analysis needs at least 8",
+                field="n_configs", found=n2, expected=">= 8"), _INDEPENDENT_HINT.format(lam2=t["lam2"])))
+        try:
+            check_analyze(cfg, T, n_configs=n2, source=f"{cfg.get('_source', 'config')} (analyze.independent)")
+        except ConfigError as exc:
+            raise mark_all_ranks(exc)
+        indep = gluon_momentum_fraction(C, t_min=t_mins, method="independent", lam1=t["lam1"], lam2=t["lam2"],
+                                        C_lam2=C2, label="independent ensembles", **kw)
     flow = None if no_flow else gluon_momentum_fraction(
         C, t_min=t_mins, method="flow", lam1=t["lam1"], lam2=t["lam2"], C_flowed=Cf, log_weights=lw, label="flows",
         **kw)
@@ -128,6 +194,10 @@ def analyze(ctx: JobContext):
         xf, ef = flow.x_g
         r = (ee / ef) ** 2
         res.update({"x_g_flow": xf.tolist(), "x_g_flow_err": ef.tolist(), "variance_reduction": r.tolist()})
+    res["independent_estimate"] = {"made": indep is not None, "file": a["independent"] or None, "n_configs": n2}
+    if indep is not None:
+        xi, ei = indep.x_g
+        res.update({"x_g_independent": xi.tolist(), "x_g_independent_err": ei.tolist()})
     res["ess_identity"] = float(ess(-dlam * (O - O.mean())))
     if lw is not None:
         var_id = float(np.var(dlam * O))
@@ -162,9 +232,14 @@ def analyze(ctx: JobContext):
     if ctx.root:
         res["inputs"] = {name: {"sha256": file_digest(ctx.path(name))}
                          for name in ("measure.h5", "evaluate.h5") if name == "measure.h5" or ev is not None}
+        if indep is not None:
+            res["inputs"]["independent"] = {"path": str(Path(a["independent"]).resolve()),
+                                            "sha256": file_digest(a["independent"])}
         res["provenance"] = provenance(layout=ctx.layout)
         atomic_write(ctx.path("results.json"), json.dumps(res, indent=1).encode())
         scans = {"eps-reweighting": eps} if flow is None else {"flows": flow, "eps-reweighting": eps}
+        if indep is not None:
+            scans["independent ensembles"] = indep
         plot_fh_scan(scans, filename=str(ctx.path("x_g_vs_tmin.png")))
         # the M(lambda_1) fit of the middle t_min exactly as reported (same settings, same jackknife
         # bins), over the effective mass of the same folded data in the same bins
@@ -176,13 +251,15 @@ def analyze(ctx: JobContext):
 
 def _table(res) -> str:
     from analysis import format_value
-    flow = res["flow_estimate"]["made"]
+    flow, indep = res["flow_estimate"]["made"], res["independent_estimate"]["made"]
     lines = [f"  {'t_min':>5s}  " + (f"{'<x>_g flows':>14s}  " if flow else "") + f"{'<x>_g eps-rew':>14s}"
-             + (f"  {'r = var ratio':>13s}" if flow else "")]
+             + (f"  {'<x>_g indep.':>14s}" if indep else "") + (f"  {'r = var ratio':>13s}" if flow else "")]
     for i, t0 in enumerate(res["t_min"]):
         lines.append(f"  {t0:5d}  "
                      + (f"{format_value(res['x_g_flow'][i], res['x_g_flow_err'][i]):>14s}  " if flow else "")
                      + f"{format_value(res['x_g_eps'][i], res['x_g_eps_err'][i]):>14s}"
+                     + (f"  {format_value(res['x_g_independent'][i], res['x_g_independent_err'][i]):>14s}"
+                        if indep else "")
                      + (f"  {res['variance_reduction'][i]:13.2f}" if flow else ""))
     return "\n".join(lines)
 
