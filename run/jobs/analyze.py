@@ -6,7 +6,8 @@ From `measure.h5` (C on U and f(U), O on U) and `evaluate.h5` (log w(f(U))):
   -<C O> + <C><O>), one jackknife per method, correlated single-cosh fits;
 * the variance-reduction factor r = (err_eps / err_flow)^2 per t_min;
 * with ``analyze.independent`` = the measure.h5 of an independent ensemble at lambda_2 (made
-  in another job.output with hmc.lam = train.lam1 = lambda_2 and measure.flowed = false), the
+  in another job.output with hmc.lam = train.lam1 = lambda_2, train.lam2 = lambda_1 and
+  measure.flowed = false), the
   third method of the paper's section 3: independent ensembles, dM/dlambda = [M(lambda_2) -
   M(lambda_1)]/(lambda_2 - lambda_1), each ensemble with its own jackknife and the errors added
   in quadrature (``x_g_independent``); the file must be at lambda_2 with this run's kappa, mu,
@@ -88,8 +89,9 @@ def check_inputs(cfg: dict) -> None:
         _check_independent(cfg, meas, Path(cfg["analyze"]["independent"]))
 
 
-_INDEPENDENT_HINT = ("make it in another job.output with hmc.lam = train.lam1 = {lam2:g} (this config's train.lam2) "
-                     "and measure.flowed = false, running `hmc` and `measure` there; or fix analyze.independent")
+_INDEPENDENT_HINT = ("make it in another job.output with hmc.lam = train.lam1 = {lam2:g} (this config's train.lam2), "
+                     "train.lam2 = this config's train.lam1 and measure.flowed = false, running `hmc` and `measure` "
+                     "there; or fix analyze.independent")
 
 
 def _attr(attrs, key):
