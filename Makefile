@@ -60,7 +60,7 @@ gpu-check:
 	sh bench/gpu_check.sh out/gpu
 
 gpu-wheels:
-	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl "array-api-compat>=1.9"
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl "array-api-compat>=1.9" "threadpoolctl>=3.1" "tqdm>=4.66"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,10 +1,12 @@
 #!/bin/sh
 # `make test-gpu` and `make bench-gpu` in one go, on a GPU machine that has no network: no
 # virtual environment, no install. It runs with a Python that already has the dependencies
-# (numpy, scipy, h5py, matplotlib, tqdm, numba, threadpoolctl, pytest, hypothesis and a CuPy
-# for the machine's CUDA, e.g. cupy-cuda13x); pure-Python packages it lacks
-# (array-api-compat, usually) come as wheels in .whl/ (`make gpu-wheels` downloads them where
-# pip works), installed into a scratch folder on the path.
+# (numpy, scipy, h5py, numba, threadpoolctl, pytest, hypothesis and a CuPy for the machine's
+# CUDA, e.g. cupy-cuda13x; matplotlib and tqdm are optional); pure-Python packages it lacks
+# (array-api-compat, usually; threadpoolctl, tqdm) come as wheels in .whl/ (`make gpu-wheels`
+# downloads them where pip works), installed into a scratch folder on the path. Before the
+# tests it compiles one CUDA kernel and runs a batched eigh, so that a CuPy without its CUDA
+# libraries (NVRTC, cuSOLVER) stops the run at once (exit 2) instead of failing every test.
 #
 #   sh bench/gpu_check.sh [OUTDIR]        (default out/gpu)
 #
@@ -31,13 +33,14 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THR
 import importlib, platform, sys
 print("python", sys.version.split()[0], sys.executable, platform.machine())
 missing = []
-for name in ("numpy", "scipy", "h5py", "matplotlib", "tqdm", "numba", "threadpoolctl",
-             "array_api_compat", "pytest", "hypothesis", "cupy"):
+for name in ("numpy", "scipy", "h5py", "numba", "threadpoolctl", "array_api_compat", "pytest", "hypothesis",
+             "cupy", "matplotlib", "tqdm"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "?"))
     except Exception as exc:
         print(name, "MISSING:", type(exc).__name__, exc)
-        missing.append(name)
+        if name not in ("matplotlib", "tqdm"):      # plots and progress bars only: not needed here
+            missing.append(name)
 try:
     import cupy
     n = cupy.cuda.runtime.getDeviceCount()
@@ -46,10 +49,20 @@ try:
         print(f"device {i}: {p['name'].decode()}, {p['totalGlobalMem'] / 2**30:.1f} GiB, "
               f"compute capability {p['major']}.{p['minor']}")
     print("CUDA runtime", cupy.cuda.runtime.runtimeGetVersion(), "driver", cupy.cuda.runtime.driverGetVersion())
+    if n:   # NVRTC and cuSOLVER are found (a CuPy without its CUDA libraries still lists the device)
+        k = cupy.ElementwiseKernel("raw complex128 X", "raw complex128 Y", "Y[i] = conj(X[i]) * 2.0;",
+                                   "gaugeflow_smoke")
+        y = cupy.empty(4, dtype=cupy.complex128)
+        k(cupy.full(4, 1 + 1j), y, size=4)
+        assert complex(cupy.asnumpy(y)[0]) == 2 - 2j, y
+        w = cupy.asnumpy(cupy.linalg.eigh(cupy.eye(3)[None].repeat(2, axis=0))[0])
+        assert float(abs(w - 1).max()) < 1e-12, w
+        print("CUDA smoke test: a compiled kernel and a batched eigh ran")
 except Exception as exc:
     print("no usable GPU:", type(exc).__name__, exc)
+    missing.append(f"a working CuPy ({type(exc).__name__}: {exc})")
 if missing:
-    sys.exit("missing: " + ", ".join(missing) + " (pure-Python ones: `make gpu-wheels` puts them in .whl/)")
+    sys.exit("missing: " + ", ".join(missing) + " (pure-Python packages: `make gpu-wheels` puts them in .whl/)")
 EOF
 rc=$?
 cat "$OUTDIR/environment.txt"
