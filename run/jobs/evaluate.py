@@ -105,8 +105,8 @@ def run(ctx: JobContext):
 
                 def ratio(pf_map=None):
                     r = log_det_ratio(U, V, f["kappa"], f["mu"], n_shots, derive_seed(seed, "evaluate", i),
-                                      tol=f["cg_tol"],
-                                      maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"], pf_map=pf_map)
+                                      tol=f["cg_tol"], maxiter=f["cg_maxiter"], layout=ctx.layout, bc=f["bc_time"],
+                                      pf_map=pf_map)
                     return np.asarray(to_host(r.log_weights), float).reshape(n_shots), float(to_host(r.log_W).reshape(()))
                 shots, lW = ratio()
             shots_id, lW_id = shots, lW

@@ -54,7 +54,8 @@ def run(ctx: JobContext):
     run_checks(ctx.comm, check_inputs, cfg)
     use_flow = bool(m["flowed"])
     attrs = {"kappa": f["kappa"], "mu": f["mu"], "bc_time": f["bc_time"], "n_sources": m["n_sources"],
-             "seed": seed, "seed_streams": "lattice.derive_seed(seed, 'measure', i)", "lam1": lam1, "beta": cfg["action"]["beta"], "flowed": use_flow}
+             "seed": seed, "seed_streams": "lattice.derive_seed(seed, 'measure', i)", "lam1": lam1,
+             "beta": cfg["action"]["beta"], "flowed": use_flow}
     cols = {"index": Column((), "i8"), "C": Column((T,)), "O": Column(), "plaquette": Column(),
             "C_flow": Column((T,)), "O_flow": Column(), "plaquette_flow": Column()}
     src = EnsembleStore.open(hmc_job.ensemble_path(ctx, lam1), "r", layout=ctx.layout,
@@ -75,8 +76,8 @@ def run(ctx: JobContext):
 
         def one(U, i):
             C = pion_correlator(U, f["kappa"], f["mu"], n_sources=m["n_sources"],
-                                seed=L.derive_seed(seed, "measure", i), layout=ctx.layout, bc=f["bc_time"], tol=f["cg_tol"],
-                                maxiter=f["cg_maxiter"])
+                                seed=L.derive_seed(seed, "measure", i), layout=ctx.layout, bc=f["bc_time"],
+                                tol=f["cg_tol"], maxiter=f["cg_maxiter"])
             return (np.asarray(L.to_host(C), float).reshape(T), float(S1.operator(U, ctx.layout)),
                     float(L.plaquette(U, ctx.layout)))
 

@@ -252,7 +252,8 @@ def _train_pf_flow(ctx: JobContext):
     params, hist = params0, flows.TrainHistory()
     if p["steps"]:
         params, hist = flows.train(model, params0, None, obj, steps=p["steps"], batch_size=p["batch_size"],
-                                   estimator=p["estimator"], seed=derive_seed(cfg["job"]["seed"], "pf_train", "batches"), lr=p["lr"],
+                                   estimator=p["estimator"], lr=p["lr"],
+                                   seed=derive_seed(cfg["job"]["seed"], "pf_train", "batches"),
                                    schedule=p["schedule"], holdout_every=p["holdout_every"],
                                    holdout_size=min(obj.n_holdout, 4 * p["batch_size"]),
                                    checkpoint=ctx.path("pf_train.ckpt.h5"), checkpoint_every=p["checkpoint_every"],
