@@ -208,6 +208,7 @@ def test_results_json_records_provenance_settings_and_inputs(tmp_path, capsys):
     assert (st["lam1"], st["lam2"]) == (cfg["train"]["lam1"], cfg["train"]["lam2"])
     assert st["fit"] == {"T": T, "t_min": [1, 2], "t_max": T // 2, "fold": True, "n_states": 1, "correlated": False,
                          "bin_size": 2, "n_bins": 20, "errors": "jackknife", "derivative": "eps = 0.01"}
+    assert "eq. 17" in st["x_g_convention"] and "twice this" in st["x_g_convention"]     # the factor question
     for name in ("measure.h5", "evaluate.h5"):
         assert res["inputs"][name]["sha256"] == hashlib.sha256((tmp_path / "out" / name).read_bytes()).hexdigest()
 

@@ -48,6 +48,9 @@ from .measure import KIND as MEAS_KIND
 
 __all__ = ["run", "analyze"]
 
+X_G_CONVENTION = ("bare lattice <x>_g = -(2/(3M)) dM/dlambda, the paper's eq. 17; with O normalised as in eq. 16 "
+                  "the tree-level relation is -(4/(3M)) dM/dlambda, twice this (docs/design.md 7.10)")
+
 
 def _stage_costs(ctx: JobContext):
     p = ctx.path("timings.json")
@@ -230,7 +233,8 @@ def analyze(ctx: JobContext):
                        "fit": {"T": T, "t_min": [int(x) for x in t_mins], "t_max": t_max, "fold": True,
                                "n_states": a["n_states"], "correlated": a["correlated"], "bin_size": a["bin_size"],
                                "n_bins": n // a["bin_size"], "errors": "jackknife",
-                               "derivative": "exact" if not a["eps"] else f"eps = {a['eps']:g}"}}
+                               "derivative": "exact" if not a["eps"] else f"eps = {a['eps']:g}"},
+                       "x_g_convention": X_G_CONVENTION}
     if ctx.root:
         res["inputs"] = {name: {"sha256": file_digest(ctx.path(name))}
                          for name in ("measure.h5", "evaluate.h5") if name == "measure.h5" or ev is not None}
