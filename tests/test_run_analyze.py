@@ -337,3 +337,22 @@ def test_an_unusable_independent_ensemble_is_refused_in_one_line(tmp_path, capsy
             "too few": "only 3 configurations in analyze.independent"}[case]
     assert want in line and "hmc.lam = train.lam1 = 0.02" in line, line
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_analyze_called_from_python_checks_the_independent_file_too(tmp_path):
+    """run.jobs.analyze.analyze(ctx) makes the command line's input checks itself, so a file at
+    another lambda is refused also outside `gaugeflow analyze`."""
+    from lattice.io import MismatchError
+    from run.config import load_config
+    from run.context import make_context
+    from run.jobs.analyze import analyze
+    measurements(tmp_path / "out", 40)
+    other = independent_measurements(tmp_path / "lam2" / "measure.h5", 40, lam=0.01)
+    cfg = load_config(str(config(tmp_path)), [f"analyze.independent={json.dumps(str(other))}"], command="analyze")
+    ctx = make_context(cfg, "analyze", comm=None)
+    try:
+        with pytest.raises(MismatchError, match="was measured at lambda = 0.01, not at train.lam2 = 0.02"):
+            analyze(ctx)
+    finally:
+        ctx.release()
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -41,7 +41,7 @@ from lattice.io._parallel import mark_all_ranks
 
 from ..config import ConfigError, analyze_window, check_analyze
 from ..context import JobContext, file_digest
-from ..inputs import missing_input, require_file, with_hint
+from ..inputs import missing_input, require_file, run_checks, with_hint
 from ..records import RankStore
 from .evaluate import KIND as EVAL_KIND
 from .measure import KIND as MEAS_KIND
@@ -132,23 +132,28 @@ def _check_independent(cfg: dict, meas: Path, other: Path) -> None:
                                           field=key, found=b, expected=a, path=other), hint)
 
 
+def _require_configs(n: int, what: str, hint: str) -> None:
+    """At least 8 configurations (a one-line MismatchError on every rank otherwise)."""
+    if n < 8:
+        raise mark_all_ranks(with_hint(MismatchError(f"only {n} configurations {what}; the analysis needs at least 8",
+                                                     field="n_configs", found=n, expected=">= 8"), hint))
+
+
 def analyze(ctx: JobContext):
     from analysis import (gluon_momentum_fraction, ess, break_even, paper_example, plot_fh_scan,
                           plot_effective_mass, fold)
     cfg = ctx.cfg
     a, t = cfg["analyze"], cfg["train"]
+    run_checks(ctx.comm, check_inputs, cfg)      # as the command line does, also when called from Python
     meas = RankStore.read_columns(ctx.path("measure.h5"), MEAS_KIND, ["index", "C", "O", "C_flow"])
     no_flow = _no_flow_reason(ctx.path("measure.h5"), meas["_attrs"])
     # evaluate.h5 (log w of the flow): needed for the flow estimate; without it, used for the ESS if present
     ev = None if (no_flow and not ctx.path("evaluate.h5").exists()) else \
         RankStore.read_columns(ctx.path("evaluate.h5"), EVAL_KIND, ["index", "log_w"])
     n = len(meas["index"]) if ev is None else min(len(meas["index"]), len(ev["index"]))
-    if n < 8:
-        counts = f"measure.h5: {len(meas['index'])}" + ("" if ev is None else f", evaluate.h5: {len(ev['index'])}")
-        raise mark_all_ranks(with_hint(
-            MismatchError(f"only {n} configurations to analyze ({counts}); the analysis needs at least 8",
-                          field="n_configs", found=n, expected=">= 8"),
-            "generate more configurations (hmc.n_traj), then run `measure` (and `evaluate`) again"))
+    counts = f"measure.h5: {len(meas['index'])}" + ("" if ev is None else f", evaluate.h5: {len(ev['index'])}")
+    _require_configs(n, f"to analyze ({counts})",
+                     "generate more configurations (hmc.n_traj), then run `measure` (and `evaluate`) again")
     if ev is not None and not np.array_equal(meas["index"][:n], ev["index"][:n]):
         raise mark_all_ranks(with_hint(
             MismatchError("measure.h5 and evaluate.h5 do not refer to the same configurations (their index "
@@ -174,10 +179,7 @@ def analyze(ctx: JobContext):
             raise mark_all_ranks(with_hint(MismatchError(
                 f"analyze.independent = {a['independent']} holds correlators of shape {tuple(C2.shape[1:])}, this run "
                 f"T = {T}", field="T", found=tuple(C2.shape[1:]), expected=T), _INDEPENDENT_HINT.format(lam2=t["lam2"])))
-        if n2 < 8:
-            raise mark_all_ranks(with_hint(MismatchError(
-                f"only {n2} configurations in analyze.independent = {a['independent']}; the analysis needs at least 8",
-                field="n_configs", found=n2, expected=">= 8"), _INDEPENDENT_HINT.format(lam2=t["lam2"])))
+        _require_configs(n2, f"in analyze.independent = {a['independent']}", _INDEPENDENT_HINT.format(lam2=t["lam2"]))
         try:
             check_analyze(cfg, T, n_configs=n2, source=f"{cfg.get('_source', 'config')} (analyze.independent)")
         except ConfigError as exc:
