@@ -442,6 +442,9 @@ def gamma_method(series, func=None, log_weights=None, S: float = DEFAULT_S, W_ma
     With a fixed window the bias-corrected err² is unbiased to O(1/N²). The automatic
     window depends on the same noisy Γ(t) and makes err slightly conservative for short
     chains (e.g. err² about 4% high on average for N = 200, τ_int = 1.5; 1% at N = 800).
+    Where the bias-corrected C_F at the window is <= 0 (a chain too short for its window: Wolff's
+    "Gamma pathological", where his UWerr stops), a RuntimeWarning is given and W = 0 is used,
+    err = sqrt(Γ(0)(1 + 1/N)/N), never err = 0.
     """
     pieces, is_tuple = _pieces(series)
     n = pieces[0].shape[0]
@@ -512,10 +515,22 @@ def gamma_columns(a, S: float = DEFAULT_S, W_max: int | None = None, window: int
                           "the series is too short for its autocorrelation time", RuntimeWarning,
                           stacklevel=stacklevel)
             W = W_max
+        g0 = g
         cf = g[0] + 2.0 * g[1:W + 1].sum()
-        g = g + cf / n                                       # bias correction of Γ
+        g = g0 + cf / n                                      # bias correction of Γ
         cf = g[0] + 2.0 * g[1:W + 1].sum()
-        cf = max(cf, 0.0)
+        if cf <= 0.0:
+            # Wolff's UWerr stops here ("Gamma pathological: estimated error^2 < 0"): on a short
+            # chain the window closed on a negative Γ(t) sum. Fall back to W = 0 (the naive,
+            # bias-corrected variance, > 0 for non-constant data) and say so.
+            how = "automatic" if window is None else "fixed"
+            warnings.warn(f"gamma_method: the estimated error^2 is <= 0 at the {how} window W={W} "
+                          f"(N={n} measurements are too few for it); using W=0, the error without "
+                          "autocorrelation: take more measurements, or bin them and use the jackknife",
+                          RuntimeWarning, stacklevel=stacklevel)
+            W = 0
+            g = g0 + g0[0] / n
+            cf = g[0]
         err[c] = math.sqrt(cf / n)
         tau[c] = cf / (2.0 * g[0])
         dtau[c] = 2.0 * tau[c] * math.sqrt(max(W + 0.5 - tau[c], 0.0) / n)

@@ -247,8 +247,10 @@ def test_gamma_method_direct_and_fft_paths_agree(rho):
     assert res.err == pytest.approx(np.sqrt(cf / len(x)), rel=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:gamma_method. the estimated error.2 is <= 0:RuntimeWarning")
 def test_gamma_method_bias_correction_on_short_chains():
-    """Mean of err² over many short AR(1) chains vs the exact Var(x̄) at finite N.
+    """Mean of err² over many short AR(1) chains vs the exact Var(x̄) at finite N (2 of the
+    2000 chains have err² <= 0 at W = 10 and fall back to W = 0).
 
     Without the Γ(t) → Γ(t) + C_F/N correction the fixed-window estimate is ≈ 9% low here.
     """
@@ -263,6 +265,30 @@ def test_gamma_method_bias_correction_on_short_chains():
     exact = (1 + 2 * np.sum((1 - k / n) * rho ** k)) / (1 - rho ** 2) / n
     err2 = an.gamma_method(x, window=10).err ** 2                  # one analysis per column
     assert abs(err2.mean() / exact - 1) < 3 * err2.std() / exact / np.sqrt(m)
+
+
+def test_gamma_method_never_reports_a_zero_error_on_short_chains():
+    """On a short chain the automatic window can close where the bias-corrected C_F <= 0
+    (Wolff's "Gamma pathological"); the error then falls back to W = 0 with a warning, instead
+    of err = 0 (seen in 11% of iid chains of 10 measurements, |z| < 1 in 54% of them)."""
+    import warnings
+    rng = np.random.default_rng(1)
+    z, windows, n_warned = [], [], 0
+    for _ in range(2000):
+        x = rng.normal(size=10)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            r = an.gamma_method(x)
+        n_warned += any("error^2 is <= 0" in str(m.message) for m in w)
+        assert r.err > 0
+        z.append(r.mean / r.err)
+        windows.append(r.window)
+    assert n_warned > 100                                # the fallback did happen, and said so
+    assert 0.57 < np.mean(np.abs(z) < 1) < 0.75          # t with 9 dof: 0.66; naive W=0: 0.63
+    with pytest.warns(RuntimeWarning, match="error\\^2 is <= 0"):
+        r = an.gamma_method(np.array([1.0, 2.0, 0.5, 1.5]))
+    assert r.err == pytest.approx(np.sqrt(np.var([1.0, 2.0, 0.5, 1.5]) * (1 + 1 / 4) / 4))   # Γ(0)(1 + 1/N)/N
+    assert r.window == 0
 
 
 def test_gamma_method_iid_and_derived():
