@@ -79,8 +79,10 @@ def effective_mass(C, kind: str = "cosh", T: int | None = None, t0: int = 0, ite
     axis; pass it for folded correlators of length T//2 + 1). ``t0`` is the time of the
     first entry (for a window C[..., t0:]); entry k of the result is m_eff(t0 + k).
 
-    Entries without a solution (ratio ≤ 1 in the direction of decay, non-positive
-    correlator, or the pair straddling T/2 on odd T) are NaN.
+    Entries without a solution are NaN: for ``"cosh"`` a ratio ≤ 1 in the direction of decay,
+    a non-positive correlator, or the pair straddling T/2 on odd T; for ``"log"`` a ratio that
+    is not finite and positive (C(t+1) = 0, or a sign change). No warning is given: noisy data
+    at large t are expected to produce some.
     """
     if kind not in ("cosh", "log"):
         raise ValueError(f"kind must be 'cosh' or 'log', got {kind!r}")
@@ -92,7 +94,8 @@ def effective_mass(C, kind: str = "cosh", T: int | None = None, t0: int = 0, ite
     with np.errstate(divide="ignore", invalid="ignore"):
         if kind == "log":
             r = c0 / c1
-            return np.where(r > 0, np.log(np.where(r > 0, r, 1.0)), np.nan)
+            ok = np.isfinite(r) & (r > 0)
+            return np.where(ok, np.log(np.where(ok, r, 1.0)), np.nan)
         t = t0 + np.arange(n_t - 1, dtype=np.float64)
         first_half = t + 0.5 < T / 2.0
         u = np.where(first_half, T / 2.0 - t, t + 1.0 - T / 2.0)      # ≥ 1 away from the middle

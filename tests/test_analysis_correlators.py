@@ -65,6 +65,12 @@ def test_effective_mass_is_vectorised_and_nan_on_bad_data():
     m2 = an.effective_mass(C2)
     assert np.isnan(m2[2]) and np.isnan(m2[3]) and np.isnan(m2[6])
     assert np.isfinite(m2[0]) and np.isfinite(m2[8])
+    C3 = C[0, 0].copy()
+    C3[5] = 0.0                                                 # a vanishing slice
+    m3 = an.effective_mass(C3, kind="log")
+    assert np.isnan(m3[4]) and np.isnan(m3[5])                  # not +inf
+    np.testing.assert_allclose(m3[:4], np.log(C3[:4] / C3[1:5]))
+    assert np.isnan(an.effective_mass(C2, kind="log")[2])       # a sign change
     with pytest.raises(ValueError):
         an.effective_mass(C2, kind="acosh")
     with pytest.raises(TypeError):
