@@ -75,3 +75,23 @@ def test_effective_mass_is_vectorised_and_nan_on_bad_data():
         an.effective_mass(C2, kind="acosh")
     with pytest.raises(TypeError):
         an.effective_mass(C2 + 0j)
+
+
+def test_cosh_effective_mass_of_several_states_solves_its_equation():
+    """Against an independent root solve (SciPy's brentq) of
+    C(t)/C(t+1) = cosh(m(T/2 - t))/cosh(m(T/2 - t - 1)), on both halves, odd and even T, with a
+    negative excited-state amplitude."""
+    from scipy.optimize import brentq
+    for T in (16, 25):
+        C = an.cosh_model(np.arange(T), T, [0.25, 0.8, 1.5], [1.0, 0.6, -0.2])
+        m = an.effective_mass(C, "cosh")
+        for t in range(T - 1):
+            if abs(T / 2 - t - 0.5) < 1e-9:
+                assert np.isnan(m[t])
+                continue
+            r = C[t] / C[t + 1]
+            g = lambda x: np.cosh(x * (T / 2 - t)) / np.cosh(x * (T / 2 - t - 1)) - r
+            ref = brentq(g, 1e-6, 5.0, xtol=1e-15, rtol=1e-15) if t + 0.5 < T / 2 else \
+                brentq(lambda x: np.cosh(x * (t + 1 - T / 2)) / np.cosh(x * (t - T / 2)) - 1 / r, 1e-6, 5.0,
+                       xtol=1e-15, rtol=1e-15)
+            assert m[t] == pytest.approx(ref, rel=1e-11), t
