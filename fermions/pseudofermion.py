@@ -22,7 +22,7 @@ tolerance). The monomial follows the :mod:`lattice.hmc` contract: ``action``, ``
 """
 from __future__ import annotations
 
-from lattice.backend import Rng
+from lattice.backend import Rng, namespace
 from lattice.layout import Layout, infer_gauge_layout
 
 from .twisted_mass import TwistedMassWilson
@@ -86,8 +86,19 @@ class PseudofermionNf2:
         eta = xp.astype(rng.complex_normal(lead=batch, layout=op.half_layout, inner=(4, op.N)), op.dtype)
         self.phi = op.apply_schur_dagger(eta)
         self._eta2 = op.half_layout.sum(xp.real(eta * xp.conj(eta)), inner=2)
-        self._U_ref = U
+        self._U_ref = xp.asarray(U, copy=True)       # a copy: U may be changed in place later
         self._last_x = None
+
+    def _at_refresh_field(self, U, layout) -> bool:
+        """Whether U equals, entry for entry, the field of the last :meth:`refresh` (on every
+        rank: all ranks must take the same branch of :meth:`action`)."""
+        ref = self._U_ref
+        same = ref is not None and tuple(U.shape) == tuple(ref.shape) and U.dtype == ref.dtype
+        if same:
+            xp = namespace(U)
+            same = bool(xp.all(U == ref))
+        lay = infer_gauge_layout(U, layout)
+        return lay.allreduce_max(0.0 if same else 1.0) == 0.0
 
     def _check(self, U):
         if self.phi is None:
@@ -108,7 +119,7 @@ class PseudofermionNf2:
     def action(self, U, layout: Layout | None = None):
         """S_pf(U) per batch element (float64)."""
         self._check(U)
-        if U is self._U_ref:
+        if self._at_refresh_field(U, layout):
             return self._eta2                               # phi^dag (M^^dag M^)^{-1} phi = |eta|^2 exactly
         op = self.operator(U, layout)
         xp = op.xp

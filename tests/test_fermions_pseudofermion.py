@@ -49,8 +49,16 @@ def test_heatbath_and_action():
     rng = L.Rng(5)
     pf.refresh(U, rng)
     s_ref = pf.action(U)                                   # |eta|^2 (no solve)
-    s_cg = pf.action(U.copy())                             # through CG and the energy functional
+    cg = F.PseudofermionNf2(0.17, 0.1, action_tol=1e-12)
+    cg.phi = pf.phi                                        # never refreshed: always solves
+    s_cg = cg.action(U)                                    # through CG and the energy functional
     assert np.allclose(s_ref, s_cg, rtol=1e-12)
+    assert np.array_equal(pf.action(U.copy()), s_ref)      # an equal field is the refresh field
+    # a field changed in place after the refresh is not: its action is solved for
+    V = L.random_gauge(SHAPE, seed=4, batch=(2,))
+    U[...] = V
+    s_new = pf.action(U)
+    assert np.allclose(s_new, cg.action(V), rtol=1e-12) and not np.allclose(s_new, s_ref, rtol=1e-3)
     n = 2 * 3 * np.prod(SHAPE)                             # complex components on the odd sites
     assert np.all(np.abs(s_ref - n) < 6 * np.sqrt(n))      # E|eta|^2 = n, Var = n
     # the pseudofermion is phi = M^dag eta, i.e. (M^dag M^)^{-1/2}-distributed: check the covariance
