@@ -44,16 +44,56 @@ def _observables(U, rec):
     return np.c_[np.asarray(rec.plaquette)[:, None], _short_loops(U)]
 
 
+def _dagger(A):
+    return np.conj(np.swapaxes(A, -1, -2))
+
+
+def _pair(A, B):
+    """<A, B> = -2 tr AB (docs/design.md §4) summed over links: (batch,)."""
+    return -2.0 * np.real(np.einsum("...ij,...ji->...", A, B)).reshape(A.shape[0], -1).sum(axis=1)
+
+
+def _schwinger_dyson_terms(U, beta, kappa, mu):
+    """Integration by parts on SU(3)^links: for pi ~ exp(-S_W) (det M^dag M)^alpha and any f,
+    E[Delta f - <grad f, grad S_W> + alpha <grad f, grad log det M^dag M>] = 0 (left-invariant
+    derivatives, orthonormal in <,>; Haar measure). Returns (batch, 3, 2): per short loop
+    f_m = sum_x Re tr U_m(x) U_m(x + m^) (m = 1, 2, 3, extent 2) the pair
+    (Delta f - <grad f, grad S_W>, <grad f, grad log det>). With distinct links in a loop,
+    Delta Re tr(loop) = -C_F (number of links) Re tr(loop), C_F = 4/3; on an extent-2 axis each
+    link closes the loop twice, so grad f_m(x) = P(2 U_m(x) U_m(x + m^))."""
+    CF = 4.0 / 3.0
+    FW = np.asarray(Wilson(beta).force(U))
+    ld_grad = np.asarray(F.dense_log_det_force(U, kappa, mu).grad)
+    out = []
+    for m in (1, 2, 3):
+        Om = U[:, m] @ np.roll(U[:, m], -1, axis=1 + m)
+        f = np.real(np.trace(Om, axis1=-2, axis2=-1)).sum(axis=(1, 2, 3, 4))
+        g = np.zeros_like(U)
+        g[:, m] = F.force_from_omega(2.0 * Om)
+        out.append(np.stack([-2.0 * CF * f - _pair(g, FW), _pair(g, ld_grad)], axis=-1))
+    return np.stack(out, axis=1)
+
+
+def _alpha(terms):
+    """alpha = -E[A]/E[B] per loop, jackknife over chains: terms (traj, chains, 3, 2)."""
+    A, B = terms[..., 0].mean(axis=0), terms[..., 1].mean(axis=0)          # (chains, 3)
+    c = A.shape[0]
+    est = -A.mean(axis=0) / B.mean(axis=0)
+    jk = np.array([-np.delete(A, k, 0).mean(axis=0) / np.delete(B, k, 0).mean(axis=0) for k in range(c)])
+    return est, np.sqrt((c - 1) / c * np.sum((jk - jk.mean(axis=0)) ** 2, axis=0))
+
+
 def _nf2_and_reweighted(beta, kappa, mu, chains, n_pure, n_nf2, n_therm=5, n_steps_fermion=2):
     act = Wilson(beta)
     U0 = L.random_gauge(SHAPE, seed=1, batch=(chains,))
     # pure gauge, reweighted with the exact determinant
-    obs, logdet = [], []
+    obs, logdet, sd_pure, sd_nf2 = [], [], [], []
 
     def cb_pure(i, U, rec):
         if i >= n_therm:
             obs.append(_observables(U, rec))
             logdet.append(F.dense_log_det(U, kappa, mu))
+            sd_pure.append(_schwinger_dyson_terms(U, beta, kappa, mu))
     hmc.run_hmc(act, U0, n_pure, n_steps=4, seed=2, progress=False, callback=cb_pure)
     obs, logdet = np.array(obs), np.array(logdet)               # (traj, chains, 4), (traj, chains)
     w = np.exp(logdet - logdet.max())
@@ -71,6 +111,7 @@ def _nf2_and_reweighted(beta, kappa, mu, chains, n_pure, n_nf2, n_therm=5, n_ste
     def cb_nf2(i, U, rec):
         if i >= n_therm:
             obs2.append(_observables(U, rec))
+            sd_nf2.append(_schwinger_dyson_terms(U, beta, kappa, mu))
     pf = F.PseudofermionNf2(kappa, mu, force_tol=1e-9)
     _, hist = F.run_hmc_nf2(act, U0, kappa, mu, n_traj=n_nf2, n_steps_fermion=n_steps_fermion, n_steps_gauge=2,
                             seed=1, progress=False, pseudofermion=pf, callback=cb_nf2)
@@ -80,7 +121,17 @@ def _nf2_and_reweighted(beta, kappa, mu, chains, n_pure, n_nf2, n_therm=5, n_ste
     e = np.array([r.exp_minus_dH for r in hist[n_therm:]])      # equilibrium only
     acc = np.mean([r.accepted for r in hist])
     return dict(rw=(rw_mean, rw_err), pure=(pure_mean, pure_err), nf2=(nf2_mean, nf2_err), exp_mdH=e, acc=acc,
-                logdet_std=float(logdet.std()), hist=hist)
+                logdet_std=float(logdet.std()), hist=hist, alpha_pure=_alpha(np.array(sd_pure)),
+                alpha_nf2=_alpha(np.array(sd_nf2)))
+
+
+def _check_alpha(res):
+    """The Nf = 2 chain samples (det M^dag M)^alpha with alpha = 1, the pure-gauge one alpha = 0,
+    each to 4 sigma per loop, and the check resolves alpha to better than 0.15 (det^(1/2) or
+    det^2 are excluded at > 3 sigma per loop)."""
+    for key, want in (("alpha_nf2", 1.0), ("alpha_pure", 0.0)):
+        a, e = res[key]
+        assert np.all(np.abs(a - want) < 4 * e) and np.all(e < 0.15), (key, a, e)
 
 
 def _check(res):
@@ -106,6 +157,15 @@ def test_plaquette_and_loops_agree_with_reweighted_pure_gauge(fast_run):
     _check(fast_run)
 
 
+def test_nf2_hmc_samples_det_m_dag_m_by_the_schwinger_dyson_identity(fast_run):
+    """Reweighting-free: the exponent alpha of det M^dag M in the sampled distribution, fitted
+    from E[Delta f - <grad f, grad S_W> + alpha <grad f, grad log det>] = 0 for the three
+    extent-2 loops (measured here: 0.91(8), 1.08(9), 0.81(8) for Nf = 2 HMC; -0.07(7),
+    -0.08(6), 0.13(6) for pure gauge). The reweighting test above only tells Nf = 2 from
+    Nf = 0; this one also excludes det^(1/2) and det^2 (found by an independent review)."""
+    _check_alpha(fast_run)
+
+
 def test_exp_minus_dH_is_one(fast_run):
     e = fast_run["exp_mdH"]
     assert e.shape[1] == 16
@@ -128,9 +188,14 @@ def test_history_columns(fast_run):
 
 @pytest.mark.slow
 def test_plaquette_agrees_with_reweighted_pure_gauge_high_statistics():
+    """At kappa = 0.12 the reweighting of the extent-2 loops is biased by its small effective
+    sample size (4-6%; an independent review saw the time loop 3.9 sigma off with a correct
+    HMC), so the loops are checked by the Schwinger-Dyson exponent and the plaquette by
+    reweighting."""
     res = _nf2_and_reweighted(beta=3.0, kappa=0.12, mu=0.1, chains=32, n_pure=120, n_nf2=60)
-    _check(res)
+    _check_alpha(res)
     (a, ea), (b, eb) = res["rw"], res["nf2"]
+    assert abs(a[0] - b[0]) < 4 * math.hypot(ea[0], eb[0]), (a[0], b[0], ea[0], eb[0])
     assert ea[0] < 0.004 and eb[0] < 0.002          # the plaquette itself is resolved at the per-mille level
 
 
