@@ -44,6 +44,26 @@ def test_dH_scales_as_step_squared(integrator):
     assert 3.6 < r1 < 4.4 and 3.8 < r2 < 4.2, dH
 
 
+@pytest.mark.parametrize("integrator", ["omelyan", "leapfrog"])
+def test_dH_scales_as_step_squared_with_nested_levels(integrator):
+    """Nested levels (Wilson outer, Luscher-Weisz inner, 2 inner steps per outer one) stay second
+    order: a nesting that integrated the inner level over the wrong time, or a wrong outer kick
+    coefficient, would leave dH(h) finite as h -> 0 (reversibility and <exp(-dH)> = 1 hold for
+    any reversible, area-preserving scheme and cannot see that)."""
+    lay = L.Layout((4, 4, 2, 2))
+    outer, inner = Wilson(2.0, lam=0.1), LuscherWeisz(3.0)
+    U, _ = hmc.run_hmc(None, L.random_gauge((4, 4, 2, 2), seed=2), 2, levels=[([outer], 4), ([inner], 2)],
+                       progress=False)
+    P = hmc.draw_momenta(Rng(7), U, lay)
+    H0 = hmc.hamiltonian(U, P, [outer, inner], lay)
+    dH = []
+    for n in ((4, 8, 16) if integrator == "omelyan" else (8, 16, 32)):
+        U1, P1 = hmc.integrate(U, P, [([outer], n), ([inner], 2)], 1.0, integrator, lay)
+        dH.append(float(hmc.hamiltonian(U1, P1, [outer, inner], lay)[()] - H0[()]))
+    r1, r2 = dH[0] / dH[1], dH[1] / dH[2]
+    assert 3.5 < r1 < 4.5 and 3.8 < r2 < 4.2, dH
+
+
 def test_exp_minus_dH_averages_to_one():
     """Creutz equality <exp(-dH)> = 1 on an equilibrated batch of chains."""
     shape = (4, 4, 4, 4)
