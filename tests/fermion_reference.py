@@ -10,10 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from fermions.gamma import GAMMA, GAMMA5
 
-G = np.array(GAMMA, dtype=complex)
-G5 = np.array(GAMMA5, dtype=complex)
+def _chiral_gammas():
+    """The chiral basis of tmLQCD built here from the Pauli matrices (not from fermions.gamma):
+    gamma_t = [[0, -1], [-1, 0]], gamma_k = [[0, -i sigma_k], [i sigma_k, 0]] (k = x, y, z), in
+    lattice order (x, y, z, t), and gamma_5 = gamma_t gamma_x gamma_y gamma_z."""
+    s = [np.array([[0, 1], [1, 0]]), np.array([[0, -1j], [1j, 0]]), np.array([[1, 0], [0, -1]])]
+    z, one = np.zeros((2, 2)), np.eye(2)
+    g = [np.block([[z, -1j * sk], [1j * sk, z]]) for sk in s] + [np.block([[z, -one], [-one, z]])]
+    return np.array(g, dtype=complex), g[3] @ g[0] @ g[1] @ g[2]
+
+
+G, G5 = _chiral_gammas()
 
 
 def naive_tm_apply(U, psi, kappa, mu, bc=(1, 1, 1, -1)):

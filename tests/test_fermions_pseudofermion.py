@@ -11,10 +11,11 @@ from fermion_reference import fd_group_derivative, pair_force
 SHAPE = (4, 2, 2, 4)
 
 
-@pytest.mark.parametrize("precision", ["double", "mixed"])
-def test_force_matches_finite_differences(precision):
+@pytest.mark.parametrize("precision,bc", [("double", "antiperiodic"), ("mixed", "antiperiodic"), ("double", "periodic"),
+                                          ("double", (np.exp(-0.3j), 1.0, 1j, np.exp(2.1j)))])
+def test_force_matches_finite_differences(precision, bc):
     U = L.random_gauge(SHAPE, seed=1, batch=(2,))
-    pf = F.PseudofermionNf2(0.17, 0.1, action_tol=1e-13, force_tol=1e-12, precision=precision)
+    pf = F.PseudofermionNf2(0.17, 0.1, bc=bc, action_tol=1e-13, force_tol=1e-12, precision=precision)
     pf.refresh(U, L.Rng(3))
     Fr = pf.force(U)
     assert Fr.shape == U.shape
