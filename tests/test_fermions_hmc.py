@@ -67,10 +67,6 @@ def _observables(U, rec):
     return np.c_[np.asarray(rec.plaquette)[:, None], _short_loops(U)]
 
 
-def _dagger(A):
-    return np.conj(np.swapaxes(A, -1, -2))
-
-
 def _pair(A, B):
     """<A, B> = -2 tr AB (docs/design.md §4) summed over links: (batch,)."""
     return -2.0 * np.real(np.einsum("...ij,...ji->...", A, B)).reshape(A.shape[0], -1).sum(axis=1)

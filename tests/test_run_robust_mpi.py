@@ -142,7 +142,15 @@ def test_odd_local_extents_of_a_flow_are_a_configuration_error_before_work(tmp_p
 
 def test_sigterm_ends_every_rank_with_one_line(tmp_path):
     """scancel / a wall-time limit: every rank gets SIGTERM; rank 0 reports once (stderr and
-    log) after the cleanup and ends all ranks; exit status 143; the store is intact."""
+    log) after the cleanup and ends all ranks; exit status 143; the store is intact.
+
+    If the signal reaches rank 1 first while rank 0 waits for it in a collective call (MPI
+    does not return to Python there, so rank 0 never sees its own signal), rank 1 reports
+    instead after INTERRUPT_GRACE and aborts the job (run/cli.py::_interrupted): still one
+    line and one log record; rank 0's lock file is then left behind, but not held, and the
+    rerun that the line asks for takes it over. Both outcomes occur on a loaded machine."""
+    import re
+    from run.lock import LockedError, OutputLock
     import signal
     import subprocess
     import sys
@@ -167,10 +175,26 @@ def test_sigterm_ends_every_rank_with_one_line(tmp_path):
             p.kill()
     assert p.returncode == 143, e
     lines = [l for l in e.splitlines() if "interrupted by" in l]
-    assert len(lines) == 1 and lines[0].startswith("gaugeflow: hmc interrupted by SIGTERM after "), e
+    assert len(lines) == 1, e
+    by_rank0 = lines[0].startswith("gaugeflow: hmc interrupted by SIGTERM after ")
+    by_other = re.fullmatch(r"\[rank 1\] gaugeflow: hmc interrupted by SIGTERM after .*; rerun the same command "
+                            r"to resume \(rank 0 did not end the job\)", lines[0])
+    assert by_rank0 or by_other, e
     assert "Traceback" not in e
     assert (out / "gaugeflow.log").read_text().count("interrupted by SIGTERM") == 1
-    assert not (out / ".gaugeflow.lock").exists()
+    if by_rank0:
+        assert not (out / ".gaugeflow.lock").exists()
+    else:
+        t0 = time.time()
+        while True:                                       # what the rerun does, once rank 0 is reaped
+            try:
+                lock = OutputLock(out, "hmc").acquire()
+                break
+            except LockedError:
+                assert time.time() - t0 < 20, "the aborted rank 0 still holds the output lock"
+                time.sleep(0.2)
+        assert lock.took_over is not None
+        lock.release()
     with _open_when_released(out / "ensemble.h5") as ens:
         assert 0 < len(ens) < 500
         ens.read(len(ens) - 1)
